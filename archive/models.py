@@ -1,0 +1,130 @@
+"""The index of received instances: Patient → Study → Series → Instance.
+
+Field sizes follow the DICOM value representations (PS3.5 6.2): UI 64, LO 64, SH 16, CS 16,
+AE 16, PN 64 per component group (three groups and two separators make 194). Values that break
+those limits are truncated by the ingest service before they reach the database; the stored
+file always keeps the complete value.
+"""
+
+from django.db import models
+
+UI = 64
+LO = 64
+SH = 16
+CS = 16
+AE = 16
+PN = 194
+
+
+class Patient(models.Model):
+    # Empty string, not NULL, for "no issuer": NULLs are never equal, so a NULL issuer would let
+    # the unique constraint admit the same patient twice.
+    patient_id = models.CharField("patient ID", max_length=LO, blank=True)
+    issuer_of_patient_id = models.CharField("issuer of patient ID", max_length=LO, blank=True)
+    name = models.CharField(max_length=PN, blank=True)
+    birth_date = models.DateField(null=True, blank=True)
+    sex = models.CharField(max_length=CS, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["patient_id", "issuer_of_patient_id"],
+                name="archive_patient_unique_patient_id_issuer",
+            ),
+        ]
+        indexes = [
+            # Admin search and `Study.objects.filter(patient__name__startswith=...)`.
+            models.Index(fields=["name"], name="archive_patient_name_idx"),
+        ]
+        ordering = ["name", "patient_id"]
+
+    def __str__(self) -> str:
+        return f"{self.patient_id or '(no ID)'} {self.name}".strip()
+
+
+class Study(models.Model):
+    patient = models.ForeignKey(Patient, on_delete=models.CASCADE, related_name="studies")
+    study_instance_uid = models.CharField("study instance UID", max_length=UI)
+    study_date = models.DateField(null=True, blank=True)
+    study_time = models.TimeField(null=True, blank=True)
+    accession_number = models.CharField(max_length=SH, blank=True)
+    study_id = models.CharField("study ID", max_length=SH, blank=True)
+    description = models.CharField(max_length=LO, blank=True)
+    referring_physician_name = models.CharField(max_length=PN, blank=True)
+
+    class Meta:
+        verbose_name_plural = "studies"
+        constraints = [
+            models.UniqueConstraint(
+                fields=["study_instance_uid"], name="archive_study_unique_study_instance_uid"
+            ),
+        ]
+        indexes = [
+            # Worklist-style look-ups by date range, and RIS look-ups by accession number.
+            models.Index(fields=["study_date"], name="archive_study_date_idx"),
+            models.Index(fields=["accession_number"], name="archive_study_accession_idx"),
+        ]
+        ordering = ["-study_date", "-study_time"]
+
+    def __str__(self) -> str:
+        return f"{self.study_date or '(no date)'} {self.description or self.study_instance_uid}"
+
+
+class Series(models.Model):
+    study = models.ForeignKey(Study, on_delete=models.CASCADE, related_name="series")
+    series_instance_uid = models.CharField("series instance UID", max_length=UI)
+    modality = models.CharField(max_length=CS, blank=True)
+    series_number = models.IntegerField(null=True, blank=True)
+    description = models.CharField(max_length=LO, blank=True)
+    body_part_examined = models.CharField(max_length=CS, blank=True)
+
+    class Meta:
+        verbose_name_plural = "series"
+        constraints = [
+            models.UniqueConstraint(
+                fields=["series_instance_uid"], name="archive_series_unique_series_instance_uid"
+            ),
+        ]
+        indexes = [
+            # Filtering by modality in the admin and in statistics.
+            models.Index(fields=["modality"], name="archive_series_modality_idx"),
+        ]
+        ordering = ["series_number"]
+
+    def __str__(self) -> str:
+        return f"{self.modality} {self.series_number or ''} {self.description}".strip()
+
+
+class Instance(models.Model):
+    series = models.ForeignKey(Series, on_delete=models.CASCADE, related_name="instances")
+    sop_instance_uid = models.CharField("SOP instance UID", max_length=UI)
+    sop_class_uid = models.CharField("SOP class UID", max_length=UI)
+    instance_number = models.IntegerField(null=True, blank=True)
+    transfer_syntax_uid = models.CharField("transfer syntax UID", max_length=UI)
+    # Relative to the storage directory, with forward slashes, so the archive can move.
+    path = models.CharField(max_length=1024)
+    size = models.BigIntegerField(help_text="Size of the stored file in bytes.")
+    sha256 = models.CharField("SHA-256", max_length=64, help_text="Of the stored file.")
+    # Of the dataset as received (without the file meta group, which names the calling AE):
+    # how a resend of the same instance is recognised.
+    dataset_sha256 = models.CharField("dataset SHA-256", max_length=64)
+    received_at = models.DateTimeField()
+    calling_ae_title = models.CharField("calling AE title", max_length=AE, blank=True)
+    remote_address = models.CharField(max_length=64, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["sop_instance_uid"], name="archive_instance_unique_sop_instance_uid"
+            ),
+        ]
+        indexes = [
+            # Ingest statistics per hour/day and "what arrived recently" in the admin.
+            models.Index(fields=["received_at"], name="archive_inst_received_idx"),
+            # Filtering by sender in the admin and top-senders statistics.
+            models.Index(fields=["calling_ae_title"], name="archive_inst_calling_ae_idx"),
+        ]
+        ordering = ["instance_number"]
+
+    def __str__(self) -> str:
+        return self.sop_instance_uid

@@ -1,0 +1,286 @@
+"""Ingest: turn one received dataset into a durable file and a committed index row.
+
+The order is fixed: parse the header, stage the file (written and fsync'd, outside any
+transaction), then one short transaction that writes the index rows and renames the staged file
+to its final name. The rename happens while the transaction holds the instance's unique key, so
+two associations storing the same instance at once cannot both publish; if the commit fails,
+the published file is removed again. Store and index never disagree.
+"""
+
+import datetime as dt
+import hashlib
+import logging
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from django.db import DatabaseError, IntegrityError, models, transaction
+from django.utils import timezone
+
+from archive.exceptions import DatasetMismatch, DuplicateRejected, IndexFailure
+from archive.header import InstanceHeader, header_read
+from archive.models import Instance, Patient, Series, Study
+from archive.naming import naming_scheme, relative_path
+from archive.part10 import file_header
+from archive.storage import StagedFile, Storage
+
+logger = logging.getLogger(__name__)
+
+DUPLICATE_POLICIES = ("keep", "overwrite", "reject")
+Outcome = Literal["stored", "identical", "kept", "overwritten"]
+
+
+@dataclass(frozen=True)
+class IngestSettings:
+    """How the archive stores what arrives: where, under which names, and what to do on resends."""
+
+    storage: Storage
+    naming: str = "hierarchical"
+    duplicates: str = "keep"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "naming", naming_scheme(self.naming))
+        if self.duplicates not in DUPLICATE_POLICIES:
+            raise ValueError(
+                f"unknown duplicate policy {self.duplicates!r}: use one of keep, overwrite, reject"
+            )
+
+
+@dataclass(frozen=True)
+class StoreResult:
+    """What happened to a stored instance: `stored` (new), `identical` (same bytes already
+    there), `kept` (different bytes, first copy kept) or `overwritten`."""
+
+    outcome: Outcome
+    instance_id: int
+    path: str
+
+
+def instance_store(
+    *,
+    dataset: bytes,
+    transfer_syntax_uid: str,
+    sop_class_uid: str,
+    sop_instance_uid: str,
+    calling_ae_title: str,
+    remote_address: str,
+    settings: IngestSettings,
+) -> StoreResult:
+    """Store and index one encoded dataset (no file meta group) exactly as received.
+
+    Raises DatasetUnreadable (unparsable, or a required UID missing/invalid), DatasetMismatch
+    (SOP Class/Instance UID differs from the request's), StorageFailure (file not written),
+    IndexFailure (index not committed; nothing left on disk) or DuplicateRejected.
+    """
+    header = header_read(dataset, transfer_syntax_uid)
+    if header.sop_class_uid != sop_class_uid:
+        raise DatasetMismatch(
+            f"SOP Class UID {header.sop_class_uid!r} in the dataset, "
+            f"{sop_class_uid!r} in the request"
+        )
+    if header.sop_instance_uid != sop_instance_uid:
+        raise DatasetMismatch(
+            f"SOP Instance UID {header.sop_instance_uid!r} in the dataset, "
+            f"{sop_instance_uid!r} in the request"
+        )
+    dataset_sha256 = hashlib.sha256(dataset).hexdigest()
+    received_at = timezone.now()
+    arrival = _Arrival(
+        header=header,
+        transfer_syntax_uid=transfer_syntax_uid,
+        dataset_sha256=dataset_sha256,
+        received_at=received_at,
+        calling_ae_title=calling_ae_title,
+        remote_address=remote_address,
+        path=relative_path(header, settings.naming, timezone.localdate(received_at)),
+    )
+
+    existing = _existing(sop_instance_uid)
+    if existing is not None and (result := _resend_without_write(existing, arrival, settings)):
+        return result
+
+    storage = settings.storage
+    staged = storage.stage(
+        (
+            file_header(
+                sop_class_uid=sop_class_uid,
+                sop_instance_uid=sop_instance_uid,
+                transfer_syntax_uid=transfer_syntax_uid,
+                source_ae_title=calling_ae_title,
+            ),
+            dataset,
+        )
+    )
+    try:
+        if existing is None:
+            try:
+                return _index_new(arrival, staged, storage)
+            except IntegrityError:
+                # Another association committed the same instance since we looked: judge ours
+                # as a resend of theirs.
+                existing = _existing(sop_instance_uid)
+                if existing is None:
+                    raise IndexFailure("index constraint failed for a new instance") from None
+                if result := _resend_without_write(existing, arrival, settings):
+                    return result
+        return _index_overwrite(existing, arrival, staged, storage)
+    finally:
+        storage.discard(staged)
+
+
+@dataclass(frozen=True)
+class _Arrival:
+    header: InstanceHeader
+    transfer_syntax_uid: str
+    dataset_sha256: str
+    received_at: dt.datetime
+    calling_ae_title: str
+    remote_address: str
+    path: str
+
+
+@dataclass(frozen=True)
+class _Existing:
+    id: int
+    path: str
+    dataset_sha256: str
+
+
+def _existing(sop_instance_uid: str) -> _Existing | None:
+    try:
+        row = (
+            Instance.objects.filter(sop_instance_uid=sop_instance_uid)
+            .values_list("id", "path", "dataset_sha256")
+            .first()
+        )
+    except DatabaseError as exc:
+        raise IndexFailure(f"index not readable: {exc}") from exc
+    return _Existing(*row) if row else None
+
+
+def _resend_without_write(
+    existing: _Existing, arrival: _Arrival, settings: IngestSettings
+) -> StoreResult | None:
+    """Settle a resend that needs no write; None means: overwrite the stored copy."""
+    uid = arrival.header.sop_instance_uid
+    if existing.dataset_sha256 == arrival.dataset_sha256:
+        logger.debug("Instance %s received again with identical content", uid)
+        return StoreResult(outcome="identical", instance_id=existing.id, path=existing.path)
+    if settings.duplicates == "keep":
+        logger.warning("Instance %s received again with different content: kept the first", uid)
+        return StoreResult(outcome="kept", instance_id=existing.id, path=existing.path)
+    if settings.duplicates == "reject":
+        logger.warning("Instance %s received again with different content: rejected", uid)
+        raise DuplicateRejected(f"instance {uid} exists with different content")
+    return None
+
+
+def _index_new(arrival: _Arrival, staged: StagedFile, storage: Storage) -> StoreResult:
+    try:
+        with transaction.atomic():
+            instance = Instance.objects.create(
+                series=_series_for(arrival.header), **_instance_fields(arrival, staged)
+            )
+            storage.publish(staged, arrival.path)
+    except BaseException as exc:
+        if staged.published:
+            storage.remove(arrival.path)
+        if isinstance(exc, DatabaseError) and not isinstance(exc, IntegrityError):
+            raise IndexFailure(f"index not written: {exc}") from exc
+        raise
+    return StoreResult(outcome="stored", instance_id=instance.pk, path=arrival.path)
+
+
+def _index_overwrite(
+    existing: _Existing, arrival: _Arrival, staged: StagedFile, storage: Storage
+) -> StoreResult:
+    """Replace the stored copy; the previous file is set aside until the commit succeeds."""
+    previous = storage.set_aside(existing.path)
+    try:
+        with transaction.atomic():
+            instance = Instance.objects.select_for_update().get(pk=existing.id)
+            instance.series = _series_for(arrival.header)
+            for field, value in _instance_fields(arrival, staged).items():
+                setattr(instance, field, value)
+            instance.save()
+            storage.publish(staged, arrival.path)
+    except BaseException as exc:
+        if staged.published and arrival.path != existing.path:
+            storage.remove(arrival.path)
+        storage.restore(previous, existing.path)
+        if isinstance(exc, DatabaseError):
+            raise IndexFailure(f"index not updated: {exc}") from exc
+        raise
+    if arrival.path != existing.path:
+        storage.remove(existing.path)
+    storage.drop_aside(previous)
+    logger.warning("Instance %s received again with different content: overwritten", instance)
+    return StoreResult(outcome="overwritten", instance_id=instance.pk, path=arrival.path)
+
+
+def _instance_fields(arrival: _Arrival, staged: StagedFile) -> dict[str, Any]:
+    header = arrival.header
+    return {
+        "sop_instance_uid": header.sop_instance_uid,
+        "sop_class_uid": header.sop_class_uid,
+        "instance_number": header.instance_number,
+        "transfer_syntax_uid": arrival.transfer_syntax_uid,
+        "path": arrival.path,
+        "size": staged.size,
+        "sha256": staged.sha256,
+        "dataset_sha256": arrival.dataset_sha256,
+        "received_at": arrival.received_at,
+        "calling_ae_title": _fit(Instance, "calling_ae_title", arrival.calling_ae_title),
+        "remote_address": _fit(Instance, "remote_address", arrival.remote_address),
+    }
+
+
+def _series_for(header: InstanceHeader) -> Series:
+    """Find or create the patient, study and series rows; the unique constraints settle races."""
+    patient, _ = Patient.objects.get_or_create(
+        patient_id=_fit(Patient, "patient_id", header.patient_id),
+        issuer_of_patient_id=_fit(Patient, "issuer_of_patient_id", header.issuer_of_patient_id),
+        defaults=_fitted(
+            Patient,
+            name=header.patient_name,
+            birth_date=header.patient_birth_date,
+            sex=header.patient_sex,
+        ),
+    )
+    study, _ = Study.objects.get_or_create(
+        study_instance_uid=header.study_instance_uid,
+        defaults=_fitted(
+            Study,
+            patient=patient,
+            study_date=header.study_date,
+            study_time=header.study_time,
+            accession_number=header.accession_number,
+            study_id=header.study_id,
+            description=header.study_description,
+            referring_physician_name=header.referring_physician_name,
+        ),
+    )
+    series, _ = Series.objects.get_or_create(
+        series_instance_uid=header.series_instance_uid,
+        defaults=_fitted(
+            Series,
+            study=study,
+            modality=header.modality,
+            series_number=header.series_number,
+            description=header.series_description,
+            body_part_examined=header.body_part_examined,
+        ),
+    )
+    return series
+
+
+def _fit(model: type[models.Model], field: str, value: str) -> str:
+    """Truncate to the column's size: a sender's over-long value must not fail the C-STORE."""
+    max_length = model._meta.get_field(field).max_length
+    return value[:max_length] if max_length else value
+
+
+def _fitted(model: type[models.Model], **values: Any) -> dict[str, Any]:
+    return {
+        field: _fit(model, field, value) if isinstance(value, str) else value
+        for field, value in values.items()
+    }

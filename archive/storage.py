@@ -1,0 +1,229 @@
+"""Durable, atomic files under the storage directory.
+
+A file is first written under `.incoming/<host>.<pid>/` (same file system, so the final rename
+is atomic), fsync'd, then renamed to its final name and the directory fsync'd. A crash at any
+point leaves either nothing or a complete file under the final name. Each process stages in a
+folder of its own, so a starting process can clear what dead processes left without touching
+files another live process is writing.
+"""
+
+import errno
+import hashlib
+import logging
+import os
+import shutil
+import socket
+import tempfile
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from archive.exceptions import StorageFailure
+
+logger = logging.getLogger(__name__)
+
+INCOMING = ".incoming"
+_KNOWN_DIRS_LIMIT = 10_000
+
+
+@dataclass
+class StagedFile:
+    """A complete, fsync'd file waiting under `.incoming` for its final name."""
+
+    path: Path
+    size: int
+    sha256: str
+    published: bool = False
+
+
+def _fsync_directory(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _failure(action: str, exc: OSError) -> StorageFailure:
+    reason = "disk full" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else exc.strerror or str(exc)
+    return StorageFailure(f"cannot {action}: {reason}")
+
+
+class Storage:
+    """The storage directory: staging, publishing and removing instance files."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root).expanduser().resolve()
+        self._known_dirs: set[str] = set()
+
+    @property
+    def incoming(self) -> Path:
+        # Computed per call: worker processes forked after construction get their own folder.
+        return self.root / INCOMING / f"{socket.gethostname()}.{os.getpid()}"
+
+    def prepare(self) -> int:
+        """Create the directory, prove it writable and remove stale staging files.
+
+        Returns the number of stale files removed. Raises StorageFailure if the directory cannot
+        be created or written.
+        """
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            self.incoming.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryFile(dir=self.incoming):
+                pass
+        except OSError as exc:
+            raise _failure(f"write to storage directory {self.root}", exc) from exc
+        return self._remove_stale_staging()
+
+    def release(self) -> None:
+        """Remove this process's staging folder when nothing is left in it (at shutdown)."""
+        try:
+            self.incoming.rmdir()
+        except OSError:
+            pass  # not empty or already gone: a later start-up clears it
+
+    def _remove_stale_staging(self) -> int:
+        removed = 0
+        host = socket.gethostname()
+        for folder in (self.root / INCOMING).iterdir():
+            name, _, pid = folder.name.rpartition(".")
+            if folder == self.incoming or name != host or not pid.isdigit() or _alive(int(pid)):
+                continue
+            removed += sum(1 for entry in folder.rglob("*") if entry.is_file())
+            shutil.rmtree(folder, ignore_errors=True)
+        if removed:
+            logger.info("Removed %d partial file(s) left by stopped receivers", removed)
+        return removed
+
+    def stage(self, parts: Iterable[bytes]) -> StagedFile:
+        """Write `parts` to a new staging file, hashing as it goes, and fsync it."""
+        incoming = self.incoming
+        try:
+            incoming.mkdir(parents=True, exist_ok=True)
+            fd, name = tempfile.mkstemp(dir=incoming, suffix=".part")
+        except OSError as exc:
+            raise _failure("create a file in the storage directory", exc) from exc
+        path = Path(name)
+        digest = hashlib.sha256()
+        size = 0
+        try:
+            with open(fd, "wb", closefd=True) as fh:
+                for part in parts:
+                    fh.write(part)
+                    digest.update(part)
+                    size += len(part)
+                fh.flush()
+                os.fsync(fh.fileno())
+        except OSError as exc:
+            path.unlink(missing_ok=True)
+            raise _failure("write the file", exc) from exc
+        except BaseException:
+            path.unlink(missing_ok=True)
+            raise
+        return StagedFile(path=path, size=size, sha256=digest.hexdigest())
+
+    def publish(self, staged: StagedFile, relative: str) -> Path:
+        """Give a staged file its final name atomically and durably; return the final path."""
+        target = self.resolve(relative)
+        try:
+            self._ensure_directory(target.parent)
+            try:
+                os.replace(staged.path, target)
+            except FileNotFoundError:
+                # The folder was removed since we cached it (an admin deleted the series).
+                self._known_dirs.discard(str(target.parent))
+                self._ensure_directory(target.parent)
+                os.replace(staged.path, target)
+            staged.published = True
+            _fsync_directory(target.parent)
+        except OSError as exc:
+            raise _failure(f"store the file as {relative}", exc) from exc
+        return target
+
+    def discard(self, staged: StagedFile) -> None:
+        """Remove a staged file that was not published (once published, its name is not ours)."""
+        if not staged.published:
+            staged.path.unlink(missing_ok=True)
+
+    def set_aside(self, relative: str) -> Path | None:
+        """Keep a second name for a published file, so it can be restored if its replacement
+        fails; None if there is no such file."""
+        aside = self.incoming / f"{uuid.uuid4().hex}.previous"
+        try:
+            self.incoming.mkdir(parents=True, exist_ok=True)
+            os.link(self.resolve(relative), aside)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise _failure(f"set aside {relative}", exc) from exc
+        return aside
+
+    def restore(self, aside: Path | None, relative: str) -> None:
+        """Put a file kept by `set_aside` back under its name."""
+        if aside is None:
+            return
+        target = self.resolve(relative)
+        try:
+            self._ensure_directory(target.parent)
+            os.replace(aside, target)
+            _fsync_directory(target.parent)
+        except OSError as exc:
+            logger.error("Could not restore %s (kept as %s): %s", relative, aside, exc.strerror)
+
+    def drop_aside(self, aside: Path | None) -> None:
+        """Forget a file kept by `set_aside` once its replacement is committed."""
+        if aside is not None:
+            aside.unlink(missing_ok=True)
+
+    def remove(self, relative: str) -> None:
+        """Remove a published file (missing is fine) and make the removal durable."""
+        target = self.resolve(relative)
+        try:
+            target.unlink(missing_ok=True)
+            _fsync_directory(target.parent)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            logger.error("Could not remove %s: %s", relative, exc.strerror)
+
+    def resolve(self, relative: str) -> Path:
+        """The absolute path of `relative`, refusing anything that leaves the storage directory."""
+        target = Path(os.path.normpath(self.root / relative))
+        if (
+            target == self.root
+            or not target.is_relative_to(self.root)
+            or target.relative_to(self.root).parts[0] == INCOMING
+        ):
+            raise StorageFailure(f"refusing path outside the storage directory: {relative!r}")
+        return target
+
+    def _ensure_directory(self, directory: Path) -> None:
+        key = str(directory)
+        if key in self._known_dirs:
+            return
+        missing: list[Path] = []
+        probe = directory
+        while probe != self.root and not probe.is_dir():
+            missing.append(probe)
+            probe = probe.parent
+        for folder in reversed(missing):
+            try:
+                folder.mkdir()
+            except FileExistsError:
+                continue  # another association created it first; its creator made it durable
+            _fsync_directory(folder.parent)
+        if len(self._known_dirs) >= _KNOWN_DIRS_LIMIT:
+            self._known_dirs.clear()
+        self._known_dirs.add(key)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -1,0 +1,127 @@
+"""Start-up, serving and graceful shutdown of the Storage SCP process."""
+
+import errno
+import logging
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from django.core.management import call_command
+from django.db import DatabaseError, connections
+from pynetdicom import AE
+from pynetdicom.transport import ThreadedAssociationServer
+
+from archive.exceptions import StorageFailure
+from archive.services import IngestSettings
+from archive.storage import Storage
+from pacsproject.database import sqlite_database
+from receiver.config import ReceiverConfig
+from receiver.scp import build_ae
+
+logger = logging.getLogger(__name__)
+
+
+class StartupError(Exception):
+    """The receiver cannot start; the message is one line for the operator."""
+
+
+@dataclass
+class RunningServer:
+    ae: AE
+    server: ThreadedAssociationServer
+    config: ReceiverConfig
+
+    @property
+    def port(self) -> int:
+        return self.server.server_address[1]
+
+    def stop(self, grace: float | None = None) -> None:
+        """Refuse new associations, give in-flight ones `grace` seconds, then abort the rest."""
+        self.server.shutdown()
+        deadline = time.monotonic() + (self.config.shutdown_grace if grace is None else grace)
+        while self.ae.active_associations and time.monotonic() < deadline:
+            time.sleep(0.05)
+        remaining = self.ae.active_associations
+        for assoc in remaining:
+            assoc.abort()
+        if remaining:
+            logger.warning(
+                "Aborted %d association(s) still open after the grace period", len(remaining)
+            )
+        self.ae.shutdown()
+
+
+def use_sqlite_index(path: Path) -> None:
+    """Point the default database at the SQLite file `path` (created on first use)."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StartupError(
+            f"cannot create the index directory {path.parent}: {exc.strerror}"
+        ) from None
+    connections.close_all()
+    database = connections.settings["default"]
+    database.update(sqlite_database(path))
+    # A wrapper built for the previous engine must not be reused.
+    del connections["default"]
+
+
+def prepare(config: ReceiverConfig) -> IngestSettings:
+    """Choose the database, bring its schema up to date and make the storage ready."""
+    if config.index_db is not None:
+        use_sqlite_index(config.index_db)
+    storage = Storage(config.storage_dir)
+    try:
+        storage.prepare()
+    except StorageFailure as exc:
+        raise StartupError(str(exc)) from None
+    try:
+        call_command("migrate", interactive=False, verbosity=0)
+    except DatabaseError as exc:
+        raise StartupError(f"index database not usable: {exc}") from None
+    finally:
+        connections.close_all()
+    return IngestSettings(storage=storage, naming=config.naming, duplicates=config.duplicates)
+
+
+def start(config: ReceiverConfig, ingest: IngestSettings) -> RunningServer:
+    """Open the listening socket and serve associations in background threads."""
+    ae, handlers = build_ae(config, ingest)
+    try:
+        server = ae.start_server((config.bind, config.port), block=False, evt_handlers=handlers)
+    except OSError as exc:
+        address = f"{config.bind or '*'}:{config.port}"
+        if exc.errno == errno.EADDRINUSE:
+            reason = "the port is already in use"
+        elif exc.errno == errno.EACCES:
+            reason = "permission denied (ports below 1024 need privileges)"
+        elif exc.errno == errno.EADDRNOTAVAIL:
+            reason = "the address is not one of this machine's"
+        else:
+            reason = exc.strerror or str(exc)
+        raise StartupError(f"cannot listen on {address}: {reason}") from None
+    return RunningServer(ae=ae, server=server, config=config)
+
+
+def run(config: ReceiverConfig) -> None:
+    """Serve until SIGINT or SIGTERM, then shut down gracefully."""
+    ingest = prepare(config)
+    running = start(config, ingest)
+    stop = threading.Event()
+
+    def request_stop(signum: int, frame: object) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    logger.info("Storage SCP started: %s", config.describe())
+    while not stop.wait(1.0):
+        pass
+    logger.info(
+        "Stopping: no new associations, %.0f s for those in progress", config.shutdown_grace
+    )
+    running.stop()
+    ingest.storage.release()
+    logger.info("Storage SCP stopped")
