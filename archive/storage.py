@@ -7,6 +7,7 @@ folder of its own, so a starting process can clear what dead processes left with
 files another live process is writing.
 """
 
+import contextlib
 import errno
 import hashlib
 import logging
@@ -79,10 +80,9 @@ class Storage:
 
     def release(self) -> None:
         """Remove this process's staging folder when nothing is left in it (at shutdown)."""
-        try:
+        # Not empty or already gone: a later start-up clears it.
+        with contextlib.suppress(OSError):
             self.incoming.rmdir()
-        except OSError:
-            pass  # not empty or already gone: a later start-up clears it
 
     def _remove_stale_staging(self) -> int:
         removed = 0

@@ -38,13 +38,23 @@ class RunningServer:
         return self.server.server_address[1]
 
     def stop(self, grace: float | None = None) -> None:
-        """Refuse new associations, give in-flight ones `grace` seconds, then abort the rest."""
+        """Refuse new associations, give established ones `grace` seconds, then abort the rest.
+
+        Connections that never completed association negotiation are dropped at once: a port
+        probe that connected and went silent would otherwise hold shutdown for the ACSE timeout.
+        """
         self.server.shutdown()
         deadline = time.monotonic() + (self.config.shutdown_grace if grace is None else grace)
-        while self.ae.active_associations and time.monotonic() < deadline:
+        while time.monotonic() < deadline:
+            established = [a for a in self.ae.active_associations if a.is_established]
+            for assoc in self.ae.active_associations:
+                if assoc not in established:
+                    assoc.abort()
+            if not established:
+                break
             time.sleep(0.05)
-        remaining = self.ae.active_associations
-        for assoc in remaining:
+        remaining = [a for a in self.ae.active_associations if a.is_established]
+        for assoc in self.ae.active_associations:
             assoc.abort()
         if remaining:
             logger.warning(

@@ -1,0 +1,43 @@
+# One virtual environment in .venv; every target creates it when missing.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PORT ?= 11112
+AE_TITLE ?= MY_PACS
+
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: run test lint format system-deps clean
+
+$(BIN)/.installed: requirements.txt requirements-dev.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -r requirements-dev.txt
+	touch $@
+
+## run: receive on port $(PORT) as $(AE_TITLE) into ./received, indexing into ./pacs.db
+run: $(BIN)/.installed
+	$(BIN)/python manage.py runscp $(PORT) $(AE_TITLE)
+
+## system-deps: DCMTK's storescu/echoscu/dcmsend, the peers the end-to-end tests talk to
+system-deps:
+	@command -v storescu >/dev/null 2>&1 || { \
+		echo "Installing DCMTK (Debian package dcmtk)"; \
+		$(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q --no-install-recommends dcmtk; }
+
+## test: lint, then the whole test suite (real associations, DCMTK, SQLite)
+test: $(BIN)/.installed system-deps
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/python -m pytest
+
+lint: $(BIN)/.installed
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(BIN)/.installed
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache .test-pacs.db*

@@ -1,0 +1,129 @@
+import datetime as dt
+import struct
+import zlib
+
+import pytest
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_dataset
+from pydicom.uid import (
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+)
+
+from archive.exceptions import DatasetUnreadable
+from archive.header import _date, _time, header_read
+from tests.conftest import sample_file
+from tests.peers import dataset_bytes
+
+
+def _encode(ds: Dataset, syntax=ExplicitVRLittleEndian) -> bytes:
+    buffer = DicomBytesIO()
+    buffer.is_little_endian = True
+    buffer.is_implicit_VR = syntax == ImplicitVRLittleEndian
+    write_dataset(buffer, ds)
+    return buffer.getvalue()
+
+
+def _minimal(**values) -> Dataset:
+    ds = Dataset()
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
+    ds.SOPInstanceUID = "1.2.3.4.5.6"
+    ds.StudyInstanceUID = "1.2.3.4"
+    ds.SeriesInstanceUID = "1.2.3.4.5"
+    for keyword, value in values.items():
+        setattr(ds, keyword, value)
+    return ds
+
+
+def test_reads_index_attributes_of_a_real_file():
+    path = sample_file("CT_small.dcm")
+    original = dcmread(path)
+    header = header_read(dataset_bytes(path), ExplicitVRLittleEndian)
+    assert header.sop_instance_uid == original.SOPInstanceUID
+    assert header.patient_id == original.PatientID
+    assert header.patient_name == str(original.PatientName)
+    assert header.study_date == dt.date(2004, 1, 19)
+    assert header.modality == "CT"
+    assert header.instance_number == int(original.InstanceNumber)
+
+
+def test_reads_implicit_and_deflated_datasets():
+    ds = _minimal(PatientID="P1", Modality="MR")
+    assert (
+        header_read(_encode(ds, ImplicitVRLittleEndian), ImplicitVRLittleEndian).patient_id == "P1"
+    )
+    compressor = zlib.compressobj(wbits=-zlib.MAX_WBITS)
+    deflated = compressor.compress(_encode(ds)) + compressor.flush()
+    assert header_read(deflated, DeflatedExplicitVRLittleEndian).modality == "MR"
+
+
+def test_bad_optional_values_become_empty_not_errors():
+    ds = _minimal(StudyDate="2026-13-45", StudyTime="25:99", PatientBirthDate="unknown")
+    # InstanceNumber (0020,0013) IS "abc ": appended raw, as pydicom refuses to encode it.
+    encoded = _encode(ds) + struct.pack("<HH2sH", 0x0020, 0x0013, b"IS", 4) + b"abc "
+    header = header_read(encoded, ExplicitVRLittleEndian)
+    assert header.study_date is None
+    assert header.study_time is None
+    assert header.patient_birth_date is None
+    assert header.instance_number is None
+
+
+@pytest.mark.parametrize("missing", ["SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"])
+def test_missing_required_uid_is_unreadable(missing):
+    ds = _minimal()
+    delattr(ds, missing)
+    with pytest.raises(DatasetUnreadable, match=missing):
+        header_read(_encode(ds), ExplicitVRLittleEndian)
+
+
+@pytest.mark.parametrize("uid", ["1.2.abc", "1.02.3", "1." + "2" * 70, "1..2"])
+def test_invalid_uid_is_unreadable(uid):
+    with pytest.raises(DatasetUnreadable, match="not a valid UID"):
+        header_read(_encode(_minimal(SeriesInstanceUID=uid)), ExplicitVRLittleEndian)
+
+
+def test_garbage_is_unreadable():
+    with pytest.raises(DatasetUnreadable):
+        header_read(b"\x08\x00\x18\x00UI\xff\xff" + b"\x01" * 64, ExplicitVRLittleEndian)
+    with pytest.raises(DatasetUnreadable):
+        header_read(b"not deflate at all", DeflatedExplicitVRLittleEndian)
+
+
+def test_pixel_data_is_not_parsed():
+    path = sample_file("CT_small.dcm")
+    raw = dataset_bytes(path)
+    pixel_tag = raw.rfind(b"\xe0\x7f\x10\x00")
+    # Corrupt everything from the pixel data on: the header must still read.
+    corrupted = raw[:pixel_tag] + b"\xff" * (len(raw) - pixel_tag)
+    assert header_read(corrupted, ExplicitVRLittleEndian).modality == "CT"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("20260309", dt.date(2026, 3, 9)),
+        ("2026.03.09", dt.date(2026, 3, 9)),
+        ("20260230", None),
+        ("", None),
+    ],
+)
+def test_dates(text, expected):
+    assert _date(text) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("101530.25", dt.time(10, 15, 30, 250000)),
+        ("1015", dt.time(10, 15)),
+        ("10:15:30", dt.time(10, 15, 30)),
+        ("235960", dt.time(23, 59, 59)),
+        ("2560", None),
+        ("", None),
+    ],
+)
+def test_times(text, expected):
+    assert _time(text) == expected

@@ -1,0 +1,114 @@
+"""The ingest service against a real database and a real storage directory."""
+
+from contextlib import contextmanager
+
+import pytest
+from django.db import connection
+from pydicom import dcmread
+from pydicom.uid import ExplicitVRLittleEndian
+
+from archive.exceptions import IndexFailure, StorageFailure
+from archive.models import Instance, Patient
+from archive.services import IngestSettings, instance_store
+from archive.storage import Storage
+from tests.conftest import sample_file, staging_files, stored_files
+from tests.peers import dataset_bytes, scu, send_files
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@contextmanager
+def instance_inserts_fail():
+    """Make the database itself refuse instance rows, as a broken index would."""
+    with connection.cursor() as cursor:
+        if connection.vendor == "sqlite":
+            cursor.execute("CREATE TABLE index_gone (x)")
+            cursor.execute(
+                "CREATE TRIGGER instance_insert_fails BEFORE INSERT ON archive_instance "
+                "BEGIN INSERT INTO index_gone VALUES (1); END"
+            )
+            cursor.execute("DROP TABLE index_gone")  # the trigger now fails with "no such table"
+        else:
+            cursor.execute(
+                "CREATE FUNCTION instance_insert_fails() RETURNS trigger AS $$ BEGIN "
+                "RAISE EXCEPTION 'index unavailable' USING ERRCODE = 'XX000'; END $$ "
+                "LANGUAGE plpgsql"
+            )
+            cursor.execute(
+                "CREATE TRIGGER instance_insert_fails BEFORE INSERT ON archive_instance "
+                "FOR EACH ROW EXECUTE FUNCTION instance_insert_fails()"
+            )
+    try:
+        yield
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "DROP TRIGGER instance_insert_fails"
+                + ("" if connection.vendor == "sqlite" else " ON archive_instance")
+            )
+            if connection.vendor != "sqlite":
+                cursor.execute("DROP FUNCTION instance_insert_fails()")
+
+
+def _store(storage_dir, **overrides):
+    path = sample_file("CT_small.dcm")
+    ds = dcmread(path, stop_before_pixels=True)
+    storage = Storage(storage_dir)
+    storage.prepare()
+    arguments = {
+        "dataset": dataset_bytes(path),
+        "transfer_syntax_uid": ExplicitVRLittleEndian,
+        "sop_class_uid": ds.SOPClassUID,
+        "sop_instance_uid": ds.SOPInstanceUID,
+        "calling_ae_title": "UNIT",
+        "remote_address": "127.0.0.1",
+        "settings": IngestSettings(storage=storage),
+    }
+    return instance_store(**{**arguments, **overrides})
+
+
+def test_index_failure_removes_the_published_file(storage_dir):
+    with instance_inserts_fail(), pytest.raises(IndexFailure):
+        _store(storage_dir)
+    assert not Instance.objects.exists()
+    assert stored_files(storage_dir) == []
+    assert staging_files(storage_dir) == []
+    # The rows written before the failing insert were rolled back with it.
+    assert not Patient.objects.exists()
+
+
+def test_storage_failure_leaves_no_row_and_no_partial_file(storage_dir):
+    storage_dir.mkdir(parents=True)
+    (storage_dir / "1CT1").write_text("a file where the patient folder should be")
+    with pytest.raises(StorageFailure):
+        _store(storage_dir)
+    assert not Instance.objects.exists()
+    assert staging_files(storage_dir) == []
+
+
+def test_index_failure_is_out_of_resources_and_the_next_store_works(scp, storage_dir):
+    with instance_inserts_fail():
+        assert send_files(scp.port, [sample_file("CT_small.dcm")]) == [0xA700]
+    assert stored_files(storage_dir) == []
+    assert send_files(scp.port, [sample_file("CT_small.dcm")]) == [0x0000]
+    assert Instance.objects.count() == 1
+
+
+def test_storage_failure_is_out_of_resources_and_the_association_stays_usable(scp, storage_dir):
+    blocker = storage_dir / "1CT1"
+    blocker.write_text("a file where the patient folder should be")
+    ct = dcmread(sample_file("CT_small.dcm"))
+    mr = dcmread(sample_file("MR_small.dcm"))
+    ae = scu()
+    ae.add_requested_context(ct.SOPClassUID, [ExplicitVRLittleEndian])
+    ae.add_requested_context(mr.SOPClassUID, [ExplicitVRLittleEndian])
+    assoc = ae.associate("127.0.0.1", scp.port, ae_title="TEST_SCP")
+    try:
+        assert assoc.send_c_store(ct).Status == 0xA700
+        assert assoc.send_c_store(mr).Status == 0x0000
+        blocker.unlink()
+        assert assoc.send_c_store(ct).Status == 0x0000
+    finally:
+        assoc.release()
+    assert Instance.objects.count() == 2
+    assert staging_files(storage_dir) == []
