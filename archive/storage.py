@@ -54,9 +54,15 @@ def _failure(action: str, exc: OSError) -> StorageFailure:
 class Storage:
     """The storage directory: staging, publishing and removing instance files."""
 
-    def __init__(self, root: str | Path) -> None:
+    def __init__(self, root: str | Path, *, min_free_bytes: int = 0) -> None:
         self.root = Path(root).expanduser().resolve()
+        self.min_free_bytes = min_free_bytes
         self._known_dirs: set[str] = set()
+
+    def free_bytes(self) -> int:
+        """Space available to us on the storage volume."""
+        stats = os.statvfs(self.root)
+        return stats.f_bavail * stats.f_frsize
 
     @property
     def incoming(self) -> Path:
@@ -98,7 +104,20 @@ class Storage:
         return removed
 
     def stage(self, parts: Iterable[bytes]) -> StagedFile:
-        """Write `parts` to a new staging file, hashing as it goes, and fsync it."""
+        """Write `parts` to a new staging file, hashing as it goes, and fsync it.
+
+        Raises StorageFailure before writing anything when free space is below the minimum.
+        """
+        if self.min_free_bytes:
+            try:
+                free = self.free_bytes()
+            except OSError as exc:
+                raise _failure("measure free space", exc) from exc
+            if free < self.min_free_bytes:
+                raise StorageFailure(
+                    f"storage volume has {free // 2**20} MB free, below the minimum of "
+                    f"{self.min_free_bytes // 2**20} MB"
+                )
         incoming = self.incoming
         try:
             incoming.mkdir(parents=True, exist_ok=True)

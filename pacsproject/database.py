@@ -13,12 +13,15 @@ SQLITE_OPTIONS: dict[str, Any] = {
 }
 
 
-def sqlite_database(path: str | Path) -> dict[str, Any]:
+def sqlite_database(path: str | Path, *, wal_mode: bool = True) -> dict[str, Any]:
     """Return a DATABASES entry for the SQLite index file at `path`."""
+    options = dict(SQLITE_OPTIONS)
+    if not wal_mode:
+        options["init_command"] = "PRAGMA journal_mode=DELETE; PRAGMA synchronous=FULL"
     return {
         "ENGINE": "django.db.backends.sqlite3",
         "NAME": str(Path(path).expanduser().resolve()),
-        "OPTIONS": dict(SQLITE_OPTIONS),
+        "OPTIONS": options,
     }
 
 

@@ -1,33 +1,128 @@
 """The receiver's effective configuration, and the one place that computes it.
 
-Precedence: command line > environment (through Django settings) > defaults.
+Precedence: command line > configuration file > environment > defaults. `resolve` returns the
+configuration with the source of every value, which `runscp --check-config` prints.
 """
 
 import ipaddress
-from dataclasses import dataclass, fields
+import os
+import socket
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+import yaml
 from django.conf import settings
+from pydicom.uid import UID
 
 from archive.naming import naming_scheme
 from archive.services import DUPLICATE_POLICIES
+from receiver.sop_classes import sop_classes_parse
 
 DEFAULTS: dict[str, Any] = {
     "port": 11112,
     "ae_title": "PACS_RECEIVER",
     "bind": "",
+    "storage_dir": None,  # settings.DICOM_STORAGE_DIR
+    "index_db": None,  # the database of DATABASE_URL
+    "wal_mode": True,
     "naming": "hierarchical",
+    "duplicates": "keep",
+    "min_free_mb": 0.0,
     "max_associations": 10,
+    "max_pdu": 16382,
+    "require_called_ae_title": False,
+    "require_known_ae": False,
+    "allowed_aes": (),
+    "accepted_sop_classes": None,  # every storage class
     "acse_timeout": 30.0,
     "dimse_timeout": 60.0,
     "network_timeout": 60.0,
     "shutdown_grace": 30.0,
+    "tls_certificate": None,
+    "tls_private_key": None,
+    "tls_ca_certificates": None,
+    "tls_require_client_certificate": False,
 }
+
+# Environment variables that configure the receiver (read here, not scattered).
+ENVIRONMENT = {
+    "DICOM_STORAGE_DIR": "storage_dir",
+    "DICOM_DUPLICATES": "duplicates",
+    "DICOM_AE_TITLE": "ae_title",
+    "DICOM_PORT": "port",
+}
+
+# Configuration file layout: section → key → (field, kind).
+FILE_SCHEMA: dict[str, dict[str, tuple[str, str]]] = {
+    "server": {
+        "port": ("port", "int"),
+        "ae_title": ("ae_title", "str"),
+        "bind": ("bind", "str"),
+        "max_associations": ("max_associations", "int"),
+        "max_pdu": ("max_pdu", "int"),
+        "require_called_ae_title": ("require_called_ae_title", "bool"),
+        "shutdown_grace": ("shutdown_grace", "number"),
+    },
+    "storage": {
+        "directory": ("storage_dir", "path"),
+        "naming": ("naming", "str"),
+        "duplicates": ("duplicates", "str"),
+        "min_free_mb": ("min_free_mb", "number"),
+    },
+    "database": {
+        "path": ("index_db", "path"),
+        "wal_mode": ("wal_mode", "bool"),
+    },
+    "timeouts": {
+        "acse": ("acse_timeout", "number"),
+        "dimse": ("dimse_timeout", "number"),
+        "network": ("network_timeout", "number"),
+    },
+    "access": {
+        "require_known_ae": ("require_known_ae", "bool"),
+        "allowed_aes": ("allowed_aes", "peers"),
+    },
+    "tls": {
+        "certificate": ("tls_certificate", "path"),
+        "private_key": ("tls_private_key", "path"),
+        "ca_certificates": ("tls_ca_certificates", "path"),
+        "require_client_certificate": ("tls_require_client_certificate", "bool"),
+    },
+}
+LIST_SECTIONS = {"accepted_sop_classes": "accepted_sop_classes"}
 
 
 class ConfigError(ValueError):
-    """A configuration value is invalid; the message names the key."""
+    """A configuration value is invalid; the message names the key (and the file)."""
+
+
+@dataclass(frozen=True)
+class AllowedPeer:
+    """A calling AE title that may associate, optionally only from a host or network."""
+
+    ae_title: str
+    host: str = ""
+
+    def matches(self, ae_title: str, address: str) -> bool:
+        return ae_title == self.ae_title and (not self.host or host_matches(self.host, address))
+
+
+def host_matches(host: str, address: str) -> bool:
+    """Whether `address` is `host` (an IP address, a CIDR network, or a resolvable name)."""
+    try:
+        peer = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    try:
+        return peer in ipaddress.ip_network(host, strict=False)
+    except ValueError:
+        pass
+    try:
+        infos = socket.getaddrinfo(host, None)
+    except OSError:
+        return False
+    return any(ipaddress.ip_address(info[4][0]) == peer for info in infos)
 
 
 @dataclass(frozen=True)
@@ -37,25 +132,65 @@ class ReceiverConfig:
     bind: str
     storage_dir: Path
     index_db: Path | None
+    wal_mode: bool
     naming: str
     duplicates: str
+    min_free_mb: float
     max_associations: int
+    max_pdu: int
+    require_called_ae_title: bool
+    require_known_ae: bool
+    allowed_aes: tuple[AllowedPeer, ...]
+    accepted_sop_classes: tuple[UID, ...] | None
     acse_timeout: float
     dimse_timeout: float
     network_timeout: float
     shutdown_grace: float
+    tls_certificate: Path | None
+    tls_private_key: Path | None
+    tls_ca_certificates: Path | None
+    tls_require_client_certificate: bool
+    sources: dict[str, str] = field(default_factory=dict, compare=False)
+
+    @property
+    def tls(self) -> bool:
+        return self.tls_certificate is not None
 
     def describe(self) -> str:
         """One line naming everything an operator checks first."""
-        address = self.bind or "*"
+        accepted = (
+            "all storage classes"
+            if self.accepted_sop_classes is None
+            else f"{len(self.accepted_sop_classes)} storage classes"
+        )
         return (
-            f"AE title {self.ae_title}, listening on {address}:{self.port}, "
-            f"storage {self.storage_dir}, index {self.index_db or _database_label()}, "
-            f"naming {self.naming}, duplicates {self.duplicates}"
+            f"AE title {self.ae_title}, listening on {self.bind or '*'}:{self.port}"
+            f"{' (TLS)' if self.tls else ''}, storage {self.storage_dir}, "
+            f"index {self.index_db or database_label()}, naming {self.naming}, "
+            f"duplicates {self.duplicates}, {accepted}, "
+            f"up to {self.max_associations} associations"
         )
 
+    def report(self) -> str:
+        """Every effective value with where it came from, for `--check-config`."""
+        lines = []
+        for item in fields(self):
+            if item.name == "sources":
+                continue
+            value = getattr(self, item.name)
+            if item.name == "accepted_sop_classes" and value is not None:
+                value = ", ".join(f"{UID(uid).name}" for uid in value)
+            elif item.name == "allowed_aes":
+                value = ", ".join(f"{p.ae_title}@{p.host or '*'}" for p in value) or "(none)"
+            elif item.name == "index_db" and value is None:
+                value = database_label()
+            elif item.name == "bind" and not value:
+                value = "(all interfaces)"
+            lines.append(f"{item.name:32} {value}  [{self.sources.get(item.name, 'default')}]")
+        return "\n".join(lines)
 
-def _database_label() -> str:
+
+def database_label() -> str:
     database = settings.DATABASES["default"]
     engine = database["ENGINE"].rsplit(".", 1)[-1]
     if engine == "sqlite3":
@@ -65,7 +200,7 @@ def _database_label() -> str:
 
 def ae_title_valid(title: str) -> str:
     """Return the AE title stripped of padding, or raise ConfigError saying what is wrong."""
-    stripped = title.strip(" ")
+    stripped = str(title).strip(" ")
     if not stripped:
         raise ConfigError("AE title is empty")
     if len(stripped) > 16:
@@ -77,43 +212,214 @@ def ae_title_valid(title: str) -> str:
     return stripped
 
 
-def resolve(command_line: dict[str, Any]) -> ReceiverConfig:
-    """Merge command-line values (None = not given) over settings and defaults, and validate."""
-    environment = {
-        "storage_dir": settings.DICOM_STORAGE_DIR,
-        "duplicates": settings.DICOM_DUPLICATES,
-    }
-    merged: dict[str, Any] = {**DEFAULTS, "index_db": None, **environment}
-    merged.update({key: value for key, value in command_line.items() if value is not None})
+def config_file_read(path: Path) -> dict[str, Any]:
+    """Read and type-check a YAML configuration file into configuration fields.
+
+    Raises ConfigError naming the file and the key for anything unreadable, unknown or mistyped.
+    """
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the configuration file: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: the configuration file is not UTF-8 text") from None
+    try:
+        document = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        where = getattr(exc, "problem_mark", None)
+        at = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"{path}: YAML syntax error{at}: {problem}") from None
+    if document is None:
+        return {}
+    if not isinstance(document, dict):
+        raise ConfigError(f"{path}: expected sections (server, storage, ...) at the top level")
+
+    values: dict[str, Any] = {}
+    for section, content in document.items():
+        if section in LIST_SECTIONS:
+            if not isinstance(content, list) or not all(isinstance(x, str) for x in content):
+                raise ConfigError(
+                    f"{path}: {section}: expected a list of names, modalities or UIDs"
+                )
+            values[LIST_SECTIONS[section]] = content
+            continue
+        if section not in FILE_SCHEMA:
+            known = ", ".join([*FILE_SCHEMA, *LIST_SECTIONS])
+            raise ConfigError(f"{path}: unknown section {section!r} (known: {known})")
+        if content is None:
+            continue
+        if not isinstance(content, dict):
+            raise ConfigError(f"{path}: {section}: expected keys, got {type(content).__name__}")
+        for key, value in content.items():
+            if key not in FILE_SCHEMA[section]:
+                known = ", ".join(FILE_SCHEMA[section])
+                raise ConfigError(f"{path}: unknown key {section}.{key} (known: {known})")
+            name, kind = FILE_SCHEMA[section][key]
+            values[name] = _typed(value, kind, f"{path}: {section}.{key}", path.parent)
+    return values
+
+
+def _typed(value: Any, kind: str, where: str, base: Path) -> Any:
+    if kind == "int":
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected a whole number, got {value!r}")
+        return value
+    if kind == "number":
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if kind == "bool":
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true or false, got {value!r}")
+        return value
+    if kind == "str":
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected text, got {value!r}")
+        return value
+    if kind == "path":
+        if not isinstance(value, str) or not value:
+            raise ConfigError(f"{where}: expected a path, got {value!r}")
+        # Relative paths are relative to the file, so a service can start from any directory.
+        return (base / Path(value).expanduser()).resolve()
+    if kind == "peers":
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list of {{ae_title, host}} entries")
+        return [_peer_entry(entry, f"{where}[{i}]") for i, entry in enumerate(value)]
+    raise AssertionError(kind)
+
+
+def _peer_entry(entry: Any, where: str) -> AllowedPeer:
+    if isinstance(entry, str):
+        entry = {"ae_title": entry}
+    if not isinstance(entry, dict) or "ae_title" not in entry:
+        raise ConfigError(f"{where}: expected an entry with ae_title (and optional host)")
+    unknown = set(entry) - {"ae_title", "host", "description"}
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}")
+    try:
+        title = ae_title_valid(entry["ae_title"])
+    except ConfigError as exc:
+        raise ConfigError(f"{where}.ae_title: {exc}") from None
+    host = str(entry.get("host") or "")
+    return AllowedPeer(ae_title=title, host=host)
+
+
+def _environment() -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for variable, name in ENVIRONMENT.items():
+        if variable in os.environ:
+            values[name] = os.environ[variable]
+    if "port" in values:
+        try:
+            values["port"] = int(values["port"])
+        except ValueError:
+            raise ConfigError(
+                f"DICOM_PORT: expected a port number, got {values['port']!r}"
+            ) from None
+    return values
+
+
+def resolve(command_line: dict[str, Any], config_file: Path | None = None) -> ReceiverConfig:
+    """Merge command line (None = not given) > file > environment > defaults, and validate."""
+    layers: list[tuple[str, dict[str, Any]]] = [("default", DEFAULTS)]
+    layers.append(("environment", _environment()))
+    if config_file is not None:
+        layers.append((f"file {config_file}", config_file_read(Path(config_file))))
+    layers.append(("command line", {k: v for k, v in command_line.items() if v is not None}))
+
+    merged: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    for source, values in layers:
+        for key, value in values.items():
+            merged[key] = value
+            sources[key] = source
     unknown = set(merged) - {f.name for f in fields(ReceiverConfig)}
     if unknown:
         raise ConfigError(f"unknown setting(s): {', '.join(sorted(unknown))}")
 
+    def fail(key: str, message: str) -> ConfigError:
+        return ConfigError(f"{_spelling(key, sources.get(key, 'default'))}: {message}")
+
     port = merged["port"]
     if not isinstance(port, int) or not 1 <= port <= 65535:
-        raise ConfigError(f"port {port!r} is not between 1 and 65535")
+        raise fail("port", f"{port!r} is not between 1 and 65535")
+    try:
+        merged["ae_title"] = ae_title_valid(merged["ae_title"])
+    except ConfigError as exc:
+        raise fail("ae_title", str(exc)) from None
     try:
         merged["naming"] = naming_scheme(merged["naming"])
     except ValueError as exc:
-        raise ConfigError(f"naming: {exc}") from None
+        raise fail("naming", str(exc)) from None
     if merged["duplicates"] not in DUPLICATE_POLICIES:
-        raise ConfigError(
-            f"duplicates: unknown policy {merged['duplicates']!r}; use one of "
-            + ", ".join(DUPLICATE_POLICIES)
+        raise fail(
+            "duplicates",
+            f"unknown policy {merged['duplicates']!r}; use one of {', '.join(DUPLICATE_POLICIES)}",
         )
-    if merged["bind"]:
+    if merged["bind"] and merged["bind"] != "localhost":
         try:
             ipaddress.ip_address(merged["bind"])
         except ValueError:
-            if merged["bind"] != "localhost":
-                raise ConfigError(f"bind: {merged['bind']!r} is not an IP address") from None
+            raise fail("bind", f"{merged['bind']!r} is not an IP address") from None
     if merged["max_associations"] < 1:
-        raise ConfigError("max_associations must be at least 1")
+        raise fail("max_associations", "must be at least 1")
+    if merged["max_pdu"] != 0 and not 4096 <= merged["max_pdu"] <= 2**32 - 1:
+        raise fail("max_pdu", "must be 0 (unlimited) or between 4096 and 4294967295")
+    if merged["min_free_mb"] < 0:
+        raise fail("min_free_mb", "must not be negative")
     for key in ("acse_timeout", "dimse_timeout", "network_timeout", "shutdown_grace"):
         if merged[key] <= 0:
-            raise ConfigError(f"{key} must be a positive number of seconds")
-    merged["ae_title"] = ae_title_valid(merged["ae_title"])
-    merged["storage_dir"] = Path(merged["storage_dir"]).expanduser().resolve()
-    if merged["index_db"] is not None:
-        merged["index_db"] = Path(merged["index_db"]).expanduser().resolve()
-    return ReceiverConfig(**merged)
+            raise fail(key, "must be a positive number of seconds")
+    if merged["accepted_sop_classes"] is not None:
+        entries = merged["accepted_sop_classes"]
+        if isinstance(entries, str):
+            entries = entries.split(",")
+        try:
+            merged["accepted_sop_classes"] = tuple(sop_classes_parse(entries))
+        except ValueError as exc:
+            raise fail("accepted_sop_classes", str(exc)) from None
+        if not merged["accepted_sop_classes"]:
+            raise fail("accepted_sop_classes", "names no storage class")
+    merged["allowed_aes"] = tuple(merged["allowed_aes"])
+    _check_tls(merged, fail)
+
+    merged["storage_dir"] = Path(merged["storage_dir"] or settings.DICOM_STORAGE_DIR)
+    merged["storage_dir"] = merged["storage_dir"].expanduser().resolve()
+    for key in ("index_db", "tls_certificate", "tls_private_key", "tls_ca_certificates"):
+        if merged[key] is not None:
+            merged[key] = Path(merged[key]).expanduser().resolve()
+    return ReceiverConfig(**merged, sources=sources)
+
+
+def _spelling(key: str, source: str) -> str:
+    """How the user wrote `key` where it came from: file key, option or variable, with origin."""
+    if source.startswith("file "):
+        return f"{source[5:]}: {FILE_KEYS.get(key, key)}"
+    if source == "command line":
+        positional = {"port": "PORT", "ae_title": "AE_TITLE", "accepted_sop_classes": "--accept"}
+        return positional.get(key, f"--{key.replace('_', '-')}")
+    if source == "environment":
+        return next((var for var, name in ENVIRONMENT.items() if name == key), key)
+    return key
+
+
+FILE_KEYS = {
+    name: f"{section}.{key}"
+    for section, keys in FILE_SCHEMA.items()
+    for key, (name, _) in keys.items()
+} | {name: section for section, name in LIST_SECTIONS.items()}
+
+
+def _check_tls(merged: dict[str, Any], fail: Any) -> None:
+    certificate, key = merged["tls_certificate"], merged["tls_private_key"]
+    if (certificate is None) != (key is None):
+        raise fail(
+            "tls_private_key" if certificate is None else "tls_certificate",
+            "TLS needs both a certificate and a private key",
+        )
+    if merged["tls_require_client_certificate"] and not merged["tls_ca_certificates"]:
+        raise fail("tls_ca_certificates", "require_client_certificate needs ca_certificates")
+    for name in ("tls_certificate", "tls_private_key", "tls_ca_certificates"):
+        if merged[name] is not None and not Path(merged[name]).is_file():
+            raise fail(name, f"{merged[name]} is not a readable file")

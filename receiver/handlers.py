@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 from django.db import connection
 from pynetdicom.events import Event
+from pynetdicom.sop_class import Verification
 
 from archive.exceptions import (
     DatasetMismatch,
@@ -19,6 +20,8 @@ from archive.exceptions import (
     StorageFailure,
 )
 from archive.services import IngestSettings, instance_store
+from receiver.access import association_decide
+from receiver.config import ReceiverConfig
 
 logger = logging.getLogger(__name__)
 
@@ -65,7 +68,63 @@ def tally_of(assoc: object) -> AssociationTally:
 
 def _peer(event: Event) -> str:
     requestor = event.assoc.requestor
-    return f"{requestor.ae_title}@{requestor.address}:{requestor.port}"
+    # Before negotiation the requestor's AE title is only in the A-ASSOCIATE-RQ primitive.
+    title = requestor.ae_title or getattr(requestor.primitive, "calling_ae_title", "") or "?"
+    return f"{title.strip()}@{requestor.address}:{requestor.port}"
+
+
+_REJECT_REASONS = {
+    (0x01, 0x02): "application context name not supported",
+    (0x01, 0x03): "calling AE title not recognised",
+    (0x01, 0x07): "called AE title not recognised",
+    (0x02, 0x02): "protocol version not supported",
+    (0x03, 0x01): "temporary congestion",
+    (0x03, 0x02): "local limit exceeded",
+}
+
+
+def handle_requested(event: Event, config: ReceiverConfig) -> None:
+    """EVT_REQUESTED: apply access control before pynetdicom negotiates.
+
+    Rejects with A-ASSOCIATE-RJ (reason 3 for a calling AE not allowed from this host, reason 7
+    for a wrong called AE title), or narrows the presentation contexts we will accept to the
+    storage classes the configuration and the admin rules allow (others are rejected with
+    "abstract syntax not supported"; Verification always stays).
+    """
+    assoc = event.assoc
+    request = assoc.requestor.primitive
+    decision = association_decide(
+        config=config,
+        calling_ae=request.calling_ae_title,
+        called_ae=request.called_ae_title,
+        address=assoc.requestor.address,
+    )
+    if decision.rejection is not None:
+        logger.warning("Association from %s rejected: %s", _peer(event), decision.why)
+        _close_database()
+        assoc.acse.send_reject(*decision.rejection)
+        assoc.kill()
+        return
+    accepted = decision.sop_classes
+    assoc.acceptor.supported_contexts = [
+        cx
+        for cx in assoc.acceptor.supported_contexts
+        if cx.abstract_syntax == Verification or cx.abstract_syntax in accepted
+    ]
+
+
+def handle_data_received(event: Event) -> None:
+    """EVT_DATA_RECV: abort a peer whose PDU exceeds the maximum length we advertised (PS3.8
+    9.3.1); only bound when a limit is set."""
+    limit = event.assoc.acceptor.maximum_length
+    if limit and len(event.data) - 6 > limit:
+        logger.warning(
+            "Aborting association from %s: PDU of %d bytes exceeds our maximum of %d",
+            _peer(event),
+            len(event.data) - 6,
+            limit,
+        )
+        event.assoc.abort()
 
 
 def handle_store(event: Event, ingest: IngestSettings) -> int:
@@ -129,7 +188,12 @@ def handle_accepted(event: Event) -> None:
 
 
 def handle_rejected(event: Event) -> None:
-    logger.info("Association from %s rejected", _peer(event))
+    """EVT_REJECTED: pynetdicom's own rejections (association limit reached)."""
+    primitive = event.assoc.acceptor.primitive
+    source, reason = getattr(primitive, "result_source", 0), getattr(primitive, "diagnostic", 0)
+    why = _REJECT_REASONS.get((source, reason), f"source {source}, reason {reason}")
+    logger.warning("Association from %s rejected: %s", _peer(event), why)
+    _close_database()
 
 
 def handle_released(event: Event) -> None:

@@ -1,5 +1,7 @@
 """The Application Entity: what we accept, with which limits, and which handler serves what."""
 
+import ssl
+
 from pydicom.uid import (
     UID,
     AllTransferSyntaxes,
@@ -9,13 +11,13 @@ from pydicom.uid import (
     ImplicitVRLittleEndian,
 )
 from pynetdicom import AE, _config, evt
-from pynetdicom.presentation import AllStoragePresentationContexts
 from pynetdicom.sop_class import Verification
 
 from archive.part10 import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from archive.services import IngestSettings
 from receiver import handlers
 from receiver.config import ReceiverConfig
+from receiver.sop_classes import storage_sop_classes
 
 # pynetdicom logs each PDU and DIMSE message; we log one line per association instead.
 _config.LOG_HANDLER_LEVEL = "none"
@@ -50,21 +52,17 @@ def transfer_syntaxes() -> list[UID]:
     return _UNCOMPRESSED_PREFERENCE + compressed
 
 
-def storage_sop_classes() -> list[UID]:
-    """Every storage SOP class pynetdicom knows."""
-    return [UID(cx.abstract_syntax) for cx in AllStoragePresentationContexts]
-
-
 def build_ae(config: ReceiverConfig, ingest: IngestSettings) -> tuple[AE, list]:
     """Return the configured AE and the event handlers to start its server with."""
     ae = AE(ae_title=config.ae_title)
     ae.implementation_class_uid = IMPLEMENTATION_CLASS_UID
     ae.implementation_version_name = IMPLEMENTATION_VERSION_NAME
     ae.maximum_associations = config.max_associations
+    ae.maximum_pdu_size = config.max_pdu
     ae.acse_timeout = config.acse_timeout
     ae.dimse_timeout = config.dimse_timeout
     ae.network_timeout = config.network_timeout
-    # Peers must address us by the name we were given only once access control asks for it.
+    # Access control is ours (receiver.access, on EVT_REQUESTED), read anew per association.
     ae.require_called_aet = False
     ae.require_calling_aet = []
 
@@ -74,6 +72,7 @@ def build_ae(config: ReceiverConfig, ingest: IngestSettings) -> tuple[AE, list]:
         ae.add_supported_context(sop_class, syntaxes)
 
     event_handlers = [
+        (evt.EVT_REQUESTED, handlers.handle_requested, [config]),
         (evt.EVT_C_STORE, handlers.handle_store, [ingest]),
         (evt.EVT_C_ECHO, handlers.handle_echo),
         (evt.EVT_ACCEPTED, handlers.handle_accepted),
@@ -81,4 +80,21 @@ def build_ae(config: ReceiverConfig, ingest: IngestSettings) -> tuple[AE, list]:
         (evt.EVT_RELEASED, handlers.handle_released),
         (evt.EVT_ABORTED, handlers.handle_aborted),
     ]
+    if config.max_pdu:
+        event_handlers.append((evt.EVT_DATA_RECV, handlers.handle_data_received))
     return ae, event_handlers
+
+
+def tls_context(config: ReceiverConfig) -> ssl.SSLContext | None:
+    """The server's TLS context (PS3.15 B.1/B.9: TLS 1.2 or 1.3 only), or None without TLS."""
+    if not config.tls:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(config.tls_certificate, config.tls_private_key)
+    if config.tls_ca_certificates:
+        context.load_verify_locations(cafile=config.tls_ca_certificates)
+        context.verify_mode = (
+            ssl.CERT_REQUIRED if config.tls_require_client_certificate else ssl.CERT_OPTIONAL
+        )
+    return context

@@ -3,6 +3,7 @@
 import errno
 import logging
 import signal
+import ssl
 import threading
 import time
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ from archive.services import IngestSettings
 from archive.storage import Storage
 from pacsproject.database import sqlite_database
 from receiver.config import ReceiverConfig
-from receiver.scp import build_ae
+from receiver.scp import build_ae, tls_context
 
 logger = logging.getLogger(__name__)
 
@@ -63,8 +64,14 @@ class RunningServer:
         self.ae.shutdown()
 
 
-def use_sqlite_index(path: Path) -> None:
-    """Point the default database at the SQLite file `path` (created on first use)."""
+def use_sqlite_index(path: Path | None, *, wal_mode: bool) -> None:
+    """Point the default database at the SQLite file `path` (created on first use); with no
+    path, apply the journal mode to the configured database if it is SQLite."""
+    database = connections.settings["default"]
+    if path is None:
+        if database["ENGINE"] != "django.db.backends.sqlite3" or wal_mode:
+            return
+        path = Path(database["NAME"])
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -72,19 +79,17 @@ def use_sqlite_index(path: Path) -> None:
             f"cannot create the index directory {path.parent}: {exc.strerror}"
         ) from None
     connections.close_all()
-    database = connections.settings["default"]
-    database.update(sqlite_database(path))
+    database.update(sqlite_database(path, wal_mode=wal_mode))
     # A wrapper built for the previous engine must not be reused.
     del connections["default"]
 
 
 def prepare(config: ReceiverConfig) -> IngestSettings:
     """Choose the database, bring its schema up to date and make the storage ready."""
-    if config.index_db is not None:
-        use_sqlite_index(config.index_db)
-    storage = Storage(config.storage_dir)
+    use_sqlite_index(config.index_db, wal_mode=config.wal_mode)
+    ingest = ingest_settings(config)
     try:
-        storage.prepare()
+        ingest.storage.prepare()
     except StorageFailure as exc:
         raise StartupError(str(exc)) from None
     try:
@@ -93,6 +98,12 @@ def prepare(config: ReceiverConfig) -> IngestSettings:
         raise StartupError(f"index database not usable: {exc}") from None
     finally:
         connections.close_all()
+    return ingest
+
+
+def ingest_settings(config: ReceiverConfig) -> IngestSettings:
+    """The archive's settings for this configuration."""
+    storage = Storage(config.storage_dir, min_free_bytes=int(config.min_free_mb * 2**20))
     return IngestSettings(storage=storage, naming=config.naming, duplicates=config.duplicates)
 
 
@@ -100,7 +111,16 @@ def start(config: ReceiverConfig, ingest: IngestSettings) -> RunningServer:
     """Open the listening socket and serve associations in background threads."""
     ae, handlers = build_ae(config, ingest)
     try:
-        server = ae.start_server((config.bind, config.port), block=False, evt_handlers=handlers)
+        ssl_context = tls_context(config)
+    except (OSError, ssl.SSLError) as exc:
+        raise StartupError(f"TLS certificate or key not usable: {exc}") from None
+    try:
+        server = ae.start_server(
+            (config.bind, config.port),
+            block=False,
+            evt_handlers=handlers,
+            ssl_context=ssl_context,
+        )
     except OSError as exc:
         address = f"{config.bind or '*'}:{config.port}"
         if exc.errno == errno.EADDRINUSE:

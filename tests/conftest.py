@@ -6,10 +6,8 @@ import pytest
 from django.db import connections
 from pydicom.data import get_charset_files, get_testdata_file
 
-from archive.services import IngestSettings
-from archive.storage import Storage
 from receiver.config import resolve
-from receiver.server import RunningServer, start
+from receiver.server import RunningServer, ingest_settings, start
 
 
 def sample_file(name: str) -> Path:
@@ -45,9 +43,8 @@ def start_scp(transactional_db, storage_dir: Path) -> Iterator[Callable[..., Run
                 **options,
             }
         )
-        storage = Storage(config.storage_dir)
-        storage.prepare()
-        ingest = IngestSettings(storage=storage, naming=config.naming, duplicates=config.duplicates)
+        ingest = ingest_settings(config)
+        ingest.storage.prepare()
         server = start(config, ingest)
         servers.append(server)
         return server

@@ -1,5 +1,6 @@
 """`python manage.py runscp PORT AE_TITLE`: run the DICOM Storage SCP until Ctrl-C or SIGTERM."""
 
+from pathlib import Path
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
@@ -8,6 +9,29 @@ from archive.naming import NAMING_ALIASES, NAMING_SCHEMES
 from archive.services import DUPLICATE_POLICIES
 from receiver import server
 from receiver.config import ConfigError, resolve
+
+# Command-line options that map one to one onto configuration fields.
+_FIELDS = [
+    "port",
+    "ae_title",
+    "storage_dir",
+    "index_db",
+    "naming",
+    "bind",
+    "duplicates",
+    "max_associations",
+    "max_pdu",
+    "min_free_mb",
+    "shutdown_grace",
+    "acse_timeout",
+    "dimse_timeout",
+    "network_timeout",
+    "tls_certificate",
+    "tls_private_key",
+    "tls_ca_certificates",
+]
+# On/off switches: given means on, absent means "not said here" (the file or default decides).
+_SWITCHES = ["require_called_ae_title", "require_known_ae", "tls_require_client_certificate"]
 
 
 class Command(BaseCommand):
@@ -18,11 +42,15 @@ class Command(BaseCommand):
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("port", nargs="?", type=int, help="TCP port to listen on (11112)")
         parser.add_argument("ae_title", nargs="?", help="our AE title (PACS_RECEIVER)")
+        parser.add_argument("--config", type=Path, help="YAML configuration file")
+        parser.add_argument(
+            "--check-config",
+            action="store_true",
+            help="validate, print the effective configuration and where each value came from",
+        )
         parser.add_argument("--storage-dir", help="where files are written (DICOM_STORAGE_DIR)")
         parser.add_argument("--index-db", help="SQLite index file; created if missing")
-        parser.add_argument(
-            "--naming", choices=[*NAMING_SCHEMES, *NAMING_ALIASES], help="file layout"
-        )
+        parser.add_argument("--naming", choices=[*NAMING_SCHEMES, *NAMING_ALIASES])
         parser.add_argument("--bind", help="address to listen on (all interfaces)")
         parser.add_argument(
             "--duplicates",
@@ -30,28 +58,34 @@ class Command(BaseCommand):
             help="an instance received again with other content: keep the first copy, "
             "overwrite it, or reject the new one",
         )
-        parser.add_argument("--max-associations", type=int, help="concurrent associations (10)")
         parser.add_argument(
-            "--shutdown-grace",
-            type=float,
-            help="seconds in-flight associations get to finish on SIGTERM (30)",
+            "--accept",
+            metavar="CLASSES",
+            help='accepted storage classes: modalities, names or UIDs, e.g. "CT,MR,US"',
         )
+        parser.add_argument("--max-associations", type=int, help="concurrent associations (10)")
+        parser.add_argument("--max-pdu", type=int, help="maximum PDU length we receive (16382)")
+        parser.add_argument("--min-free-mb", type=float, help="refuse C-STOREs below this")
+        parser.add_argument("--shutdown-grace", type=float, help="seconds for open associations")
+        parser.add_argument("--acse-timeout", type=float)
+        parser.add_argument("--dimse-timeout", type=float)
+        parser.add_argument("--network-timeout", type=float)
+        parser.add_argument("--require-called-ae-title", action="store_true", default=None)
+        parser.add_argument("--require-known-ae", action="store_true", default=None)
+        parser.add_argument("--tls-certificate")
+        parser.add_argument("--tls-private-key")
+        parser.add_argument("--tls-ca-certificates")
+        parser.add_argument("--tls-require-client-certificate", action="store_true", default=None)
 
     def handle(self, *args: Any, **options: Any) -> None:
+        command_line = {name: options[name] for name in [*_FIELDS, *_SWITCHES]}
+        command_line["accepted_sop_classes"] = options["accept"]
         try:
-            config = resolve(
-                {
-                    "port": options["port"],
-                    "ae_title": options["ae_title"],
-                    "storage_dir": options["storage_dir"],
-                    "index_db": options["index_db"],
-                    "naming": options["naming"],
-                    "bind": options["bind"],
-                    "duplicates": options["duplicates"],
-                    "max_associations": options["max_associations"],
-                    "shutdown_grace": options["shutdown_grace"],
-                }
-            )
+            config = resolve(command_line, options["config"])
+            if options["check_config"]:
+                self.stdout.write(config.report())
+                self.stdout.write("configuration is valid")
+                return
             server.run(config)
         except (ConfigError, server.StartupError) as exc:
             raise CommandError(str(exc)) from None

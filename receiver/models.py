@@ -1,0 +1,80 @@
+"""Access rules the administrator edits in the Django admin; read at every association, so a
+change applies to the next association without restarting the receiver."""
+
+from django.core.exceptions import ValidationError
+from django.db import models
+
+from receiver.config import ConfigError, ae_title_valid
+from receiver.sop_classes import sop_classes_parse
+
+
+def _validate_ae_title(value: str) -> None:
+    try:
+        ae_title_valid(value)
+    except ConfigError as exc:
+        raise ValidationError(str(exc)) from None
+
+
+def _validate_sop_classes(value: str) -> None:
+    try:
+        sop_classes_parse([value])
+    except ValueError as exc:
+        raise ValidationError(str(exc)) from None
+
+
+class AllowedAEQuerySet(models.QuerySet):
+    def enabled(self) -> "AllowedAEQuerySet":
+        return self.filter(enabled=True)
+
+
+class AllowedAE(models.Model):
+    """A calling AE title that may associate, optionally only from one host or network."""
+
+    ae_title = models.CharField("AE title", max_length=16, validators=[_validate_ae_title])
+    host = models.CharField(
+        max_length=255,
+        blank=True,
+        help_text="IP address, CIDR network (10.1.2.0/24) or host name; empty for any host.",
+    )
+    description = models.CharField(max_length=255, blank=True)
+    enabled = models.BooleanField(default=True)
+
+    objects = AllowedAEQuerySet.as_manager()
+
+    class Meta:
+        verbose_name = "allowed AE title"
+        ordering = ["ae_title", "host"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["ae_title", "host"], name="receiver_allowedae_unique_ae_title_host"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.ae_title}@{self.host or '*'}"
+
+
+class SOPClassRule(models.Model):
+    """Adds to or removes from the accepted storage classes of the configuration."""
+
+    ACCEPT = "accept"
+    REFUSE = "refuse"
+
+    sop_classes = models.CharField(
+        "SOP classes",
+        max_length=128,
+        validators=[_validate_sop_classes],
+        help_text="A modality (CT), a standard name (CT Image Storage) or a UID.",
+    )
+    action = models.CharField(
+        max_length=6, choices=[(ACCEPT, "accept"), (REFUSE, "refuse")], default=REFUSE
+    )
+    description = models.CharField(max_length=255, blank=True)
+    enabled = models.BooleanField(default=True)
+
+    class Meta:
+        verbose_name = "SOP class rule"
+        ordering = ["action", "sop_classes"]
+
+    def __str__(self) -> str:
+        return f"{self.action} {self.sop_classes}"

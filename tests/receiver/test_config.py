@@ -1,0 +1,120 @@
+"""Configuration: file, environment, command line, and every kind of mistake in them."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from django.core.management import call_command
+
+from receiver.config import AllowedPeer, ConfigError, resolve
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "store_scp.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_shipped_example_is_valid():
+    config = resolve({}, ROOT / "store_scp.yaml")
+    assert config.ae_title == "MY_PACS"
+    assert config.port == 11112
+    assert config.storage_dir == ROOT / "received"
+    assert config.allowed_aes[0] == AllowedPeer("CT_SCANNER", "192.168.10.0/24")
+    assert "1.2.840.10008.5.1.4.1.1.2" in config.accepted_sop_classes  # CT Image Storage
+    assert "1.2.840.10008.5.1.4.1.1.88.22" in config.accepted_sop_classes
+
+
+def test_precedence_is_command_line_then_file_then_environment_then_default(tmp_path, monkeypatch):
+    monkeypatch.setenv("DICOM_AE_TITLE", "FROM_ENV")
+    monkeypatch.setenv("DICOM_DUPLICATES", "reject")
+    monkeypatch.setenv("DICOM_STORAGE_DIR", str(tmp_path / "env-store"))
+    path = write(
+        tmp_path,
+        "server: {port: 4242, ae_title: FROM_FILE}\nstorage: {naming: date-based}\n",
+    )
+    config = resolve({"port": 5555, "ae_title": None}, path)
+    assert (config.port, config.sources["port"]) == (5555, "command line")
+    assert (config.ae_title, config.sources["ae_title"]) == ("FROM_FILE", f"file {path}")
+    assert (config.duplicates, config.sources["duplicates"]) == ("reject", "environment")
+    assert config.storage_dir == tmp_path / "env-store"
+    assert config.naming == "date"
+    assert (config.max_associations, config.sources["max_associations"]) == (10, "default")
+
+
+def test_relative_paths_in_the_file_are_relative_to_the_file(tmp_path):
+    path = write(tmp_path, "storage: {directory: data/dicom}\ndatabase: {path: data/index.db}\n")
+    config = resolve({}, path)
+    assert config.storage_dir == tmp_path / "data" / "dicom"
+    assert config.index_db == tmp_path / "data" / "index.db"
+
+
+def test_accept_takes_modalities_names_and_uids():
+    config = resolve({"accepted_sop_classes": "CT, MR Image Storage,1.2.840.10008.5.1.4.1.1.7"})
+    names = {uid.name for uid in config.accepted_sop_classes}
+    assert {"CT Image Storage", "Enhanced CT Image Storage", "MR Image Storage"} <= names
+    assert "Secondary Capture Image Storage" in names
+    assert "Enhanced MR Image Storage" not in names
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("server: {prot: 11112}\n", "unknown key server.prot"),
+        ("servers: {port: 11112}\n", "unknown section 'servers'"),
+        ("server: {port: eleven}\n", "server.port: expected a whole number"),
+        ("server: {port: 70000}\n", "server.port: 70000 is not between 1 and 65535"),
+        ("server: {ae_title: WAY_TOO_LONG_AE_TITLE}\n", "longer than 16 characters"),
+        ("server: {require_called_ae_title: maybe}\n", "expected true or false"),
+        ("storage: {naming: alphabetical}\n", "unknown naming scheme"),
+        ("storage: {duplicates: merge}\n", "unknown policy 'merge'"),
+        ("accepted_sop_classes: [CT, Holographic Storage]\n", "unknown SOP class"),
+        ("accepted_sop_classes: CT\n", "accepted_sop_classes: expected a list"),
+        ("access: {allowed_aes: [{ae_title: 'A\\\\B'}]}\n", "allowed_aes[0].ae_title"),
+        ("access: {allowed_aes: [{ae_title: OK, port: 4}]}\n", "unknown key(s) port"),
+        ("timeouts: {dimse: -1}\n", "timeouts.dimse: must be a positive number"),
+        ("tls: {certificate: missing.pem, private_key: missing.key}\n", "not a readable file"),
+        ("tls: {certificate: a.pem}\n", "needs both a certificate and a private key"),
+        ("server: [1, 2]\n", "server: expected keys"),
+        ("server:\n  port: 1\n bad indent\n", "YAML syntax error at line"),
+        ("- just\n- a list\n", "expected sections"),
+    ],
+)
+def test_bad_configuration_names_the_file_and_the_key(tmp_path, text, expected):
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as error:
+        resolve({}, path)
+    assert expected in str(error.value)
+    assert str(path) in str(error.value)
+
+
+def test_unreadable_file_is_an_error_naming_it(tmp_path):
+    with pytest.raises(ConfigError, match="cannot read the configuration file"):
+        resolve({}, tmp_path / "absent.yaml")
+
+
+def test_check_config_prints_values_and_sources(tmp_path, capsys):
+    path = write(tmp_path, "server: {ae_title: CHECKED, port: 4104}\n")
+    call_command("runscp", "--config", str(path), "--check-config", "--naming", "flat")
+    output = capsys.readouterr().out
+    assert f"CHECKED  [file {path}]" in output
+    assert "flat  [command line]" in output
+    assert "configuration is valid" in output
+
+
+def test_runscp_with_bad_file_exits_non_zero_with_one_line(tmp_path):
+    path = write(tmp_path, "server: {port: 11112, ae_tittle: X}\n")
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "manage.py"), "runscp", "--config", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines() == [
+        f"CommandError: {path}: unknown key server.ae_tittle (known: port, ae_title, bind, "
+        "max_associations, max_pdu, require_called_ae_title, shutdown_grace)"
+    ]
