@@ -19,6 +19,7 @@ logger = logging.getLogger(__name__)
 CALLING_AE_NOT_RECOGNISED = (0x01, 0x01, 0x03)
 CALLED_AE_NOT_RECOGNISED = (0x01, 0x01, 0x07)
 TRANSIENT_NO_REASON = (0x02, 0x01, 0x01)
+LOCAL_LIMIT_EXCEEDED = (0x02, 0x03, 0x02)
 
 
 @dataclass(frozen=True)

@@ -20,8 +20,9 @@ from archive.exceptions import (
     StorageFailure,
 )
 from archive.services import IngestSettings, instance_store
-from receiver.access import association_decide
+from receiver.access import LOCAL_LIMIT_EXCEEDED, Decision, association_decide
 from receiver.config import ReceiverConfig
+from receiver.limits import AssociationSlots
 
 logger = logging.getLogger(__name__)
 
@@ -83,11 +84,12 @@ _REJECT_REASONS = {
 }
 
 
-def handle_requested(event: Event, config: ReceiverConfig) -> None:
-    """EVT_REQUESTED: apply access control before pynetdicom negotiates.
+def handle_requested(event: Event, config: ReceiverConfig, slots: AssociationSlots) -> None:
+    """EVT_REQUESTED: apply access control and the association limit before negotiation.
 
-    Rejects with A-ASSOCIATE-RJ (reason 3 for a calling AE not allowed from this host, reason 7
-    for a wrong called AE title), or narrows the presentation contexts we will accept to the
+    Rejects with A-ASSOCIATE-RJ: permanent, reason 3 for a calling AE not allowed from this
+    host; permanent, reason 7 for a wrong called AE title; transient, local limit exceeded when
+    all places are taken. Otherwise narrows the presentation contexts we will accept to the
     storage classes the configuration and the admin rules allow (others are rejected with
     "abstract syntax not supported"; Verification always stays).
     """
@@ -99,6 +101,8 @@ def handle_requested(event: Event, config: ReceiverConfig) -> None:
         called_ae=request.called_ae_title,
         address=assoc.requestor.address,
     )
+    if decision.rejection is None and not slots.acquire(assoc):
+        decision = Decision(LOCAL_LIMIT_EXCEEDED, f"all {slots.limit} association places are taken")
     if decision.rejection is not None:
         logger.warning("Association from %s rejected: %s", _peer(event), decision.why)
         _close_database()
@@ -196,14 +200,21 @@ def handle_rejected(event: Event) -> None:
     _close_database()
 
 
-def handle_released(event: Event) -> None:
+def handle_released(event: Event, slots: AssociationSlots) -> None:
     logger.info("Association from %s released: %s", _peer(event), tally_of(event.assoc).summary())
+    slots.release(event.assoc)
     _close_database()
 
 
-def handle_aborted(event: Event) -> None:
+def handle_aborted(event: Event, slots: AssociationSlots) -> None:
     logger.info("Association from %s aborted: %s", _peer(event), tally_of(event.assoc).summary())
+    slots.release(event.assoc)
     _close_database()
+
+
+def handle_connection_closed(event: Event, slots: AssociationSlots) -> None:
+    """EVT_CONN_CLOSE: a connection that dropped without release or abort frees its place."""
+    slots.release(event.assoc)
 
 
 def _close_database() -> None:

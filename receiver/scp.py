@@ -17,6 +17,7 @@ from archive.part10 import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from archive.services import IngestSettings
 from receiver import handlers
 from receiver.config import ReceiverConfig
+from receiver.limits import AssociationSlots
 from receiver.sop_classes import storage_sop_classes
 
 # pynetdicom logs each PDU and DIMSE message; we log one line per association instead.
@@ -57,7 +58,10 @@ def build_ae(config: ReceiverConfig, ingest: IngestSettings) -> tuple[AE, list]:
     ae = AE(ae_title=config.ae_title)
     ae.implementation_class_uid = IMPLEMENTATION_CLASS_UID
     ae.implementation_version_name = IMPLEMENTATION_VERSION_NAME
-    ae.maximum_associations = config.max_associations
+    # The limit is enforced by `slots` when an association is requested; pynetdicom's own
+    # count (threads, requested or not) only backs it up against floods of silent connections.
+    slots = AssociationSlots(config.max_associations)
+    ae.maximum_associations = config.max_associations * 4 + 16
     ae.maximum_pdu_size = config.max_pdu
     ae.acse_timeout = config.acse_timeout
     ae.dimse_timeout = config.dimse_timeout
@@ -72,13 +76,14 @@ def build_ae(config: ReceiverConfig, ingest: IngestSettings) -> tuple[AE, list]:
         ae.add_supported_context(sop_class, syntaxes)
 
     event_handlers = [
-        (evt.EVT_REQUESTED, handlers.handle_requested, [config]),
+        (evt.EVT_REQUESTED, handlers.handle_requested, [config, slots]),
         (evt.EVT_C_STORE, handlers.handle_store, [ingest]),
         (evt.EVT_C_ECHO, handlers.handle_echo),
         (evt.EVT_ACCEPTED, handlers.handle_accepted),
         (evt.EVT_REJECTED, handlers.handle_rejected),
-        (evt.EVT_RELEASED, handlers.handle_released),
-        (evt.EVT_ABORTED, handlers.handle_aborted),
+        (evt.EVT_RELEASED, handlers.handle_released, [slots]),
+        (evt.EVT_ABORTED, handlers.handle_aborted, [slots]),
+        (evt.EVT_CONN_CLOSE, handlers.handle_connection_closed, [slots]),
     ]
     if config.max_pdu:
         event_handlers.append((evt.EVT_DATA_RECV, handlers.handle_data_received))
