@@ -25,11 +25,18 @@ system-deps:
 		echo "Installing DCMTK (Debian package dcmtk)"; \
 		$(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q --no-install-recommends dcmtk; }
 
-## test: lint, then the whole test suite (real associations, DCMTK, SQLite)
+# The suite runs on SQLite, then on this PostgreSQL server (`make test PG_URL=` skips it).
+PG_URL ?= postgres://postgres:postgres@127.0.0.1:5432/pacs
+
+## test: lint, then the whole test suite on SQLite and on PostgreSQL
 test: $(BIN)/.installed system-deps
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest
+	@if [ -n "$(PG_URL)" ]; then \
+		echo "== the same suite on PostgreSQL"; \
+		DATABASE_URL="$(PG_URL)" $(BIN)/python -m pytest; \
+	fi
 
 lint: $(BIN)/.installed
 	$(BIN)/ruff check .

@@ -274,8 +274,10 @@ def _series_for(header: InstanceHeader) -> Series:
 
 
 def _fit(model: type[models.Model], field: str, value: str) -> str:
-    """Truncate to the column's size: a sender's over-long value must not fail the C-STORE."""
+    """Fit a received value to its column: a sender's over-long value, or a NUL (which no DICOM
+    text may hold and PostgreSQL refuses), must not fail the C-STORE."""
     max_length = model._meta.get_field(field).max_length
+    value = value.replace("\x00", "")
     return value[:max_length] if max_length else value
 
 
