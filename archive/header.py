@@ -43,6 +43,8 @@ _KEYWORDS = (
 )
 _TAGS: list[BaseTag | int] = [Tag(keyword) for keyword in _KEYWORDS]
 _LAST_GROUP = 0x0020
+# How much of a large dataset is read for its header: groups up to 0x0020 never need more.
+HEADER_PREFIX = 16 * 2**20
 
 
 @dataclass(frozen=True)
@@ -76,14 +78,17 @@ def _stop_after_index_groups(tag: BaseTag, vr: str | None, length: int) -> bool:
 
 
 def header_read(dataset_bytes: bytes, transfer_syntax_uid: str) -> InstanceHeader:
-    """Parse the index attributes of an encoded dataset (no file meta group).
+    """Parse the index attributes of an encoded dataset (no file meta group), or of its first
+    HEADER_PREFIX bytes.
 
     Raises DatasetUnreadable if the bytes cannot be parsed or a required UID is missing or invalid.
     """
     syntax = UID(transfer_syntax_uid)
     if syntax.is_deflated:
         try:
-            dataset_bytes = zlib.decompress(dataset_bytes, -zlib.MAX_WBITS)
+            # A decompressor object, not zlib.decompress: `dataset_bytes` may be only the start
+            # of a large dataset, and a truncated stream is fine for the header.
+            dataset_bytes = zlib.decompressobj(-zlib.MAX_WBITS).decompress(dataset_bytes)
         except zlib.error as exc:
             raise DatasetUnreadable(f"deflated dataset does not inflate: {exc}") from exc
     implicit = syntax.is_implicit_VR

@@ -9,15 +9,17 @@ the published file is removed again. Store and index never disagree.
 
 import datetime as dt
 import hashlib
+import itertools
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, BinaryIO, Literal
 
 from django.db import DatabaseError, IntegrityError, models, transaction
 from django.utils import timezone
 
 from archive.exceptions import DatasetMismatch, DuplicateRejected, IndexFailure
-from archive.header import InstanceHeader, header_read
+from archive.header import HEADER_PREFIX, InstanceHeader, header_read
 from archive.models import Instance, Patient, Series, Study
 from archive.naming import naming_scheme, relative_path
 from archive.part10 import file_header
@@ -57,7 +59,7 @@ class StoreResult:
 
 def instance_store(
     *,
-    dataset: bytes,
+    dataset: bytes | BinaryIO,
     transfer_syntax_uid: str,
     sop_class_uid: str,
     sop_instance_uid: str,
@@ -67,11 +69,14 @@ def instance_store(
 ) -> StoreResult:
     """Store and index one encoded dataset (no file meta group) exactly as received.
 
+    `dataset` is the encoded bytes, or a seekable file holding them (large instances are read
+    in chunks and never held in memory whole).
+
     Raises DatasetUnreadable (unparsable, or a required UID missing/invalid), DatasetMismatch
     (SOP Class/Instance UID differs from the request's), StorageFailure (file not written),
     IndexFailure (index not committed; nothing left on disk) or DuplicateRejected.
     """
-    header = header_read(dataset, transfer_syntax_uid)
+    header = header_read(_prefix(dataset), transfer_syntax_uid)
     if header.sop_class_uid != sop_class_uid:
         raise DatasetMismatch(
             f"SOP Class UID {header.sop_class_uid!r} in the dataset, "
@@ -82,7 +87,10 @@ def instance_store(
             f"SOP Instance UID {header.sop_instance_uid!r} in the dataset, "
             f"{sop_instance_uid!r} in the request"
         )
-    dataset_sha256 = hashlib.sha256(dataset).hexdigest()
+    digest = hashlib.sha256()
+    for chunk in _chunks(dataset):
+        digest.update(chunk)
+    dataset_sha256 = digest.hexdigest()
     received_at = timezone.now()
     arrival = _Arrival(
         header=header,
@@ -99,17 +107,13 @@ def instance_store(
         return result
 
     storage = settings.storage
-    staged = storage.stage(
-        (
-            file_header(
-                sop_class_uid=sop_class_uid,
-                sop_instance_uid=sop_instance_uid,
-                transfer_syntax_uid=transfer_syntax_uid,
-                source_ae_title=calling_ae_title,
-            ),
-            dataset,
-        )
+    meta = file_header(
+        sop_class_uid=sop_class_uid,
+        sop_instance_uid=sop_instance_uid,
+        transfer_syntax_uid=transfer_syntax_uid,
+        source_ae_title=calling_ae_title,
     )
+    staged = storage.stage(itertools.chain((meta,), _chunks(dataset)))
     try:
         if existing is None:
             try:
@@ -125,6 +129,25 @@ def instance_store(
         return _index_overwrite(existing, arrival, staged, storage)
     finally:
         storage.discard(staged)
+
+
+_CHUNK = 2**20
+
+
+def _prefix(dataset: bytes | BinaryIO) -> bytes:
+    if isinstance(dataset, bytes):
+        return dataset
+    dataset.seek(0)
+    return dataset.read(HEADER_PREFIX)
+
+
+def _chunks(dataset: bytes | BinaryIO) -> Iterator[bytes]:
+    if isinstance(dataset, bytes):
+        yield dataset
+        return
+    dataset.seek(0)
+    while chunk := dataset.read(_CHUNK):
+        yield chunk
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,7 @@
 Each handler runs in the association's own thread.
 """
 
+import io
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ from archive.services import IngestSettings, instance_store
 from receiver.access import LOCAL_LIMIT_EXCEEDED, Decision, association_decide
 from receiver.config import ReceiverConfig
 from receiver.limits import AssociationSlots
+from receiver.spool import SpoolBuffer
 
 logger = logging.getLogger(__name__)
 
@@ -139,10 +141,13 @@ def handle_store(event: Event, ingest: IngestSettings) -> int:
     is unreadable or lacks valid UIDs, 0x0111 for a rejected duplicate.
     """
     request = event.request
-    dataset = request.DataSet.getvalue()
+    received = request.DataSet
+    size = received.seek(0, io.SEEK_END)
+    # Large datasets were spooled to disk as they arrived (receiver.spool).
+    dataset = received.payload() if isinstance(received, SpoolBuffer) else received.getvalue()
     requestor = event.assoc.requestor
     tally = tally_of(event.assoc)
-    tally.bytes_received += len(dataset)
+    tally.bytes_received += size
     sop_instance_uid = str(request.AffectedSOPInstanceUID)
     try:
         result = instance_store(
@@ -171,6 +176,8 @@ def handle_store(event: Event, ingest: IngestSettings) -> int:
             "C-STORE of %s from %s failed unexpectedly", sop_instance_uid, _peer(event)
         )
         return OUT_OF_RESOURCES
+    finally:
+        received.close()  # a spooled file on disk goes now, not when collected
     if result.outcome == "stored":
         tally.stored += 1
     else:

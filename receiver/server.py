@@ -18,6 +18,7 @@ from archive.exceptions import StorageFailure
 from archive.services import IngestSettings
 from archive.storage import Storage
 from pacsproject.database import sqlite_database
+from receiver import spool
 from receiver.config import ReceiverConfig
 from receiver.scp import build_ae, tls_context
 
@@ -110,6 +111,7 @@ def ingest_settings(config: ReceiverConfig) -> IngestSettings:
 def start(config: ReceiverConfig, ingest: IngestSettings) -> RunningServer:
     """Open the listening socket and serve associations in background threads."""
     ae, handlers = build_ae(config, ingest)
+    spool.install(lambda: ingest.storage.incoming)
     try:
         ssl_context = tls_context(config)
     except (OSError, ssl.SSLError) as exc:
