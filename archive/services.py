@@ -18,6 +18,7 @@ from typing import Any, BinaryIO, Literal
 from django.db import DatabaseError, IntegrityError, models, transaction
 from django.utils import timezone
 
+from archive.dblock import index_writer
 from archive.exceptions import DatasetMismatch, DuplicateRejected, IndexFailure
 from archive.header import HEADER_PREFIX, InstanceHeader, header_read
 from archive.models import Instance, Patient, Series, Study
@@ -102,10 +103,6 @@ def instance_store(
         path=relative_path(header, settings.naming, timezone.localdate(received_at)),
     )
 
-    existing = _existing(sop_instance_uid)
-    if existing is not None and (result := _resend_without_write(existing, arrival, settings)):
-        return result
-
     storage = settings.storage
     meta = file_header(
         sop_class_uid=sop_class_uid,
@@ -113,19 +110,26 @@ def instance_store(
         transfer_syntax_uid=transfer_syntax_uid,
         source_ae_title=calling_ae_title,
     )
+    # Insert first and let the unique constraint tell a resend: new instances, the common case,
+    # then cost one write transaction and no look-up.
     staged = storage.stage(itertools.chain((meta,), _chunks(dataset)))
     try:
+        try:
+            return _index_new(arrival, staged, storage)
+        except IntegrityError:
+            existing = _existing(sop_instance_uid)
         if existing is None:
+            # Not a duplicate: the series row we remembered is gone (its deferred foreign key
+            # failed at commit, which removed the published file). Look the rows up afresh.
+            series_cache_clear()
+            storage.discard(staged)
+            staged = storage.stage(itertools.chain((meta,), _chunks(dataset)))
             try:
                 return _index_new(arrival, staged, storage)
-            except IntegrityError:
-                # Another association committed the same instance since we looked: judge ours
-                # as a resend of theirs.
-                existing = _existing(sop_instance_uid)
-                if existing is None:
-                    raise IndexFailure("index constraint failed for a new instance") from None
-                if result := _resend_without_write(existing, arrival, settings):
-                    return result
+            except IntegrityError as exc:
+                raise IndexFailure(f"index constraint failed: {exc}") from None
+        if result := _resend_without_write(existing, arrival, settings):
+            return result
         return _index_overwrite(existing, arrival, staged, storage)
     finally:
         storage.discard(staged)
@@ -199,9 +203,9 @@ def _resend_without_write(
 
 def _index_new(arrival: _Arrival, staged: StagedFile, storage: Storage) -> StoreResult:
     try:
-        with transaction.atomic():
+        with index_writer(), transaction.atomic():
             instance = Instance.objects.create(
-                series=_series_for(arrival.header), **_instance_fields(arrival, staged)
+                series_id=_series_id_for(arrival.header), **_instance_fields(arrival, staged)
             )
             storage.publish(staged, arrival.path)
     except BaseException as exc:
@@ -219,9 +223,9 @@ def _index_overwrite(
     """Replace the stored copy; the previous file is set aside until the commit succeeds."""
     previous = storage.set_aside(existing.path)
     try:
-        with transaction.atomic():
+        with index_writer(), transaction.atomic():
             instance = Instance.objects.select_for_update().get(pk=existing.id)
-            instance.series = _series_for(arrival.header)
+            instance.series_id = _series_id_for(arrival.header)
             for field, value in _instance_fields(arrival, staged).items():
                 setattr(instance, field, value)
             instance.save()
@@ -255,6 +259,28 @@ def _instance_fields(arrival: _Arrival, staged: StagedFile) -> dict[str, Any]:
         "calling_ae_title": _fit(Instance, "calling_ae_title", arrival.calling_ae_title),
         "remote_address": _fit(Instance, "remote_address", arrival.remote_address),
     }
+
+
+# Series UID → series row id, filled after commit. Instances of a series arrive together, so
+# this spares the patient/study/series look-ups for all but the first of them.
+_series_ids: dict[str, int] = {}
+_SERIES_IDS_LIMIT = 100_000
+
+
+def series_cache_clear() -> None:
+    """Forget remembered series rows (after rows were deleted outside the ingest path)."""
+    _series_ids.clear()
+
+
+def _series_id_for(header: InstanceHeader) -> int:
+    uid = header.series_instance_uid
+    series_id = _series_ids.get(uid)
+    if series_id is None:
+        series_id = _series_for(header).pk
+        if len(_series_ids) >= _SERIES_IDS_LIMIT:
+            _series_ids.clear()
+        transaction.on_commit(lambda: _series_ids.__setitem__(uid, series_id))
+    return series_id
 
 
 def _series_for(header: InstanceHeader) -> Series:

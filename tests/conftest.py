@@ -6,6 +6,7 @@ import pytest
 from django.db import connections
 from pydicom.data import get_charset_files, get_testdata_file
 
+from archive.services import series_cache_clear
 from receiver.config import resolve
 from receiver.server import RunningServer, ingest_settings, start
 
@@ -32,6 +33,8 @@ def storage_dir(tmp_path: Path) -> Path:
 def start_scp(transactional_db, storage_dir: Path) -> Iterator[Callable[..., RunningServer]]:
     """Start the real SCP on a free loopback port; options as for `runscp`."""
     servers: list[RunningServer] = []
+
+    series_cache_clear()  # rows remembered by an earlier test's server are gone
 
     def _start(**options) -> RunningServer:
         config = resolve(

@@ -112,3 +112,19 @@ def test_storage_failure_is_out_of_resources_and_the_association_stays_usable(sc
         assoc.release()
     assert Instance.objects.count() == 2
     assert staging_files(storage_dir) == []
+
+
+def test_series_deleted_while_receiving_is_created_again(scp, storage_dir):
+    ct = dcmread(sample_file("CT_small.dcm"))
+    assert send_files(scp.port, [sample_file("CT_small.dcm")]) == [0x0000]
+    # The series (and its instance) go, as an admin deletion would take them; the receiver
+    # still remembers the series row.
+    Patient.objects.all().delete()
+    ct.SOPInstanceUID = ct.SOPInstanceUID + ".2"
+    from tests.peers import send_dataset
+
+    assert send_dataset(scp.port, ct) == 0x0000
+    instance = Instance.objects.select_related("series").get()
+    assert instance.series.series_instance_uid == ct.SeriesInstanceUID
+    assert (storage_dir / instance.path).is_file()
+    assert staging_files(storage_dir) == []

@@ -1,0 +1,367 @@
+"""Throughput benchmark: the same corpus sent by DCMTK's storescu to our SCP and to its peers.
+
+    python bench/run.py --count 2000 --rows 64 --associations 1 4 --repeat 3
+    python bench/run.py --large-instance-mb 1024          # peak memory for one large instance
+
+Every run gets fresh directories; peers alternate within each repeat (the CPU speed of this
+kind of machine drifts), and medians are reported. Peers: ours (full index, durable writes),
+DCMTK storescp (files only), pynetdicom's storescp app (files only) and, when installed,
+Orthanc (SQLite index).
+"""
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.corpus import corpus_write, large_instance_write  # noqa: E402
+
+PYTHON = sys.executable
+NODELAY = {**os.environ, "TCP_NODELAY": "1"}
+LOG_CONFIG = """\
+log4cplus.rootLogger = INFO, console
+log4cplus.appender.console = log4cplus::ConsoleAppender
+log4cplus.appender.console.layout = log4cplus::PatternLayout
+log4cplus.appender.console.layout.ConversionPattern = %D{%H:%M:%S.%Q} %m%n
+"""
+_STAMP = re.compile(r"^(\d\d):(\d\d):(\d\d)\.(\d{3})\.(\d{3}) (.*)$")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_port(port: int, process: subprocess.Popen, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited early with {process.returncode}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError("server did not start listening")
+
+
+@dataclass
+class Server:
+    name: str
+    process: subprocess.Popen
+    port: int
+    ae_title: str
+    store: Path
+    index: Path | None = None
+
+    def rss_peak_mb(self) -> float:
+        status = Path(f"/proc/{self.process.pid}/status").read_text()
+        return int(re.search(r"VmHWM:\s+(\d+) kB", status).group(1)) / 1024
+
+    def cpu_seconds(self) -> float:
+        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def stored(self) -> int:
+        if self.name == "ours":
+            with sqlite3.connect(self.index) as db:
+                return db.execute("SELECT count(*) FROM archive_instance").fetchone()[0]
+        if self.name == "orthanc":
+            files = [p for p in self.store.rglob("*") if p.is_file() and "index" not in p.name]
+            return len(files)
+        return sum(1 for p in self.store.rglob("*") if p.is_file())
+
+    def stop(self) -> None:
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+def start_ours(work: Path) -> Server:
+    port = free_port()
+    store, index = work / "store", work / "index.db"
+    process = subprocess.Popen(
+        [PYTHON, str(ROOT / "manage.py"), "runscp", str(port), "BENCH", "--bind", "127.0.0.1",
+         "--storage-dir", str(store), "--index-db", str(index), "--max-associations", "16"],
+        cwd=ROOT, env={**os.environ, "LOG_LEVEL": "WARNING"},
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    wait_port(port, process)
+    return Server("ours", process, port, "BENCH", store, index)
+
+
+def start_dcmtk(work: Path) -> Server:
+    port = free_port()
+    store = work / "store"
+    store.mkdir()
+    process = subprocess.Popen(
+        ["storescp", "-aet", "BENCH", "-od", str(store), "--fork", str(port)],
+        env=NODELAY, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    wait_port(port, process)
+    return Server("dcmtk", process, port, "BENCH", store)
+
+
+def start_pynetdicom(work: Path) -> Server:
+    port = free_port()
+    store = work / "store"
+    store.mkdir()
+    process = subprocess.Popen(
+        [PYTHON, "-m", "pynetdicom", "storescp", str(port), "-aet", "BENCH", "-od", str(store),
+         "-q"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    wait_port(port, process)
+    return Server("pynetdicom", process, port, "BENCH", store)
+
+
+def start_orthanc(work: Path) -> Server:
+    port, http = free_port(), free_port()
+    store = work / "store"
+    config = {
+        "Name": "bench",
+        "DicomAet": "BENCH",
+        "DicomPort": port,
+        "HttpPort": http,
+        "HttpServerEnabled": True,
+        "RemoteAccessAllowed": False,
+        "StorageDirectory": str(store),
+        "IndexDirectory": str(work / "index"),
+        "DicomCheckCalledAet": False,
+        "UnknownSopClassAccepted": True,
+        "StorageCompression": False,
+        "Plugins": [],
+    }
+    path = work / "orthanc.json"
+    path.write_text(json.dumps(config))
+    process = subprocess.Popen(
+        ["Orthanc", str(path)], env=NODELAY, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    wait_port(port, process)
+    return Server("orthanc", process, port, "BENCH", store)
+
+
+PEERS = {
+    "ours": start_ours,
+    "dcmtk": start_dcmtk,
+    "pynetdicom": start_pynetdicom,
+    "orthanc": start_orthanc,
+}
+
+
+def available(peer: str) -> bool:
+    return {"dcmtk": "storescp", "orthanc": "Orthanc"}.get(peer) is None or bool(
+        shutil.which({"dcmtk": "storescp", "orthanc": "Orthanc"}[peer])
+    )
+
+
+@dataclass
+class Result:
+    peer: str
+    associations: int
+    instances: int
+    stored: int
+    seconds: float
+    megabytes: float
+    latencies: list[float] = field(default_factory=list)
+    rss_mb: float = 0.0
+    cpu_ms: float = 0.0
+
+    @property
+    def rate(self) -> float:
+        return self.instances / self.seconds
+
+    def percentile(self, p: float) -> float:
+        ordered = sorted(self.latencies)
+        return ordered[min(len(ordered) - 1, int(p * len(ordered)))] * 1000 if ordered else 0
+
+
+def _latencies(log: str) -> list[float]:
+    """Time from 'Sending Store Request' to 'Received Store Response' per C-STORE."""
+    sent = None
+    result = []
+    for line in log.splitlines():
+        match = _STAMP.match(line)
+        if not match:
+            continue
+        h, m, s, ms, us, text = match.groups()
+        stamp = int(h) * 3600 + int(m) * 60 + int(s) + int(ms) / 1e3 + int(us) / 1e6
+        if text.startswith("Sending Store Request"):
+            sent = stamp
+        elif text.startswith("Received Store Response") and sent is not None:
+            result.append(stamp - sent)
+            sent = None
+    return result
+
+
+def send(server: Server, folders: list[Path], associations: int, log_config: Path) -> Result:
+    """storescu over `associations` parallel associations; all folders are sent once."""
+    groups = [folders[i::associations] for i in range(associations)]
+    files = [p for folder in folders for p in folder.iterdir()]
+    megabytes = sum(p.stat().st_size for p in files) / 2**20
+    cpu_before = server.cpu_seconds()
+    start = time.perf_counter()
+    clients = [
+        subprocess.Popen(
+            [
+                "storescu",
+                "-lc",
+                str(log_config),
+                "-aec",
+                server.ae_title,
+                "+sd",
+                "127.0.0.1",
+                str(server.port),
+                *map(str, group),
+            ],
+            env=NODELAY,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for group in groups
+    ]
+    outputs = [client.communicate()[0] for client in clients]
+    seconds = time.perf_counter() - start
+    time.sleep(0.5)  # let the server finish its bookkeeping before counting
+    cpu = server.cpu_seconds() - cpu_before
+    latencies = [value for output in outputs for value in _latencies(output)]
+    return Result(
+        peer=server.name,
+        associations=associations,
+        instances=len(files),
+        stored=server.stored(),
+        seconds=seconds,
+        megabytes=megabytes,
+        latencies=latencies,
+        rss_mb=server.rss_peak_mb(),
+        cpu_ms=cpu * 1000 / len(files),
+    )
+
+
+def run_once(peer: str, corpus: list[Path], associations: int, base: Path) -> Result:
+    work = Path(tempfile.mkdtemp(prefix=f"{peer}-", dir=base))
+    server = PEERS[peer](work)
+    try:
+        log_config = work / "log.cfg"
+        log_config.write_text(LOG_CONFIG)
+        return send(server, corpus, associations, log_config)
+    finally:
+        server.stop()
+
+
+def median_result(results: list[Result]) -> Result:
+    best = sorted(results, key=lambda r: r.rate)[len(results) // 2]
+    best.latencies = [lat for r in results for lat in r.latencies]
+    return best
+
+
+def table(results: dict[tuple[str, int], Result], peers: list[str], counts: list[int]) -> str:
+    lines = [
+        "| peer | assocs | inst/s | MB/s | p50 ms | p99 ms | peak RSS MB | CPU ms/inst | stored "
+        "| ours ÷ peer |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for associations in counts:
+        ours = results.get(("ours", associations))
+        for peer in peers:
+            r = results.get((peer, associations))
+            if r is None:
+                continue
+            ratio = f"{ours.rate / r.rate:.2f}" if ours and peer != "ours" else "–"
+            lines.append(
+                f"| {peer} | {associations} | {r.rate:.0f} | {r.megabytes / r.seconds:.1f} | "
+                f"{r.percentile(0.5):.2f} | {r.percentile(0.99):.2f} | {r.rss_mb:.0f} | "
+                f"{r.cpu_ms:.2f} | {r.stored}/{r.instances} | {ratio} |"
+            )
+    return "\n".join(lines)
+
+
+def large_instance(megabytes: int, base: Path) -> str:
+    corpus = large_instance_write(megabytes, base / "large-corpus")
+    size = corpus.stat().st_size / 2**20
+    work = Path(tempfile.mkdtemp(prefix="ours-large-", dir=base))
+    server = start_ours(work)
+    try:
+        log_config = work / "log.cfg"
+        log_config.write_text(LOG_CONFIG)
+        start = time.perf_counter()
+        result = subprocess.run(
+            ["storescu", "-aec", "BENCH", "127.0.0.1", str(server.port), str(corpus)],
+            env=NODELAY, capture_output=True, text=True,
+        )  # fmt: skip
+        seconds = time.perf_counter() - start
+        time.sleep(0.5)
+        peak = server.rss_peak_mb()
+        stored = server.stored()
+    finally:
+        server.stop()
+        corpus.unlink()
+    status = "ok" if result.returncode == 0 and stored == 1 else f"FAILED ({result.stderr[-200:]})"
+    return (
+        f"one instance of {size:.0f} MB: {status}, {seconds:.1f} s, "
+        f"peak resident memory of the SCP {peak:.0f} MB"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--count", type=int, default=2000)
+    parser.add_argument("--rows", type=int, default=64, help="image size: 64 (~12 KB), 512")
+    parser.add_argument("--associations", type=int, nargs="+", default=[1, 4])
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--peers", nargs="+", default=list(PEERS))
+    parser.add_argument("--large-instance-mb", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "out")
+    args = parser.parse_args()
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    base = Path(tempfile.mkdtemp(prefix=datetime.now().strftime("%Y%m%d-%H%M%S-"), dir=args.out))
+    if args.large_instance_mb:
+        print(large_instance(args.large_instance_mb, base))
+        return
+
+    peers = [p for p in args.peers if available(p)]
+    skipped = sorted(set(args.peers) - set(peers))
+    corpus = corpus_write(args.count, args.rows, base / "corpus", max(args.associations))
+    collected: dict[tuple[str, int], list[Result]] = {}
+    for _ in range(args.repeat):
+        for associations in args.associations:
+            for peer in peers:
+                result = run_once(peer, corpus, associations, base)
+                collected.setdefault((peer, associations), []).append(result)
+                print(
+                    f"  {peer:10} ×{associations}: {result.rate:7.0f}/s "
+                    f"stored {result.stored}/{result.instances}",
+                    flush=True,
+                )
+    results = {key: median_result(values) for key, values in collected.items()}
+    print()
+    print(f"{args.count} CT instances of {args.rows}×{args.rows}, 16 bit; medians of "
+          f"{args.repeat} run(s); storescu with TCP_NODELAY=1")  # fmt: skip
+    if skipped:
+        print(f"not installed, skipped: {', '.join(skipped)}")
+    print(table(results, peers, args.associations))
+    shutil.rmtree(base / "corpus", ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
