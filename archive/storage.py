@@ -10,6 +10,7 @@ files another live process is writing.
 import contextlib
 import errno
 import hashlib
+import itertools
 import logging
 import os
 import shutil
@@ -25,6 +26,7 @@ from archive.exceptions import StorageFailure
 logger = logging.getLogger(__name__)
 
 INCOMING = ".incoming"
+_staging_names = itertools.count()
 _KNOWN_DIRS_LIMIT = 10_000
 
 
@@ -121,10 +123,12 @@ class Storage:
         incoming = self.incoming
         try:
             incoming.mkdir(parents=True, exist_ok=True)
-            fd, name = tempfile.mkstemp(dir=incoming, suffix=".part")
+            # The folder is this process's own: a counter makes names unique without the
+            # random-name retries of mkstemp.
+            path = incoming / f"{next(_staging_names)}.part"
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         except OSError as exc:
             raise _failure("create a file in the storage directory", exc) from exc
-        path = Path(name)
         digest = hashlib.sha256()
         size = 0
         try:
@@ -134,7 +138,7 @@ class Storage:
                     digest.update(part)
                     size += len(part)
                 fh.flush()
-                os.fsync(fh.fileno())
+                os.fdatasync(fh.fileno())  # data and size; the rename is made durable later
         except OSError as exc:
             path.unlink(missing_ok=True)
             raise _failure("write the file", exc) from exc

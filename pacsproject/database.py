@@ -4,20 +4,31 @@ from pathlib import Path
 from typing import Any
 
 # WAL lets the admin read while the SCP writes; IMMEDIATE takes the write lock at BEGIN so two
-# association threads queue on the busy timeout instead of failing with "database is locked" when
-# one upgrades a read transaction; synchronous=FULL makes a commit durable before we answer success.
+# association threads queue instead of failing with "database is locked" when one upgrades a read
+# transaction. synchronous=NORMAL in WAL mode: a commit survives any crash of the process, and
+# only a power cut or OS crash may undo the last commits; the instance files themselves are
+# always fsync'd before success, so such a loss leaves files that a re-index finds. FULL adds an
+# fsync per commit (`database.synchronous: full`).
+SYNCHRONOUS = ("normal", "full")
+
+
+def _init_command(wal_mode: bool, synchronous: str) -> str:
+    journal = "WAL" if wal_mode else "DELETE"
+    return f"PRAGMA journal_mode={journal}; PRAGMA synchronous={synchronous.upper()}"
+
+
 SQLITE_OPTIONS: dict[str, Any] = {
     "timeout": 30,
     "transaction_mode": "IMMEDIATE",
-    "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL",
+    "init_command": _init_command(True, "normal"),
 }
 
 
-def sqlite_database(path: str | Path, *, wal_mode: bool = True) -> dict[str, Any]:
+def sqlite_database(
+    path: str | Path, *, wal_mode: bool = True, synchronous: str = "normal"
+) -> dict[str, Any]:
     """Return a DATABASES entry for the SQLite index file at `path`."""
-    options = dict(SQLITE_OPTIONS)
-    if not wal_mode:
-        options["init_command"] = "PRAGMA journal_mode=DELETE; PRAGMA synchronous=FULL"
+    options = {**SQLITE_OPTIONS, "init_command": _init_command(wal_mode, synchronous)}
     return {
         "ENGINE": "django.db.backends.sqlite3",
         "NAME": str(Path(path).expanduser().resolve()),

@@ -17,6 +17,7 @@ from pydicom.uid import UID
 
 from archive.naming import naming_scheme
 from archive.services import DUPLICATE_POLICIES
+from pacsproject.database import SYNCHRONOUS
 from receiver.sop_classes import sop_classes_parse
 
 DEFAULTS: dict[str, Any] = {
@@ -26,6 +27,7 @@ DEFAULTS: dict[str, Any] = {
     "storage_dir": None,  # settings.DICOM_STORAGE_DIR
     "index_db": None,  # the database of DATABASE_URL
     "wal_mode": True,
+    "synchronous": "normal",
     "naming": "hierarchical",
     "duplicates": "keep",
     "min_free_mb": 0.0,
@@ -73,6 +75,7 @@ FILE_SCHEMA: dict[str, dict[str, tuple[str, str]]] = {
     "database": {
         "path": ("index_db", "path"),
         "wal_mode": ("wal_mode", "bool"),
+        "synchronous": ("synchronous", "str"),
     },
     "timeouts": {
         "acse": ("acse_timeout", "number"),
@@ -133,6 +136,7 @@ class ReceiverConfig:
     storage_dir: Path
     index_db: Path | None
     wal_mode: bool
+    synchronous: str
     naming: str
     duplicates: str
     min_free_mb: float
@@ -362,6 +366,8 @@ def resolve(command_line: dict[str, Any], config_file: Path | None = None) -> Re
             ipaddress.ip_address(merged["bind"])
         except ValueError:
             raise fail("bind", f"{merged['bind']!r} is not an IP address") from None
+    if merged["synchronous"] not in SYNCHRONOUS:
+        raise fail("synchronous", f"{merged['synchronous']!r} is not one of normal, full")
     if merged["max_associations"] < 1:
         raise fail("max_associations", "must be at least 1")
     if merged["max_pdu"] != 0 and not 4096 <= merged["max_pdu"] <= 2**32 - 1:

@@ -65,12 +65,12 @@ class RunningServer:
         self.ae.shutdown()
 
 
-def use_sqlite_index(path: Path | None, *, wal_mode: bool) -> None:
+def use_sqlite_index(path: Path | None, *, wal_mode: bool, synchronous: str) -> None:
     """Point the default database at the SQLite file `path` (created on first use); with no
-    path, apply the journal mode to the configured database if it is SQLite."""
+    path, apply the journal settings to the configured database if it is SQLite."""
     database = connections.settings["default"]
     if path is None:
-        if database["ENGINE"] != "django.db.backends.sqlite3" or wal_mode:
+        if database["ENGINE"] != "django.db.backends.sqlite3":
             return
         path = Path(database["NAME"])
     try:
@@ -80,14 +80,14 @@ def use_sqlite_index(path: Path | None, *, wal_mode: bool) -> None:
             f"cannot create the index directory {path.parent}: {exc.strerror}"
         ) from None
     connections.close_all()
-    database.update(sqlite_database(path, wal_mode=wal_mode))
+    database.update(sqlite_database(path, wal_mode=wal_mode, synchronous=synchronous))
     # A wrapper built for the previous engine must not be reused.
     del connections["default"]
 
 
 def prepare(config: ReceiverConfig) -> IngestSettings:
     """Choose the database, bring its schema up to date and make the storage ready."""
-    use_sqlite_index(config.index_db, wal_mode=config.wal_mode)
+    use_sqlite_index(config.index_db, wal_mode=config.wal_mode, synchronous=config.synchronous)
     ingest = ingest_settings(config)
     try:
         ingest.storage.prepare()
