@@ -18,7 +18,7 @@ from archive.exceptions import StorageFailure
 from archive.services import IngestSettings
 from archive.storage import Storage
 from pacsproject.database import sqlite_database
-from receiver import spool
+from receiver import reactor, spool
 from receiver.config import ReceiverConfig
 from receiver.scp import build_ae, tls_context
 
@@ -112,6 +112,7 @@ def start(config: ReceiverConfig, ingest: IngestSettings) -> RunningServer:
     """Open the listening socket and serve associations in background threads."""
     ae, handlers = build_ae(config, ingest)
     spool.install(lambda: ingest.storage.incoming)
+    reactor.install()
     try:
         ssl_context = tls_context(config)
     except (OSError, ssl.SSLError) as exc:

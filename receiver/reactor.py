@@ -1,0 +1,171 @@
+"""Blocking waits for pynetdicom's two per-association loops, instead of 1 ms polling.
+
+pynetdicom runs each association as two threads that poll: the DUL thread sleeps 1 ms whenever
+it found nothing to do, and the association reactor sleeps 1 ms on every turn. Each C-STORE
+crosses both loops twice (request in, response out), so a single association spends most of
+its time asleep (PERFORMANCE-NOTES.md: replacing the polling doubled pynetdicom's own rate).
+
+Here the DUL thread waits in select() on its socket and on a wake-up pipe that is written
+whenever a primitive is queued for sending or the thread is told to stop; the association
+reactor waits on an Event set whenever the DUL thread has processed an event. Both waits have a
+timeout, so timers and anything we did not foresee still run at least every IDLE_WAIT.
+
+This reaches into pynetdicom (the `time` module its loops call, and four methods we wrap); the
+whole test suite runs through it, and it is installed by `receiver.server.start`.
+"""
+
+import contextlib
+import select
+import socket
+import threading
+import time as _time
+from typing import Any
+
+from pynetdicom import association as _association
+from pynetdicom import dul as _dul
+from pynetdicom import fsm as _fsm
+
+IDLE_WAIT = 0.05
+_REACTOR_SLEEP = 0.001  # the association reactor's per-turn sleep in pynetdicom 3.0
+
+_installed = False
+_local = threading.local()
+
+
+def _wake_pipe(dul: Any) -> tuple[socket.socket, socket.socket]:
+    # A socket pair rather than os.pipe(): a socket object refuses use after close, where a raw
+    # descriptor number could by then belong to another file.
+    pipe = dul.__dict__.get("_receiver_pipe")
+    if pipe is None:
+        pipe = socket.socketpair()
+        for end in pipe:
+            end.setblocking(False)
+        dul.__dict__["_receiver_pipe"] = pipe
+    return pipe
+
+
+def _wake_dul(dul: Any) -> None:
+    pipe = dul.__dict__.get("_receiver_pipe")
+    if pipe is not None:
+        # Full means a wake-up is pending anyway; closed means the thread has ended.
+        with contextlib.suppress(OSError):
+            pipe[1].send(b"\0")
+
+
+def _dul_idle(dul: Any, seconds: float) -> None:
+    """Wait until the peer sends something, a primitive is queued, or IDLE_WAIT passes."""
+    raw = getattr(dul.socket, "socket", None) if dul.socket is not None else None
+    if raw is None or dul._kill_thread:
+        _time.sleep(seconds)
+        return
+    pending = getattr(raw, "pending", None)
+    if pending is not None and pending():
+        return  # TLS has decrypted data buffered that select() cannot see
+    wake_read = _wake_pipe(dul)[0]
+    if not dul.to_provider_queue.empty():
+        return
+    try:
+        ready, _, _ = select.select([raw, wake_read], [], [], IDLE_WAIT)
+    except (OSError, ValueError):
+        return  # the socket closed under us; the loop notices
+    if wake_read in ready:
+        with contextlib.suppress(OSError):
+            while wake_read.recv(4096):
+                pass
+
+
+class _DulTime:
+    """Stands in for `time` in pynetdicom.dul: the DUL thread's idle sleep becomes a wait."""
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(_time, name)
+
+    def sleep(self, seconds: float) -> None:
+        thread = threading.current_thread()
+        if isinstance(thread, _dul.DULServiceProvider):
+            _dul_idle(thread, seconds)
+        else:
+            _time.sleep(seconds)
+
+
+class _AssociationTime:
+    """Stands in for `time` in pynetdicom.association: the reactor's per-turn sleep becomes a
+    wait for the DUL thread to have processed something."""
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(_time, name)
+
+    def sleep(self, seconds: float) -> None:
+        wake = getattr(_local, "reactor_wake", None)
+        if wake is None or seconds != _REACTOR_SLEEP:
+            _time.sleep(seconds)
+            return
+        wake.wait(IDLE_WAIT)
+        wake.clear()
+
+
+def install() -> None:
+    """Replace the polling in every association started from now on (idempotent)."""
+    global _installed
+    if _installed:
+        return
+    _installed = True
+    _dul.time = _DulTime()
+    _association.time = _AssociationTime()
+
+    run_reactor = _association.Association._run_reactor
+
+    def _run_reactor(self: Any) -> None:
+        wake = threading.Event()
+        self.__dict__["_receiver_wake"] = wake
+        _local.reactor_wake = wake
+        try:
+            run_reactor(self)
+        finally:
+            _local.reactor_wake = None
+
+    do_action = _fsm.StateMachine.do_action
+
+    def _do_action(self: Any, event: str) -> None:
+        do_action(self, event)
+        wake = self.dul.assoc.__dict__.get("_receiver_wake")
+        if wake is not None:
+            wake.set()
+
+    send_pdu = _dul.DULServiceProvider.send_pdu
+
+    def _send_pdu(self: Any, primitive: Any) -> None:
+        send_pdu(self, primitive)
+        _wake_dul(self)
+
+    kill_dul = _dul.DULServiceProvider.kill_dul
+
+    def _kill_dul(self: Any) -> None:
+        kill_dul(self)
+        _wake_dul(self)
+
+    stop_dul = _dul.DULServiceProvider.stop_dul
+
+    def _stop_dul(self: Any) -> bool:
+        if self.state_machine.current_state == "Sta1":
+            self._kill_thread = True  # what stop_dul does next; wake the thread to see it
+            _wake_dul(self)
+        return stop_dul(self)
+
+    dul_run = _dul.DULServiceProvider.run_reactor
+
+    def _dul_run(self: Any) -> None:
+        try:
+            dul_run(self)
+        finally:
+            pipe = self.__dict__.pop("_receiver_pipe", None)
+            if pipe is not None:
+                pipe[0].close()
+                pipe[1].close()
+
+    _association.Association._run_reactor = _run_reactor
+    _fsm.StateMachine.do_action = _do_action
+    _dul.DULServiceProvider.send_pdu = _send_pdu
+    _dul.DULServiceProvider.kill_dul = _kill_dul
+    _dul.DULServiceProvider.stop_dul = _stop_dul
+    _dul.DULServiceProvider.run_reactor = _dul_run
