@@ -69,13 +69,26 @@ class Server:
     store: Path
     index: Path | None = None
 
+    def pids(self) -> list[int]:
+        """The server and its worker processes."""
+        pid = self.process.pid
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        return [pid, *map(int, children)]
+
     def rss_peak_mb(self) -> float:
-        status = Path(f"/proc/{self.process.pid}/status").read_text()
-        return int(re.search(r"VmHWM:\s+(\d+) kB", status).group(1)) / 1024
+        """The largest peak resident memory of any one of the server's processes."""
+        peaks = []
+        for pid in self.pids():
+            status = Path(f"/proc/{pid}/status").read_text()
+            peaks.append(int(re.search(r"VmHWM:\s+(\d+) kB", status).group(1)) / 1024)
+        return max(peaks)
 
     def cpu_seconds(self) -> float:
-        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        total = 0.0
+        for pid in self.pids():
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return total
 
     def stored(self) -> int:
         if self.name == "ours":
@@ -95,12 +108,16 @@ class Server:
             self.process.wait()
 
 
+OURS_WORKERS = 1
+
+
 def start_ours(work: Path) -> Server:
     port = free_port()
     store, index = work / "store", work / "index.db"
     process = subprocess.Popen(
         [PYTHON, str(ROOT / "manage.py"), "runscp", str(port), "BENCH", "--bind", "127.0.0.1",
-         "--storage-dir", str(store), "--index-db", str(index), "--max-associations", "16"],
+         "--storage-dir", str(store), "--index-db", str(index), "--max-associations", "16",
+         "--workers", str(OURS_WORKERS)],
         cwd=ROOT, env={**os.environ, "LOG_LEVEL": "WARNING"},
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
@@ -330,8 +347,11 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--peers", nargs="+", default=list(PEERS))
     parser.add_argument("--large-instance-mb", type=int, default=0)
+    parser.add_argument("--workers", type=int, default=1, help="runscp --workers for ours")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "out")
     args = parser.parse_args()
+    global OURS_WORKERS
+    OURS_WORKERS = args.workers
 
     args.out.mkdir(parents=True, exist_ok=True)
     base = Path(tempfile.mkdtemp(prefix=datetime.now().strftime("%Y%m%d-%H%M%S-"), dir=args.out))

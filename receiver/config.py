@@ -32,6 +32,7 @@ DEFAULTS: dict[str, Any] = {
     "duplicates": "keep",
     "min_free_mb": 0.0,
     "max_associations": 10,
+    "workers": 1,
     "max_pdu": 16382,
     "require_called_ae_title": False,
     "require_known_ae": False,
@@ -62,6 +63,7 @@ FILE_SCHEMA: dict[str, dict[str, tuple[str, str]]] = {
         "ae_title": ("ae_title", "str"),
         "bind": ("bind", "str"),
         "max_associations": ("max_associations", "int"),
+        "workers": ("workers", "int"),
         "max_pdu": ("max_pdu", "int"),
         "require_called_ae_title": ("require_called_ae_title", "bool"),
         "shutdown_grace": ("shutdown_grace", "number"),
@@ -141,6 +143,7 @@ class ReceiverConfig:
     duplicates: str
     min_free_mb: float
     max_associations: int
+    workers: int
     max_pdu: int
     require_called_ae_title: bool
     require_known_ae: bool
@@ -368,6 +371,8 @@ def resolve(command_line: dict[str, Any], config_file: Path | None = None) -> Re
             raise fail("bind", f"{merged['bind']!r} is not an IP address") from None
     if merged["synchronous"] not in SYNCHRONOUS:
         raise fail("synchronous", f"{merged['synchronous']!r} is not one of normal, full")
+    if not 1 <= merged["workers"] <= 64:
+        raise fail("workers", "must be between 1 and 64")
     if merged["max_associations"] < 1:
         raise fail("max_associations", "must be at least 1")
     if merged["max_pdu"] != 0 and not 4096 <= merged["max_pdu"] <= 2**32 - 1:

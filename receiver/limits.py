@@ -3,7 +3,9 @@
 pynetdicom's own check counts every acceptor thread, established or not, at negotiation time:
 when many peers connect at once they all see each other and are all rejected, and a silent TCP
 connection that never requests an association takes a place. Here a place is taken when the
-A-ASSOCIATE-RQ arrives and given back when the association ends.
+A-ASSOCIATE-RQ arrives and given back when the association ends. With several worker
+processes, each keeps its count in its own cell of a shared array, and the limit applies to
+the sum (a worker that dies has its cell reset by the parent).
 """
 
 import threading
@@ -14,17 +16,26 @@ from typing import Any
 class AssociationSlots:
     """At most `limit` associations at a time; safe to call from every association thread."""
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, shared: Any = None, cell: int = 0) -> None:
         self.limit = limit
         self._lock = threading.Lock()
         self._holders: dict[int, weakref.ref[Any]] = {}
+        # A multiprocessing.Array of per-process counts, or None for a single process.
+        self._shared = shared
+        self._cell = cell
 
     def acquire(self, assoc: Any) -> bool:
         """Take a place for `assoc`; False when all are taken."""
         with self._lock:
             self._drop_finished()
-            if len(self._holders) >= self.limit:
-                return False
+            if self._shared is None:
+                if len(self._holders) >= self.limit:
+                    return False
+            else:
+                with self._shared.get_lock():
+                    if sum(self._shared) >= self.limit:
+                        return False
+                    self._shared[self._cell] += 1
             self._holders[id(assoc)] = weakref.ref(assoc)
             return True
 
@@ -33,12 +44,18 @@ class AssociationSlots:
         with self._lock:
             holder = self._holders.get(id(assoc))
             if holder is not None and holder() is assoc:
-                del self._holders[id(assoc)]
+                self._forget(id(assoc))
 
     def in_use(self) -> int:
         with self._lock:
             self._drop_finished()
             return len(self._holders)
+
+    def _forget(self, key: int) -> None:
+        del self._holders[key]
+        if self._shared is not None:
+            with self._shared.get_lock():
+                self._shared[self._cell] -= 1
 
     def _drop_finished(self) -> None:
         # A thread that ended without an end event (its connection simply dropped) still frees
@@ -46,4 +63,4 @@ class AssociationSlots:
         for key, holder in list(self._holders.items()):
             assoc = holder()
             if assoc is None or not assoc.is_alive():
-                del self._holders[key]
+                self._forget(key)

@@ -53,14 +53,16 @@ def transfer_syntaxes() -> list[UID]:
     return _UNCOMPRESSED_PREFERENCE + compressed
 
 
-def build_ae(config: ReceiverConfig, ingest: IngestSettings) -> tuple[AE, list]:
+def build_ae(
+    config: ReceiverConfig, ingest: IngestSettings, slots: AssociationSlots | None = None
+) -> tuple[AE, list]:
     """Return the configured AE and the event handlers to start its server with."""
     ae = AE(ae_title=config.ae_title)
     ae.implementation_class_uid = IMPLEMENTATION_CLASS_UID
     ae.implementation_version_name = IMPLEMENTATION_VERSION_NAME
     # The limit is enforced by `slots` when an association is requested; pynetdicom's own
     # count (threads, requested or not) only backs it up against floods of silent connections.
-    slots = AssociationSlots(config.max_associations)
+    slots = slots or AssociationSlots(config.max_associations)
     ae.maximum_associations = config.max_associations * 4 + 16
     ae.maximum_pdu_size = config.max_pdu
     ae.acse_timeout = config.acse_timeout

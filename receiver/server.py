@@ -3,6 +3,7 @@
 import errno
 import logging
 import signal
+import socket
 import ssl
 import threading
 import time
@@ -18,7 +19,7 @@ from archive.exceptions import StorageFailure
 from archive.services import IngestSettings
 from archive.storage import Storage
 from pacsproject.database import sqlite_database
-from receiver import reactor, spool
+from receiver import reactor, spool, workers
 from receiver.config import ReceiverConfig
 from receiver.scp import build_ae, tls_context
 
@@ -108,15 +109,32 @@ def ingest_settings(config: ReceiverConfig) -> IngestSettings:
     return IngestSettings(storage=storage, naming=config.naming, duplicates=config.duplicates)
 
 
+def _cannot_listen(config: ReceiverConfig, exc: OSError) -> StartupError:
+    address = f"{config.bind or '*'}:{config.port}"
+    if exc.errno == errno.EADDRINUSE:
+        reason = "the port is already in use"
+    elif exc.errno == errno.EACCES:
+        reason = "permission denied (ports below 1024 need privileges)"
+    elif exc.errno == errno.EADDRNOTAVAIL:
+        reason = "the address is not one of this machine's"
+    else:
+        reason = exc.strerror or str(exc)
+    return StartupError(f"cannot listen on {address}: {reason}")
+
+
+def _check_tls(config: ReceiverConfig) -> ssl.SSLContext | None:
+    try:
+        return tls_context(config)
+    except (OSError, ssl.SSLError) as exc:
+        raise StartupError(f"TLS certificate or key not usable: {exc}") from None
+
+
 def start(config: ReceiverConfig, ingest: IngestSettings) -> RunningServer:
     """Open the listening socket and serve associations in background threads."""
     ae, handlers = build_ae(config, ingest)
     spool.install(lambda: ingest.storage.incoming)
     reactor.install()
-    try:
-        ssl_context = tls_context(config)
-    except (OSError, ssl.SSLError) as exc:
-        raise StartupError(f"TLS certificate or key not usable: {exc}") from None
+    ssl_context = _check_tls(config)
     try:
         server = ae.start_server(
             (config.bind, config.port),
@@ -125,23 +143,27 @@ def start(config: ReceiverConfig, ingest: IngestSettings) -> RunningServer:
             ssl_context=ssl_context,
         )
     except OSError as exc:
-        address = f"{config.bind or '*'}:{config.port}"
-        if exc.errno == errno.EADDRINUSE:
-            reason = "the port is already in use"
-        elif exc.errno == errno.EACCES:
-            reason = "permission denied (ports below 1024 need privileges)"
-        elif exc.errno == errno.EADDRNOTAVAIL:
-            reason = "the address is not one of this machine's"
-        else:
-            reason = exc.strerror or str(exc)
-        raise StartupError(f"cannot listen on {address}: {reason}") from None
+        raise _cannot_listen(config, exc) from None
     return RunningServer(ae=ae, server=server, config=config)
+
+
+def listen(config: ReceiverConfig) -> socket.socket:
+    """The listening socket for worker processes (see receiver.workers)."""
+    family = socket.AF_INET6 if ":" in config.bind else socket.AF_INET
+    listener = socket.socket(family, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        listener.bind((config.bind, config.port))
+        listener.listen(128)
+    except OSError as exc:
+        listener.close()
+        raise _cannot_listen(config, exc) from None
+    return listener
 
 
 def run(config: ReceiverConfig) -> None:
     """Serve until SIGINT or SIGTERM, then shut down gracefully."""
     ingest = prepare(config)
-    running = start(config, ingest)
     stop = threading.Event()
 
     def request_stop(signum: int, frame: object) -> None:
@@ -149,12 +171,19 @@ def run(config: ReceiverConfig) -> None:
 
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
-    logger.info("Storage SCP started: %s", config.describe())
-    while not stop.wait(1.0):
-        pass
-    logger.info(
-        "Stopping: no new associations, %.0f s for those in progress", config.shutdown_grace
-    )
-    running.stop()
+    if config.workers > 1:
+        _check_tls(config)
+        listener = listen(config)
+        logger.info("Storage SCP started: %s, %d workers", config.describe(), config.workers)
+        workers.serve(config, ingest, listener, config.workers, stop)
+    else:
+        running = start(config, ingest)
+        logger.info("Storage SCP started: %s", config.describe())
+        while not stop.wait(1.0):
+            pass
+        logger.info(
+            "Stopping: no new associations, %.0f s for those in progress", config.shutdown_grace
+        )
+        running.stop()
     ingest.storage.release()
     logger.info("Storage SCP stopped")

@@ -20,6 +20,7 @@ _FIELDS = [
     "bind",
     "duplicates",
     "max_associations",
+    "workers",
     "max_pdu",
     "min_free_mb",
     "shutdown_grace",
@@ -64,6 +65,7 @@ class Command(BaseCommand):
             help='accepted storage classes: modalities, names or UIDs, e.g. "CT,MR,US"',
         )
         parser.add_argument("--max-associations", type=int, help="concurrent associations (10)")
+        parser.add_argument("--workers", type=int, help="receiver processes sharing the port (1)")
         parser.add_argument("--max-pdu", type=int, help="maximum PDU length we receive (16382)")
         parser.add_argument("--min-free-mb", type=float, help="refuse C-STOREs below this")
         parser.add_argument("--shutdown-grace", type=float, help="seconds for open associations")

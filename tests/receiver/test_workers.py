@@ -1,0 +1,131 @@
+"""`runscp --workers N`: a parent hands connections to N worker processes on one port."""
+
+import copy
+import os
+import re
+import signal
+import sqlite3
+import threading
+import time
+from pathlib import Path
+
+from pydicom import dcmread
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pynetdicom.sop_class import CTImageStorage, Verification
+
+from tests.conftest import free_port, sample_file
+from tests.peers import scu
+from tests.receiver.test_runscp import runscp, wait_listening
+
+
+def _child_pids(pid: int) -> list[int]:
+    return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+def test_workers_share_the_load_and_stop_together(tmp_path):
+    port = free_port()
+    index = tmp_path / "i.db"
+    process = runscp(
+        port, "MY_PACS", "--workers", "2", "--bind", "127.0.0.1",
+        "--storage-dir", tmp_path / "st", "--index-db", index,
+    )  # fmt: skip
+    wait_listening(port, process)
+    workers = _child_pids(process.pid)
+    assert len(workers) == 2
+
+    base = dcmread(sample_file("CT_small.dcm"))
+    statuses: list[int] = []
+
+    def sender() -> None:
+        ae = scu()
+        ae.add_requested_context(CTImageStorage, [ExplicitVRLittleEndian])
+        assoc = ae.associate("127.0.0.1", port, ae_title="MY_PACS")
+        assert assoc.is_established
+        for _ in range(5):
+            ds = copy.deepcopy(base)
+            ds.SOPInstanceUID = generate_uid()
+            statuses.append(assoc.send_c_store(ds).Status)
+        assoc.release()
+
+    threads = [threading.Thread(target=sender) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    process.send_signal(signal.SIGTERM)
+    output, _ = process.communicate(timeout=60)
+    assert process.returncode == 0, output
+    assert statuses == [0x0000] * 20
+    with sqlite3.connect(index) as db:
+        assert db.execute("SELECT count(*) FROM archive_instance").fetchone() == (20,)
+    serving = set(re.findall(r"\[(\d+)\] INFO receiver.handlers: Association accepted", output))
+    assert serving == {str(pid) for pid in workers}  # both workers took associations
+    assert all(not _alive(pid) for pid in workers)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_association_limit_applies_across_workers(tmp_path):
+    port = free_port()
+    process = runscp(
+        port, "MY_PACS", "--workers", "2", "--max-associations", "2", "--bind", "127.0.0.1",
+        "--storage-dir", tmp_path / "st", "--index-db", tmp_path / "i.db",
+    )  # fmt: skip
+    wait_listening(port, process)
+
+    def associate():
+        ae = scu()
+        ae.add_requested_context(Verification, [ExplicitVRLittleEndian])
+        return ae.associate("127.0.0.1", port, ae_title="MY_PACS")
+
+    try:
+        held = [associate(), associate()]
+        assert all(assoc.is_established for assoc in held)
+        third = associate()
+        assert third.is_rejected
+        response = third.acceptor.primitive
+        assert (response.result, response.result_source, response.diagnostic) == (2, 3, 2)
+        held[0].release()
+        time.sleep(0.5)
+        again = associate()
+        assert again.is_established
+        again.release()
+        held[1].release()
+    finally:
+        process.send_signal(signal.SIGTERM)
+        output, _ = process.communicate(timeout=60)
+    assert process.returncode == 0, output
+
+
+def test_worker_that_dies_is_replaced(tmp_path):
+    port = free_port()
+    process = runscp(
+        port, "MY_PACS", "--workers", "2", "--bind", "127.0.0.1",
+        "--storage-dir", tmp_path / "st", "--index-db", tmp_path / "i.db",
+    )  # fmt: skip
+    wait_listening(port, process)
+    first = _child_pids(process.pid)
+    os.kill(first[0], signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and len(set(_child_pids(process.pid)) - set(first)) < 1:
+        time.sleep(0.2)
+    replacement = set(_child_pids(process.pid)) - set(first)
+    assert len(replacement) == 1
+    for _ in range(4):  # every worker, the new one included, serves
+        ae = scu()
+        ae.add_requested_context(Verification, [ExplicitVRLittleEndian])
+        assoc = ae.associate("127.0.0.1", port, ae_title="MY_PACS")
+        assert assoc.is_established
+        assert assoc.send_c_echo().Status == 0x0000
+        assoc.release()
+    process.send_signal(signal.SIGTERM)
+    output, _ = process.communicate(timeout=60)
+    assert process.returncode == 0, output
+    assert f"Worker {first[0]} " in output  # the loss was logged
