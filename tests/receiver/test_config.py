@@ -116,5 +116,5 @@ def test_runscp_with_bad_file_exits_non_zero_with_one_line(tmp_path):
     assert result.returncode != 0
     assert result.stderr.strip().splitlines() == [
         f"CommandError: {path}: unknown key server.ae_tittle (known: port, ae_title, bind, "
-        "max_associations, max_pdu, require_called_ae_title, shutdown_grace)"
+        "max_associations, workers, max_pdu, require_called_ae_title, shutdown_grace)"
     ]
