@@ -17,9 +17,10 @@ from typing import Any, BinaryIO, Literal
 
 from django.db import DatabaseError, IntegrityError, models, transaction
 from django.utils import timezone
+from pydicom.filereader import _read_file_meta_info
 
 from archive.dblock import index_writer
-from archive.exceptions import DatasetMismatch, DuplicateRejected, IndexFailure
+from archive.exceptions import DatasetMismatch, DatasetUnreadable, DuplicateRejected, IndexFailure
 from archive.header import HEADER_PREFIX, InstanceHeader, header_read
 from archive.models import Instance, Patient, Series, Study
 from archive.naming import naming_scheme, relative_path
@@ -335,3 +336,49 @@ def _fitted(model: type[models.Model], **values: Any) -> dict[str, Any]:
         field: _fit(model, field, value) if isinstance(value, str) else value
         for field, value in values.items()
     }
+
+
+def instance_index_file(*, relative: str, storage: Storage) -> StoreResult:
+    """Index a Part 10 file already under the storage directory, where it stays (used to repair
+    an index that lost rows). Raises DatasetUnreadable for anything that is not a Part 10 file
+    with the required UIDs, and IntegrityError if its SOP Instance UID is indexed already."""
+    path = storage.resolve(relative)
+    try:
+        with path.open("rb") as fh:
+            preamble = fh.read(132)
+            if preamble[128:132] != b"DICM":
+                raise DatasetUnreadable("not a DICOM Part 10 file")
+            meta = _read_file_meta_info(fh)
+            offset = fh.tell()
+            syntax = str(meta.get("TransferSyntaxUID", ""))
+            if not syntax:
+                raise DatasetUnreadable("the file meta group names no transfer syntax")
+            header = header_read(fh.read(HEADER_PREFIX), syntax)
+            dataset_digest, file_digest = hashlib.sha256(), hashlib.sha256()
+            fh.seek(0)
+            file_digest.update(fh.read(offset))
+            while chunk := fh.read(_CHUNK):
+                dataset_digest.update(chunk)
+                file_digest.update(chunk)
+            size = fh.tell()
+    except OSError as exc:
+        raise DatasetUnreadable(f"cannot read {relative}: {exc.strerror}") from exc
+    except DatasetUnreadable:
+        raise
+    except Exception as exc:  # pydicom's many errors on a damaged meta group
+        raise DatasetUnreadable(f"file meta group unreadable: {exc}") from exc
+    arrival = _Arrival(
+        header=header,
+        transfer_syntax_uid=syntax,
+        dataset_sha256=dataset_digest.hexdigest(),
+        received_at=dt.datetime.fromtimestamp(path.stat().st_mtime, tz=dt.UTC),
+        calling_ae_title=str(meta.get("SourceApplicationEntityTitle", "")).strip(),
+        remote_address="",
+        path=relative,
+    )
+    existing = StagedFile(path=path, size=size, sha256=file_digest.hexdigest(), published=True)
+    with index_writer(), transaction.atomic():
+        instance = Instance.objects.create(
+            series_id=_series_for(header).pk, **_instance_fields(arrival, existing)
+        )
+    return StoreResult(outcome="stored", instance_id=instance.pk, path=relative)

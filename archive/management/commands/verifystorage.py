@@ -1,0 +1,64 @@
+"""`python manage.py verifystorage`: do index and storage directory agree? Exit 0 if they do."""
+
+import sys
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from archive.storage import Storage
+from archive.verification import storage_verify
+from receiver.server import StartupError, use_sqlite_index
+
+
+class Command(BaseCommand):
+    help = "Check every index row against its file and every file against the index."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--storage-dir", type=Path, help="(DICOM_STORAGE_DIR)")
+        parser.add_argument("--index-db", type=Path, help="SQLite index file")
+        parser.add_argument("--quick", action="store_true", help="existence and size only")
+        parser.add_argument(
+            "--repair",
+            action="store_true",
+            help="index orphan files that are valid DICOM; remove rows whose file is gone",
+        )
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        if options["index_db"]:
+            try:
+                use_sqlite_index(options["index_db"].resolve(), wal_mode=True, synchronous="normal")
+            except StartupError as exc:
+                raise CommandError(str(exc)) from None
+        root = options["storage_dir"] or settings.DICOM_STORAGE_DIR
+        if not Path(root).is_dir():
+            raise CommandError(f"storage directory {root} does not exist")
+        storage = Storage(root)
+        interactive = sys.stderr.isatty()
+
+        def progress(done: int, total: int) -> None:
+            if interactive and (done % 500 == 0 or done == total):
+                width = 40
+                filled = width * done // max(total, 1)
+                sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total}")
+                if done == total:
+                    sys.stderr.write("\n")
+
+        report = storage_verify(
+            storage, check_hashes=not options["quick"], repair=options["repair"], progress=progress
+        )
+        for label, paths in (
+            ("missing", report.missing),
+            ("size mismatch", report.size_mismatch),
+            ("hash mismatch", report.hash_mismatch),
+            ("unreadable", report.unreadable),
+            ("orphan", report.orphans),
+        ):
+            for path in paths[:50]:
+                self.stdout.write(f"{label}: {path}")
+            if len(paths) > 50:
+                self.stdout.write(f"{label}: ... and {len(paths) - 50} more")
+        self.stdout.write(report.summary())
+        if not report.consistent:
+            sys.exit(1)
