@@ -5,6 +5,7 @@ Each handler runs in the association's own thread.
 
 import io
 import logging
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -22,8 +23,10 @@ from archive.exceptions import (
 )
 from archive.services import IngestSettings, instance_store
 from receiver.access import LOCAL_LIMIT_EXCEEDED, Decision, association_decide
+from receiver.association_log import association_log_close, association_log_open
 from receiver.config import ReceiverConfig
 from receiver.limits import AssociationSlots
+from receiver.models import AssociationLog
 from receiver.spool import SpoolBuffer
 
 logger = logging.getLogger(__name__)
@@ -51,6 +54,22 @@ class AssociationTally:
     duplicates: int = 0
     failed: Counter[int] = field(default_factory=Counter)
     bytes_received: int = 0
+    log_id: int | None = None
+    peer: str = ""
+    # When the last DIMSE message was handled: an abort after a network timeout's worth of
+    # silence was the timeout (pynetdicom's idle timer restarts when the peer then hangs up).
+    last_activity: float = field(default_factory=time.monotonic)
+
+    def close_log(self, outcome: str) -> None:
+        log_id, self.log_id = self.log_id, None  # once only
+        association_log_close(
+            log_id,
+            outcome=outcome,
+            stored=self.stored,
+            duplicates=self.duplicates,
+            failures=self.failed,
+            bytes_received=self.bytes_received,
+        )
 
     def summary(self) -> str:
         failures = ", ".join(f"0x{status:04X}×{n}" for status, n in sorted(self.failed.items()))
@@ -105,12 +124,23 @@ def handle_requested(event: Event, config: ReceiverConfig, slots: AssociationSlo
     )
     if decision.rejection is None and not slots.acquire(assoc):
         decision = Decision(LOCAL_LIMIT_EXCEEDED, f"all {slots.limit} association places are taken")
+    requestor = assoc.requestor
+    log_id = association_log_open(
+        calling_ae_title=request.calling_ae_title,
+        called_ae_title=request.called_ae_title,
+        peer_address=requestor.address,
+        peer_port=requestor.port,
+        rejected_because=decision.why if decision.rejection is not None else "",
+    )
     if decision.rejection is not None:
         logger.warning("Association from %s rejected: %s", _peer(event), decision.why)
         _close_database()
         assoc.acse.send_reject(*decision.rejection)
         assoc.kill()
         return
+    tally = tally_of(assoc)
+    tally.log_id = log_id
+    tally.peer = _peer(event)
     accepted = decision.sop_classes
     assoc.acceptor.supported_contexts = [
         cx
@@ -147,6 +177,7 @@ def handle_store(event: Event, ingest: IngestSettings) -> int:
     dataset = received.payload() if isinstance(received, SpoolBuffer) else received.getvalue()
     requestor = event.assoc.requestor
     tally = tally_of(event.assoc)
+    tally.last_activity = time.monotonic()
     tally.bytes_received += size
     sop_instance_uid = str(request.AffectedSOPInstanceUID)
     try:
@@ -187,6 +218,7 @@ def handle_store(event: Event, ingest: IngestSettings) -> int:
 
 def handle_echo(event: Event) -> int:
     """EVT_C_ECHO: always success (PS3.4 A.4)."""
+    tally_of(event.assoc).last_activity = time.monotonic()
     return SUCCESS
 
 
@@ -208,20 +240,37 @@ def handle_rejected(event: Event) -> None:
 
 
 def handle_released(event: Event, slots: AssociationSlots) -> None:
-    logger.info("Association from %s released: %s", _peer(event), tally_of(event.assoc).summary())
+    tally = tally_of(event.assoc)
+    logger.info("Association from %s released: %s", _peer(event), tally.summary())
     slots.release(event.assoc)
+    tally.close_log(AssociationLog.RELEASED)
     _close_database()
 
 
 def handle_aborted(event: Event, slots: AssociationSlots) -> None:
-    logger.info("Association from %s aborted: %s", _peer(event), tally_of(event.assoc).summary())
+    tally = tally_of(event.assoc)
+    timeout = event.assoc.network_timeout
+    timed_out = timeout is not None and time.monotonic() - tally.last_activity >= timeout - 0.05
+    how = "timed out (network timeout)" if timed_out else "aborted"
+    logger.info("Association from %s %s: %s", _peer(event), how, tally.summary())
     slots.release(event.assoc)
+    tally.close_log(AssociationLog.TIMED_OUT if timed_out else AssociationLog.ABORTED)
     _close_database()
 
 
 def handle_connection_closed(event: Event, slots: AssociationSlots) -> None:
     """EVT_CONN_CLOSE: a connection that dropped without release or abort frees its place."""
     slots.release(event.assoc)
+
+
+def association_ended(assoc: object) -> None:
+    """Called in the association's thread when its reactor stops, whatever the reason: ends the
+    log row of an association whose connection simply dropped (no release, no abort event)."""
+    tally = getattr(assoc, "receiver_tally", None)
+    if tally is not None and tally.log_id is not None:
+        logger.info("Association from %s lost its connection: %s", tally.peer, tally.summary())
+        tally.close_log(AssociationLog.ABORTED)
+        _close_database()
 
 
 def _close_database() -> None:

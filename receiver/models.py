@@ -78,3 +78,44 @@ class SOPClassRule(models.Model):
 
     def __str__(self) -> str:
         return f"{self.action} {self.sop_classes}"
+
+
+class AssociationLog(models.Model):
+    """One row per association attempt, written by the receiver; newest first (in the style of
+    django.contrib.admin's LogEntry)."""
+
+    ACCEPTED = "accepted"  # in progress
+    REJECTED = "rejected"
+    RELEASED = "released"
+    ABORTED = "aborted"
+    TIMED_OUT = "timed out"
+    OUTCOMES = [(o, o) for o in (ACCEPTED, REJECTED, RELEASED, ABORTED, TIMED_OUT)]
+
+    started_at = models.DateTimeField()
+    ended_at = models.DateTimeField(null=True, blank=True)
+    calling_ae_title = models.CharField("calling AE title", max_length=16, blank=True)
+    called_ae_title = models.CharField("called AE title", max_length=16, blank=True)
+    peer_address = models.CharField(max_length=64)
+    peer_port = models.PositiveIntegerField(null=True)
+    outcome = models.CharField(max_length=16, choices=OUTCOMES)
+    reason = models.CharField(max_length=255, blank=True)
+    instances_stored = models.PositiveIntegerField(default=0)
+    duplicates = models.PositiveIntegerField(default=0)
+    # {"0xA700": 2, ...}: failure statuses and how often each was answered.
+    failures = models.JSONField(default=dict, blank=True)
+    bytes_received = models.BigIntegerField(default=0)
+    process_id = models.PositiveIntegerField(null=True)
+
+    class Meta:
+        ordering = ["-started_at"]
+        verbose_name = "association"
+        indexes = [
+            # The admin's newest-first list and the status page's recent rejections.
+            models.Index(fields=["-started_at"], name="receiver_assoc_started_idx"),
+            # Filters by sender and by outcome.
+            models.Index(fields=["calling_ae_title"], name="receiver_assoc_calling_idx"),
+            models.Index(fields=["outcome"], name="receiver_assoc_outcome_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.calling_ae_title}@{self.peer_address} {self.outcome}"

@@ -19,6 +19,7 @@ import select
 import socket
 import threading
 import time as _time
+from collections.abc import Callable
 from typing import Any
 
 from pynetdicom import association as _association
@@ -30,6 +31,7 @@ _REACTOR_SLEEP = 0.001  # the association reactor's per-turn sleep in pynetdicom
 
 _installed = False
 _local = threading.local()
+_exit_hooks: list[Callable[[Any], None]] = []
 
 
 def _wake_pipe(dul: Any) -> tuple[socket.socket, socket.socket]:
@@ -104,9 +106,15 @@ class _AssociationTime:
         wake.clear()
 
 
-def install() -> None:
-    """Replace the polling in every association started from now on (idempotent)."""
+def install(on_exit: Callable[[Any], None] | None = None) -> None:
+    """Replace the polling in every association started from now on (idempotent).
+
+    `on_exit(assoc)` is called in the association's thread when its reactor stops, however it
+    stops (pynetdicom has no event for a connection that simply drops).
+    """
     global _installed
+    if on_exit is not None and on_exit not in _exit_hooks:
+        _exit_hooks.append(on_exit)
     if _installed:
         return
     _installed = True
@@ -123,6 +131,8 @@ def install() -> None:
             run_reactor(self)
         finally:
             _local.reactor_wake = None
+            for hook in _exit_hooks:
+                hook(self)
 
     do_action = _fsm.StateMachine.do_action
 

@@ -19,7 +19,7 @@ from archive.exceptions import StorageFailure
 from archive.services import IngestSettings
 from archive.storage import Storage
 from pacsproject.database import sqlite_database
-from receiver import reactor, spool, workers
+from receiver import handlers, reactor, spool, workers
 from receiver.config import ReceiverConfig
 from receiver.scp import build_ae, tls_context
 
@@ -131,15 +131,15 @@ def _check_tls(config: ReceiverConfig) -> ssl.SSLContext | None:
 
 def start(config: ReceiverConfig, ingest: IngestSettings) -> RunningServer:
     """Open the listening socket and serve associations in background threads."""
-    ae, handlers = build_ae(config, ingest)
+    ae, event_handlers = build_ae(config, ingest)
     spool.install(lambda: ingest.storage.incoming)
-    reactor.install()
+    reactor.install(on_exit=handlers.association_ended)
     ssl_context = _check_tls(config)
     try:
         server = ae.start_server(
             (config.bind, config.port),
             block=False,
-            evt_handlers=handlers,
+            evt_handlers=event_handlers,
             ssl_context=ssl_context,
         )
     except OSError as exc:

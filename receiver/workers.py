@@ -21,7 +21,7 @@ from typing import Any
 from django.db import connections
 
 from archive.services import IngestSettings
-from receiver import reactor, spool
+from receiver import handlers, reactor, spool
 from receiver.config import ReceiverConfig
 from receiver.limits import AssociationSlots
 from receiver.scp import build_ae, tls_context
@@ -38,12 +38,12 @@ def _worker(
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the parent, which passes it on
     connections.close_all()  # never share the parent's database connections
     slots = AssociationSlots(config.max_associations, shared=counts, cell=cell)
-    ae, handlers = build_ae(config, ingest, slots=slots)
+    ae, event_handlers = build_ae(config, ingest, slots=slots)
     spool.install(lambda: ingest.storage.incoming)
-    reactor.install()
+    reactor.install(on_exit=handlers.association_ended)
     ssl_context = tls_context(config)
     # A server object to run associations with; it listens on nothing we use.
-    server = ae.make_server(("127.0.0.1", 0), evt_handlers=handlers)
+    server = ae.make_server(("127.0.0.1", 0), evt_handlers=event_handlers)
     server.socket.close()
     channel.settimeout(0.5)
     while not stopping.is_set():

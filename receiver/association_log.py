@@ -1,0 +1,66 @@
+"""Writers of the association log. A failure to write it is logged and never disturbs the
+association: the log is for people, the images are what matter."""
+
+import logging
+import os
+from collections import Counter
+
+from django.db import DatabaseError
+from django.utils import timezone
+
+from receiver.models import AssociationLog
+
+logger = logging.getLogger(__name__)
+
+
+def association_log_open(
+    *,
+    calling_ae_title: str,
+    called_ae_title: str,
+    peer_address: str,
+    peer_port: int | None,
+    rejected_because: str = "",
+) -> int | None:
+    """Record an association attempt; return the row's id (None if the log is unavailable)."""
+    now = timezone.now()
+    try:
+        row = AssociationLog.objects.create(
+            started_at=now,
+            ended_at=now if rejected_because else None,
+            calling_ae_title=calling_ae_title.strip()[:16],
+            called_ae_title=called_ae_title.strip()[:16],
+            peer_address=peer_address[:64],
+            peer_port=peer_port,
+            outcome=AssociationLog.REJECTED if rejected_because else AssociationLog.ACCEPTED,
+            reason=rejected_because[:255],
+            process_id=os.getpid(),
+        )
+    except DatabaseError as exc:
+        logger.error("Association log not written: %s", exc)
+        return None
+    return row.pk
+
+
+def association_log_close(
+    row_id: int | None,
+    *,
+    outcome: str,
+    stored: int,
+    duplicates: int,
+    failures: Counter[int],
+    bytes_received: int,
+) -> None:
+    """Record how an accepted association ended (only the first call for a row counts)."""
+    if row_id is None:
+        return
+    try:
+        AssociationLog.objects.filter(pk=row_id, outcome=AssociationLog.ACCEPTED).update(
+            ended_at=timezone.now(),
+            outcome=outcome,
+            instances_stored=stored,
+            duplicates=duplicates,
+            failures={f"0x{status:04X}": n for status, n in failures.items()},
+            bytes_received=bytes_received,
+        )
+    except DatabaseError as exc:
+        logger.error("Association log not updated: %s", exc)
