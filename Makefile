@@ -7,7 +7,7 @@ AE_TITLE ?= MY_PACS
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test lint format system-deps clean
+.PHONY: run test lint format system-deps bench clean
 
 $(BIN)/.installed: requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -48,3 +48,7 @@ format: $(BIN)/.installed
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .test-pacs.db*
+
+## bench: the throughput benchmark against DCMTK, pynetdicom and (if installed) Orthanc
+bench: $(BIN)/.installed system-deps
+	$(BIN)/python bench/run.py --count 2000 --rows 64 --associations 1 4 --repeat 3 --workers 2

@@ -105,9 +105,6 @@ class Instance(models.Model):
     path = models.CharField(max_length=1024)
     size = models.BigIntegerField(help_text="Size of the stored file in bytes.")
     sha256 = models.CharField("SHA-256", max_length=64, help_text="Of the stored file.")
-    # Of the dataset as received (without the file meta group, which names the calling AE):
-    # how a resend of the same instance is recognised.
-    dataset_sha256 = models.CharField("dataset SHA-256", max_length=64)
     received_at = models.DateTimeField()
     calling_ae_title = models.CharField("calling AE title", max_length=AE, blank=True)
     remote_address = models.CharField(max_length=64, blank=True)

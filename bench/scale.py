@@ -69,9 +69,9 @@ def fill(index: Path, rows: int) -> float:
     )
     db.executemany(
         "INSERT INTO archive_instance (id, series_id, sop_instance_uid, sop_class_uid, "
-        "instance_number, transfer_syntax_uid, path, size, sha256, dataset_sha256, received_at, "
+        "instance_number, transfer_syntax_uid, path, size, sha256, received_at, "
         "calling_ae_title, remote_address) VALUES (?, ?, ?, '1.2.840.10008.5.1.4.1.1.2', 1, "
-        "'1.2.840.10008.1.2.1', ?, 12000, '', '', ?, 'FILLER', '127.0.0.1')",
+        "'1.2.840.10008.1.2.1', ?, 12000, '', ?, 'FILLER', '127.0.0.1')",
         (
             (i, (i - 1) // PER_SERIES + 1, f"2.25.3{i:012d}", f"fill/{i}.dcm",
              f"2026-01-01 00:{i % 60:02d}:00")

@@ -347,3 +347,14 @@ def test_names_are_decoded_with_the_specific_character_set(scp, name):
     assert patient.name == expected
     assert patient.name.isascii() is expected.isascii()
     assert not any(ch in patient.name for ch in "\x1b\ufffd")
+
+
+def test_resend_restores_a_stored_file_that_went_missing(scp, storage_dir):
+    path = sample_file("CT_small.dcm")
+    assert send_files(scp.port, [path]) == [0x0000]
+    stored = storage_dir / Instance.objects.get().path
+    stored.unlink()
+    assert send_files(scp.port, [path]) == [0x0000]
+    assert dataset_bytes(stored) == dataset_bytes(path)
+    assert Instance.objects.count() == 1
+    assert Instance.objects.get().sha256 == hashlib.sha256(stored.read_bytes()).hexdigest()

@@ -1,0 +1,25 @@
+"""The benchmark itself works: a tiny run against our SCP and DCMTK's (not a timed test)."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.peers import dcmtk_tool
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_benchmark_smoke_run_stores_everything_and_prints_the_table(tmp_path):
+    dcmtk_tool("storescp")
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "run.py"), "--count", "24", "--repeat", "1",
+         "--associations", "1", "2", "--peers", "ours", "dcmtk", "--workers", "2",
+         "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    rows = [line for line in result.stdout.splitlines() if line.startswith("| ours")]
+    assert len(rows) == 2
+    for line in result.stdout.splitlines():
+        if line.startswith(("| ours", "| dcmtk")):
+            assert "| 24/24 |" in line, line
