@@ -66,7 +66,7 @@ class Command(BaseCommand):
         )
         parser.add_argument("--max-associations", type=int, help="concurrent associations (10)")
         parser.add_argument("--workers", type=int, help="receiver processes sharing the port (1)")
-        parser.add_argument("--max-pdu", type=int, help="maximum PDU length we receive (16382)")
+        parser.add_argument("--max-pdu", type=int, help="maximum PDU length we receive (131072)")
         parser.add_argument("--min-free-mb", type=float, help="refuse C-STOREs below this")
         parser.add_argument("--shutdown-grace", type=float, help="seconds for open associations")
         parser.add_argument("--acse-timeout", type=float)
