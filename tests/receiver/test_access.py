@@ -1,5 +1,6 @@
 """Access control and limits over real associations (pynetdicom SCU, DCMTK tools)."""
 
+import socket
 import threading
 import time
 from collections import Counter
@@ -221,3 +222,13 @@ def test_advertised_maximum_pdu_follows_the_setting(start_scp, max_pdu):
     assoc = associate(server.port)
     assert assoc.acceptor.maximum_length == max_pdu
     assoc.release()
+
+
+def test_silent_connection_is_dropped_after_the_acse_timeout(start_scp):
+    server = start_scp(acse_timeout=1.0)
+    with socket.create_connection(("127.0.0.1", server.port)) as silent:
+        silent.settimeout(10)
+        start = time.monotonic()
+        assert silent.recv(1) == b""  # the receiver closed it
+        assert 0.5 < time.monotonic() - start < 8
+    assert echo_ok(server.port)
