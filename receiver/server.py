@@ -6,7 +6,6 @@ import signal
 import socket
 import ssl
 import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,28 +40,9 @@ class RunningServer:
         return self.server.server_address[1]
 
     def stop(self, grace: float | None = None) -> None:
-        """Refuse new associations, give established ones `grace` seconds, then abort the rest.
-
-        Connections that never completed association negotiation are dropped at once: a port
-        probe that connected and went silent would otherwise hold shutdown for the ACSE timeout.
-        """
+        """Refuse new associations, give established ones `grace` seconds, then abort the rest."""
         self.server.shutdown()
-        deadline = time.monotonic() + (self.config.shutdown_grace if grace is None else grace)
-        while time.monotonic() < deadline:
-            established = [a for a in self.ae.active_associations if a.is_established]
-            for assoc in self.ae.active_associations:
-                if assoc not in established:
-                    assoc.abort()
-            if not established:
-                break
-            time.sleep(0.05)
-        remaining = [a for a in self.ae.active_associations if a.is_established]
-        for assoc in self.ae.active_associations:
-            assoc.abort()
-        if remaining:
-            logger.warning(
-                "Aborted %d association(s) still open after the grace period", len(remaining)
-            )
+        workers.drain(self.ae, self.config.shutdown_grace if grace is None else grace)
         self.ae.shutdown()
 
 

@@ -65,11 +65,16 @@ def _worker(
             connection.close()
             continue
         server.process_request(connection, address)
-    _drain(ae, config.shutdown_grace)
+    drain(ae, config.shutdown_grace)
     os._exit(0)
 
 
-def _drain(ae: Any, grace: float) -> None:
+def drain(ae: Any, grace: float) -> None:
+    """Give established associations `grace` seconds to end, then abort what remains.
+
+    Connections that never completed negotiation are dropped at once: a port probe that
+    connected and went silent would otherwise hold shutdown for the ACSE timeout.
+    """
     deadline = time.monotonic() + grace
     while time.monotonic() < deadline:
         established = [a for a in ae.active_associations if a.is_established]
@@ -79,8 +84,11 @@ def _drain(ae: Any, grace: float) -> None:
         if not established:
             return
         time.sleep(0.05)
-    for assoc in ae.active_associations:
+    remaining = ae.active_associations
+    for assoc in remaining:
         assoc.abort()
+    if remaining:
+        logger.warning("Aborted %d association(s) open after the grace period", len(remaining))
 
 
 class WorkerPool:
