@@ -18,8 +18,15 @@ from tests.peers import scu
 from tests.receiver.test_runscp import runscp, wait_listening
 
 
-def _child_pids(pid: int) -> list[int]:
-    return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+def _child_pids(pid: int, expected: int = 0) -> list[int]:
+    """The process's children, waiting (up to 10 s) until there are `expected` of them: the
+    port listens a moment before the workers are forked."""
+    deadline = time.monotonic() + 10
+    while True:
+        children = [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+        if len(children) >= expected or time.monotonic() > deadline:
+            return children
+        time.sleep(0.05)
 
 
 def test_workers_share_the_load_and_stop_together(tmp_path):
@@ -30,7 +37,7 @@ def test_workers_share_the_load_and_stop_together(tmp_path):
         "--storage-dir", tmp_path / "st", "--index-db", index,
     )  # fmt: skip
     wait_listening(port, process)
-    workers = _child_pids(process.pid)
+    workers = _child_pids(process.pid, expected=2)
     assert len(workers) == 2
 
     base = dcmread(sample_file("CT_small.dcm"))
@@ -111,7 +118,7 @@ def test_worker_that_dies_is_replaced(tmp_path):
         "--storage-dir", tmp_path / "st", "--index-db", tmp_path / "i.db",
     )  # fmt: skip
     wait_listening(port, process)
-    first = _child_pids(process.pid)
+    first = _child_pids(process.pid, expected=2)
     os.kill(first[0], signal.SIGKILL)
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline and len(set(_child_pids(process.pid)) - set(first)) < 1:
