@@ -139,6 +139,17 @@ def _store_request(sop_class_uid: str, sop_instance_uid: str, payload: bytes) ->
     return request
 
 
+def eventually(check, timeout: float = 10.0) -> bool:
+    """Whether `check()` becomes true within `timeout` seconds (for effects that follow an
+    event in another thread or process, such as a freed association place)."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
+
+
 def dcmtk_tool(name: str) -> str:
     """Path of a DCMTK tool; under CI a missing tool is a failure, elsewhere a skip."""
     path = shutil.which(name)

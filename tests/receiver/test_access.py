@@ -16,7 +16,7 @@ from receiver.config import AllowedPeer
 from receiver.models import AllowedAE, SOPClassRule
 from tests.conftest import sample_file
 from tests.e2e.test_storescu import SAMPLE_STUDY
-from tests.peers import _store_request, dataset_bytes, run_dcmtk, scu
+from tests.peers import _store_request, dataset_bytes, eventually, run_dcmtk, scu
 
 
 def associate(port: int, calling: str = "TEST_SCU", called: str = "TEST_SCP", contexts=None):
@@ -154,8 +154,7 @@ def test_associations_beyond_the_limit_are_rejected_transient_and_others_unaffec
     assert held[0].send_c_store(ct).Status == 0x0000
     for assoc in held:
         assoc.release()
-    time.sleep(0.3)
-    assert echo_ok(server.port)
+    assert eventually(lambda: echo_ok(server.port))
 
 
 def test_more_concurrent_senders_than_allowed_get_exactly_the_limit(start_scp):
@@ -191,8 +190,7 @@ def test_idle_peer_is_dropped_after_the_network_timeout_and_frees_its_slot(start
     while idle.is_established and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not idle.is_established
-    time.sleep(0.3)
-    assert echo_ok(server.port)
+    assert eventually(lambda: echo_ok(server.port))
 
 
 def test_peer_sending_pdus_larger_than_negotiated_is_aborted(start_scp, storage_dir):
