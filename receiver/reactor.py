@@ -15,6 +15,7 @@ whole test suite runs through it, and it is installed by `receiver.server.start`
 """
 
 import contextlib
+import logging
 import select
 import socket
 import threading
@@ -28,6 +29,8 @@ from pynetdicom import fsm as _fsm
 
 IDLE_WAIT = 0.05
 _REACTOR_SLEEP = 0.001  # the association reactor's per-turn sleep in pynetdicom 3.0
+
+logger = logging.getLogger(__name__)
 
 _installed = False
 _local = threading.local()
@@ -137,7 +140,18 @@ def install(on_exit: Callable[[Any], None] | None = None) -> None:
     do_action = _fsm.StateMachine.do_action
 
     def _do_action(self: Any, event: str) -> None:
-        do_action(self, event)
+        try:
+            do_action(self, event)
+        except _fsm.InvalidEventError as exc:
+            # An event the state machine has no transition for: a peer breaking the protocol,
+            # or pynetdicom's own threads racing (found by tests/receiver/test_fuzz.py: our
+            # A-ASSOCIATE-AC after the DUL had already aborted, 'Evt7' in 'Sta13'). pynetdicom
+            # lets the exception kill the DUL thread and leaves the socket open; drop the
+            # connection instead.
+            logger.warning("Dropping a connection that broke the DICOM protocol: %s", exc)
+            self.dul._kill_thread = True
+            with contextlib.suppress(Exception):
+                self.dul.socket.close()
         wake = self.dul.assoc.__dict__.get("_receiver_wake")
         if wake is not None:
             wake.set()
