@@ -59,7 +59,10 @@ def _worker(
         try:
             address = connection.getpeername()
             if ssl_context is not None:
+                # A silent client must not hold this worker's hand-over loop for long.
+                connection.settimeout(config.acse_timeout)
                 connection = ssl_context.wrap_socket(connection, server_side=True)
+                connection.settimeout(None)
         except OSError as exc:
             logger.warning("Dropped a connection before association: %s", exc)
             connection.close()
