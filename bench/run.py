@@ -77,17 +77,26 @@ class Server:
 
     def rss_peak_mb(self) -> float:
         """The largest peak resident memory of any one of the server's processes."""
-        peaks = []
+        peaks = [0.0]
         for pid in self.pids():
-            status = Path(f"/proc/{pid}/status").read_text()
-            peaks.append(int(re.search(r"VmHWM:\s+(\d+) kB", status).group(1)) / 1024)
+            try:
+                status = Path(f"/proc/{pid}/status").read_text()
+            except FileNotFoundError:
+                continue  # a child that has just exited
+            if match := re.search(r"VmHWM:\s+(\d+) kB", status):  # none for zombies
+                peaks.append(int(match.group(1)) / 1024)
         return max(peaks)
 
     def cpu_seconds(self) -> float:
         total = 0.0
         for pid in self.pids():
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except FileNotFoundError:
+                continue
+            # Own time plus that of exited, reaped children (storescp --fork's).
+            ticks = sum(int(value) for value in fields[11:15])
+            total += ticks / os.sysconf("SC_CLK_TCK")
         return total
 
     def stored(self) -> int:

@@ -134,3 +134,31 @@ def test_server_context_allows_tls_1_2_and_later_only(pki):
         resolve({"tls_certificate": pki / "server.pem", "tls_private_key": pki / "server.key"})
     )
     assert context.minimum_version == ssl.TLSVersion.TLSv1_2
+
+
+def test_tls_with_worker_processes(pki, tmp_path):
+    from tests.conftest import free_port
+    from tests.receiver.test_runscp import runscp, stop, wait_listening
+
+    port = free_port()
+    process = runscp(
+        port, "TEST_SCP", "--workers", "2", "--bind", "127.0.0.1",
+        "--storage-dir", tmp_path / "st", "--index-db", tmp_path / "i.db",
+        "--tls-certificate", pki / "server.pem", "--tls-private-key", pki / "server.key",
+        "--tls-ca-certificates", pki / "ca.pem", "--tls-require-client-certificate",
+    )  # fmt: skip
+    wait_listening(port, process)
+    for _ in range(2):  # one association to each worker
+        result = run_dcmtk(
+            "storescu", "+tls", pki / "client.key", pki / "client.pem", "+cf", pki / "ca.pem",
+            "-aec", "TEST_SCP", "localhost", port, SAMPLE_STUDY / "CT_small.dcm",
+        )  # fmt: skip
+        assert result.returncode == 0, result.stdout + result.stderr
+    refused = run_dcmtk(
+        "storescu", "+tla", "+cf", pki / "ca.pem",
+        "-aec", "TEST_SCP", "localhost", port, SAMPLE_STUDY / "MR_small.dcm",
+    )  # fmt: skip
+    assert refused.returncode != 0
+    code, output = stop(process)
+    assert code == 0, output
+    assert len(list((tmp_path / "st").rglob("*.dcm"))) == 1  # the same instance twice
