@@ -3,17 +3,21 @@
 SQLite admits one write transaction at a time. Left to itself, a second writer retries in
 sleeps of up to 100 ms (its busy handler), which made the slowest C-STOREs of several
 concurrent associations wait hundreds of milliseconds. Threads of one process queue on a
-threading lock and processes sharing the file on an flock(2), both woken at once when the
-holder is done. Other databases need no such lock: their writers take row locks.
+threading lock and processes sharing the file on an flock(2). The wait is bounded by the
+database's busy timeout, like SQLite's own, so a stuck writer elsewhere turns into a refused
+C-STORE, not a hung one. Other databases need no such lock: their writers take row locks.
 """
 
 import fcntl
 import os
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 from django.db import connection
+
+from archive.exceptions import IndexFailure
 
 _thread_lock = threading.Lock()
 _lock_files: dict[str, int] = {}
@@ -29,14 +33,34 @@ def _lock_file(database: str) -> int:
 
 @contextmanager
 def index_writer() -> Iterator[None]:
-    """Hold the index's write lock for the duration of a write transaction."""
+    """Hold the index's write lock for the duration of a write transaction.
+
+    Raises IndexFailure when the lock is not free within the database's busy timeout.
+    """
     if connection.vendor != "sqlite":
         yield
         return
-    with _thread_lock:
+    timeout = float(connection.settings_dict.get("OPTIONS", {}).get("timeout", 30))
+    deadline = time.monotonic() + timeout
+    if not _thread_lock.acquire(timeout=timeout):
+        raise IndexFailure(f"index busy: no write lock within {timeout:.0f} s")
+    try:
         fd = _lock_file(connection.settings_dict["NAME"])
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        pause = 0.0005
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise IndexFailure(
+                        f"index busy: another process held its write lock for {timeout:.0f} s"
+                    ) from None
+                time.sleep(pause)
+                pause = min(pause * 2, 0.01)  # another receiver process writes: poll gently
         try:
             yield
         finally:
             fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        _thread_lock.release()

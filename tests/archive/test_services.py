@@ -1,9 +1,11 @@
 """The ingest service against a real database and a real storage directory."""
 
+import fcntl
+import os
 from contextlib import contextmanager
 
 import pytest
-from django.db import connection
+from django.db import connection, connections
 from pydicom import dcmread
 from pydicom.uid import ExplicitVRLittleEndian
 
@@ -128,3 +130,22 @@ def test_series_deleted_while_receiving_is_created_again(scp, storage_dir):
     assert instance.series.series_instance_uid == ct.SeriesInstanceUID
     assert (storage_dir / instance.path).is_file()
     assert staging_files(storage_dir) == []
+
+
+@pytest.mark.skipif("connection.vendor != 'sqlite'", reason="the writer lock is SQLite's")
+def test_index_locked_past_its_timeout_refuses_then_recovers(scp, storage_dir):
+    options = connections.settings["default"]["OPTIONS"]
+    previous = options.get("timeout", 30)
+    options["timeout"] = 1  # read at every write; the receiver threads share this dict
+    lock = os.open(f"{connection.settings_dict['NAME']}-writer.lock", os.O_RDWR | os.O_CREAT)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # another receiver process stuck mid-write
+        assert send_files(scp.port, [sample_file("CT_small.dcm")]) == [0xA700]
+        assert stored_files(storage_dir) == []
+        assert staging_files(storage_dir) == []
+        fcntl.flock(lock, fcntl.LOCK_UN)
+        assert send_files(scp.port, [sample_file("CT_small.dcm")]) == [0x0000]
+    finally:
+        os.close(lock)
+        options["timeout"] = previous
+    assert Instance.objects.count() == 1
