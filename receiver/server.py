@@ -109,8 +109,14 @@ def _check_tls(config: ReceiverConfig) -> ssl.SSLContext | None:
         raise StartupError(f"TLS certificate or key not usable: {exc}") from None
 
 
+# socketserver's default backlog of 5 drops connections when modalities connect in a burst;
+# they then fail instead of being rejected cleanly over DICOM.
+LISTEN_BACKLOG = 128
+
+
 def start(config: ReceiverConfig, ingest: IngestSettings) -> RunningServer:
     """Open the listening socket and serve associations in background threads."""
+    ThreadedAssociationServer.request_queue_size = LISTEN_BACKLOG
     ae, event_handlers = build_ae(config, ingest)
     spool.install(lambda: ingest.storage.incoming)
     reactor.install(on_exit=handlers.association_ended)
@@ -134,7 +140,7 @@ def listen(config: ReceiverConfig) -> socket.socket:
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         listener.bind((config.bind, config.port))
-        listener.listen(128)
+        listener.listen(LISTEN_BACKLOG)
     except OSError as exc:
         listener.close()
         raise _cannot_listen(config, exc) from None
