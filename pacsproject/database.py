@@ -41,3 +41,26 @@ def with_backend_options(database: dict[str, Any]) -> dict[str, Any]:
     if database.get("ENGINE") == "django.db.backends.sqlite3":
         database = {**database, "OPTIONS": {**SQLITE_OPTIONS, **database.get("OPTIONS", {})}}
     return database
+
+
+def use_sqlite_index(
+    path: Path | None, *, wal_mode: bool = True, synchronous: str = "normal"
+) -> None:
+    """Point the default database at the SQLite file `path` (created on first use); with no
+    path, apply the journal settings to the configured database if it is SQLite.
+
+    Raises OSError if the file's directory cannot be created.
+    """
+    # Imported here: the settings module imports this one before Django is set up.
+    from django.db import connections
+
+    database = connections.settings["default"]
+    if path is None:
+        if database["ENGINE"] != "django.db.backends.sqlite3":
+            return
+        path = Path(database["NAME"])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    connections.close_all()
+    database.update(sqlite_database(path, wal_mode=wal_mode, synchronous=synchronous))
+    # A wrapper built for the previous engine must not be reused.
+    del connections["default"]

@@ -7,7 +7,6 @@ import socket
 import ssl
 import threading
 from dataclasses import dataclass
-from pathlib import Path
 
 from django.core.management import call_command
 from django.db import DatabaseError, connections
@@ -17,7 +16,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 from archive.exceptions import StorageFailure
 from archive.services import IngestSettings
 from archive.storage import Storage
-from pacsproject.database import sqlite_database
+from pacsproject.database import use_sqlite_index
 from receiver import handlers, reactor, spool, workers
 from receiver.config import ReceiverConfig
 from receiver.scp import build_ae, tls_context
@@ -46,29 +45,12 @@ class RunningServer:
         self.ae.shutdown()
 
 
-def use_sqlite_index(path: Path | None, *, wal_mode: bool, synchronous: str) -> None:
-    """Point the default database at the SQLite file `path` (created on first use); with no
-    path, apply the journal settings to the configured database if it is SQLite."""
-    database = connections.settings["default"]
-    if path is None:
-        if database["ENGINE"] != "django.db.backends.sqlite3":
-            return
-        path = Path(database["NAME"])
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise StartupError(
-            f"cannot create the index directory {path.parent}: {exc.strerror}"
-        ) from None
-    connections.close_all()
-    database.update(sqlite_database(path, wal_mode=wal_mode, synchronous=synchronous))
-    # A wrapper built for the previous engine must not be reused.
-    del connections["default"]
-
-
 def prepare(config: ReceiverConfig) -> IngestSettings:
     """Choose the database, bring its schema up to date and make the storage ready."""
-    use_sqlite_index(config.index_db, wal_mode=config.wal_mode, synchronous=config.synchronous)
+    try:
+        use_sqlite_index(config.index_db, wal_mode=config.wal_mode, synchronous=config.synchronous)
+    except OSError as exc:
+        raise StartupError(f"cannot create the index directory: {exc.strerror}") from None
     ingest = ingest_settings(config)
     try:
         ingest.storage.prepare()

@@ -8,7 +8,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.utils import timezone
 
 from archive.statistics import storage_statistics
-from receiver.server import StartupError, use_sqlite_index
+from pacsproject.database import use_sqlite_index
 
 
 def _size(value: int | None) -> str:
@@ -32,10 +32,7 @@ class Command(BaseCommand):
         if options["index_db"]:
             if not options["index_db"].is_file():
                 raise CommandError(f"index {options['index_db']} does not exist")
-            try:
-                use_sqlite_index(options["index_db"].resolve(), wal_mode=True, synchronous="normal")
-            except StartupError as exc:
-                raise CommandError(str(exc)) from None
+            use_sqlite_index(options["index_db"].resolve())
         stats = storage_statistics(
             options["storage_dir"] or settings.DICOM_STORAGE_DIR, now=timezone.now()
         )

@@ -9,7 +9,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from archive.storage import Storage
 from archive.verification import storage_verify
-from receiver.server import StartupError, use_sqlite_index
+from pacsproject.database import use_sqlite_index
 
 
 class Command(BaseCommand):
@@ -27,10 +27,9 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         if options["index_db"]:
-            try:
-                use_sqlite_index(options["index_db"].resolve(), wal_mode=True, synchronous="normal")
-            except StartupError as exc:
-                raise CommandError(str(exc)) from None
+            if not options["index_db"].is_file():
+                raise CommandError(f"index {options['index_db']} does not exist")
+            use_sqlite_index(options["index_db"].resolve())
         root = options["storage_dir"] or settings.DICOM_STORAGE_DIR
         if not Path(root).is_dir():
             raise CommandError(f"storage directory {root} does not exist")
