@@ -34,20 +34,6 @@ def storage_statistics(storage_dir: Path, *, now: dt.datetime) -> StorageStatist
         disk_total, disk_free = usage.total, usage.free
     except OSError:
         disk_total = disk_free = None
-    recent_days = Instance.objects.filter(received_at__gte=now - dt.timedelta(days=30))
-    per_day = (
-        recent_days.annotate(day=TruncDate("received_at"))
-        .values("day")
-        .annotate(n=Count("id"), size=Sum("size"))
-        .order_by("day")
-    )
-    recent_hours = Instance.objects.filter(received_at__gte=now - dt.timedelta(hours=48))
-    per_hour = (
-        recent_hours.annotate(hour=TruncHour("received_at"))
-        .values("hour")
-        .annotate(n=Count("id"), size=Sum("size"))
-        .order_by("hour")
-    )
     senders = (
         Instance.objects.values("calling_ae_title").annotate(n=Count("id")).order_by("-n")[:10]
     )
@@ -60,8 +46,20 @@ def storage_statistics(storage_dir: Path, *, now: dt.datetime) -> StorageStatist
         stored_bytes=Instance.objects.aggregate(total=Sum("size"))["total"] or 0,
         disk_total=disk_total,
         disk_free=disk_free,
-        per_day=[(row["day"], row["n"], row["size"] or 0) for row in per_day],
-        per_hour=[(row["hour"], row["n"], row["size"] or 0) for row in per_hour],
+        per_day=_ingest(TruncDate, since=now - dt.timedelta(days=30)),
+        per_hour=_ingest(TruncHour, since=now - dt.timedelta(hours=48)),
         top_senders=[(row["calling_ae_title"], row["n"]) for row in senders],
         modalities=[(row["series__modality"] or "(none)", row["n"]) for row in modalities],
     )
+
+
+def _ingest(trunc: type[TruncDate] | type[TruncHour], *, since: dt.datetime) -> list:
+    """(period, instances, bytes) per day or hour received since `since`, oldest first."""
+    rows = (
+        Instance.objects.filter(received_at__gte=since)
+        .annotate(period=trunc("received_at"))
+        .values("period")
+        .annotate(n=Count("id"), size=Sum("size"))
+        .order_by("period")
+    )
+    return [(row["period"], row["n"], row["size"] or 0) for row in rows]
