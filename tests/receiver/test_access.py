@@ -1,6 +1,7 @@
 """Access control and limits over real associations (pynetdicom SCU, DCMTK tools)."""
 
 import socket
+import struct
 import threading
 import time
 from collections import Counter
@@ -191,6 +192,21 @@ def test_idle_peer_is_dropped_after_the_network_timeout_and_frees_its_slot(start
         time.sleep(0.1)
     assert not idle.is_established
     assert eventually(lambda: echo_ok(server.port))
+
+
+@pytest.mark.parametrize(("pdu_type", "length"), [(0x04, 2**31), (0x04, 4097), (0x05, 2**24)])
+def test_over_long_pdu_is_aborted_from_its_header(start_scp, pdu_type, length):
+    """Only the header is sent: the abort comes before any of the announced body arrives, so
+    nothing of that size is ever buffered."""
+    server = start_scp(max_pdu=4096)
+    assoc = associate(server.port, contexts=[CTImageStorage])
+    assert assoc.is_established
+    assoc.dul.socket.socket.sendall(struct.pack(">BBL", pdu_type, 0, length))
+    deadline = time.monotonic() + 10
+    while not assoc.is_aborted and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert assoc.is_aborted
+    assert echo_ok(server.port)
 
 
 def test_peer_sending_pdus_larger_than_negotiated_is_aborted(start_scp, storage_dir):
