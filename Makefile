@@ -7,7 +7,7 @@ AE_TITLE ?= MY_PACS
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test lint format system-deps bench clean
+.PHONY: run test lint format system-deps bench soak clean
 
 $(BIN)/.installed: requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -19,11 +19,17 @@ $(BIN)/.installed: requirements.txt requirements-dev.txt
 run: $(BIN)/.installed
 	$(BIN)/python manage.py runscp $(PORT) $(AE_TITLE)
 
-## system-deps: DCMTK's storescu/echoscu/dcmsend, the peers the end-to-end tests talk to
+## system-deps: DCMTK's storescu/echoscu/dcmsend (the peers the end-to-end tests talk to) and
+## Chromium with its driver (the browser test)
 system-deps:
-	@command -v storescu >/dev/null 2>&1 || { \
-		echo "Installing DCMTK (Debian package dcmtk)"; \
-		$(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q --no-install-recommends dcmtk; }
+	@missing=""; \
+	command -v storescu >/dev/null 2>&1 || missing="$$missing dcmtk"; \
+	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
+	command -v chromedriver >/dev/null 2>&1 || missing="$$missing chromium-driver"; \
+	if [ -n "$$missing" ]; then \
+		echo "Installing Debian packages:$$missing"; \
+		$(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q --no-install-recommends $$missing; \
+	fi
 
 # The suite runs on SQLite, then on this PostgreSQL server (`make test PG_URL=` skips it).
 PG_URL ?= postgres://postgres:postgres@127.0.0.1:5432/pacs
@@ -52,3 +58,8 @@ clean:
 ## bench: the throughput benchmark against DCMTK, pynetdicom and (if installed) Orthanc
 bench: $(BIN)/.installed system-deps
 	$(BIN)/python bench/run.py --count 2000 --rows 64 --associations 1 4 --repeat 3 --workers 2
+
+## soak: five minutes of steady ingest; fails unless memory, open files and threads stay flat
+SOAK_SECONDS ?= 300
+soak: $(BIN)/.installed
+	$(BIN)/python bench/soak.py --seconds $(SOAK_SECONDS) --senders 4

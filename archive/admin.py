@@ -1,16 +1,30 @@
-"""Read-only browsing of the index: it mirrors what was received, so nothing here edits it."""
+"""Browsing of the index: it mirrors what was received, so nothing here edits it; deleting
+removes the files with the rows (archive.deletion)."""
 
+from collections.abc import Iterable
+
+from django.conf import settings
 from django.contrib import admin
-from django.db.models import Count, QuerySet
+from django.db.models import Count, Model, QuerySet
 from django.http import HttpRequest
 from django.urls import reverse
-from django.utils.html import format_html
+from django.utils.html import format_html, format_html_join
+from django.utils.safestring import SafeString
 
+from archive.deletion import deletion_preview, index_delete
+from archive.exceptions import StorageFailure
 from archive.models import Instance, Patient, Series, Study
+from archive.storage import Storage
+from archive.tagdump import tag_dump
+
+admin.site.site_header = "DICOM receiver"
+admin.site.site_title = "DICOM receiver"
+admin.site.index_template = "admin/archive_index.html"
 
 
 class IndexAdmin(admin.ModelAdmin):
-    """Rows are written by the receiver only; the admin may view them."""
+    """Rows are written by the receiver only; the admin may view them, and delete them with
+    their files."""
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
@@ -18,9 +32,37 @@ class IndexAdmin(admin.ModelAdmin):
     def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
         return False
 
-    def has_delete_permission(self, request: HttpRequest, obj: object = None) -> bool:
-        # Deleting rows without their files would orphan files; not offered until it does both.
-        return False
+    def delete_model(self, request: HttpRequest, obj: Model) -> None:
+        index_delete(self.model.objects.filter(pk=obj.pk), _storage())
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet) -> None:
+        index_delete(queryset, _storage())
+
+    def get_deleted_objects(self, objs: Iterable[Model], request: HttpRequest) -> tuple:
+        """The confirmation page's summary: counts from the database, not every row below
+        (a patient can have hundreds of thousands of instances)."""
+        objects = list(objs)
+        counts = deletion_preview(self.model.objects.filter(pk__in=[o.pk for o in objects]))
+        per_model = {
+            Patient: counts.patients,
+            Study: counts.studies,
+            Series: counts.series,
+            Instance: counts.instances,
+        }
+        model_count = {model._meta.verbose_name_plural: n for model, n in per_model.items() if n}
+        perms_needed = {
+            model._meta.verbose_name
+            for model, n in per_model.items()
+            if n and not request.user.has_perm(f"archive.delete_{model._meta.model_name}")
+        }
+        shown = [str(o) for o in objects[:100]]
+        if counts.instances:
+            shown.append(f"and the {counts.instances} stored file(s) of their instances")
+        return shown, model_count, perms_needed, []
+
+
+def _storage() -> Storage:
+    return Storage(settings.DICOM_STORAGE_DIR)
 
 
 def _children_link(model: str, filter_field: str, obj_id: int, count: int, label: str) -> str:
@@ -43,6 +85,7 @@ class PatientAdmin(IndexAdmin):
 
 @admin.register(Study)
 class StudyAdmin(IndexAdmin):
+    readonly_fields = ["series_previews"]
     list_display = ["study_date", "patient", "accession_number", "description", "series_link"]
     list_filter = ["study_date", "series__modality"]
     search_fields = [
@@ -60,6 +103,31 @@ class StudyAdmin(IndexAdmin):
     @admin.display(description="series", ordering="series_count")
     def series_link(self, obj: Study) -> str:
         return _children_link("series", "study__id__exact", obj.pk, obj.series_count, "series")
+
+    @admin.display(description="series previews")
+    def series_previews(self, obj: Study) -> SafeString:
+        """A strip with one preview per series, each linking to the series' instances."""
+        series = obj.series.annotate(instance_count=Count("instances")).order_by(
+            "series_number", "pk"
+        )
+        tiles = format_html_join(
+            "",
+            '<figure class="series-preview" style="display:inline-block;margin:0 8px 8px 0;'
+            'text-align:center"><a href="{}"><img src="{}" alt="{}" loading="lazy" '
+            'style="width:160px;height:160px;object-fit:contain;background:#000"></a>'
+            "<figcaption>{} ({} instances)</figcaption></figure>",
+            (
+                (
+                    reverse("admin:archive_instance_changelist") + f"?series__id__exact={s.pk}",
+                    reverse("archive-series-preview", args=[s.pk]),
+                    f"Series {s.series_number or ''} preview",
+                    str(s),
+                    s.instance_count,
+                )
+                for s in series
+            ),
+        )
+        return format_html('<div class="series-strip">{}</div>', tiles)
 
 
 @admin.register(Series)
@@ -90,5 +158,61 @@ class InstanceAdmin(IndexAdmin):
         "size",
     ]
     list_filter = ["calling_ae_title", "series__modality", "received_at"]
-    search_fields = ["sop_instance_uid", "series__series_instance_uid"]
+    search_fields = [
+        "sop_instance_uid",
+        "series__series_instance_uid",
+        "series__study__study_instance_uid",
+    ]
     list_select_related = ["series"]
+    readonly_fields = ["preview", "download", "header"]
+    fieldsets = [
+        (None, {"fields": ["preview", "download"]}),
+        (
+            "Index",
+            {
+                "fields": [
+                    "series",
+                    "sop_instance_uid",
+                    "sop_class_uid",
+                    "instance_number",
+                    "transfer_syntax_uid",
+                    "path",
+                    "size",
+                    "sha256",
+                    "received_at",
+                    "calling_ae_title",
+                    "remote_address",
+                ]
+            },
+        ),
+        ("Header of the stored file", {"fields": ["header"]}),
+    ]
+
+    @admin.display(description="preview")
+    def preview(self, obj: Instance) -> SafeString:
+        url = reverse("archive-instance-preview", args=[obj.pk])
+        return format_html(
+            '<a href="{}"><img class="instance-preview" src="{}" alt="preview" '
+            'style="max-width:512px;background:#000"></a>',
+            url,
+            url,
+        )
+
+    @admin.display(description="file")
+    def download(self, obj: Instance) -> SafeString:
+        return format_html(
+            '<a class="button" href="{}">Download the .dcm file</a> ({} bytes)',
+            reverse("archive-instance-download", args=[obj.pk]),
+            obj.size,
+        )
+
+    @admin.display(description="header")
+    def header(self, obj: Instance) -> SafeString:
+        try:
+            text = tag_dump(_storage().resolve(obj.path))
+        except (OSError, ValueError, StorageFailure) as exc:
+            return format_html("<em>The stored file cannot be read: {}</em>", exc)
+        return format_html(
+            '<pre class="tag-dump" style="max-height:40em;overflow:auto;white-space:pre">{}</pre>',
+            text,
+        )

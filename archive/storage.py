@@ -183,6 +183,30 @@ class Storage:
             raise _failure(f"set aside {relative}", exc) from exc
         return aside
 
+    def move_aside(self, relative: str) -> Path | None:
+        """Take a published file away from its name into our staging folder (deletion): if the
+        deletion is not committed, `restore` puts it back; None if there is no such file."""
+        aside = self.incoming / f"{uuid.uuid4().hex}.deleted"
+        try:
+            self.incoming.mkdir(parents=True, exist_ok=True)
+            os.rename(self.resolve(relative), aside)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise _failure(f"remove {relative}", exc) from exc
+        return aside
+
+    def prune_directories(self, relative: str) -> None:
+        """Remove the now empty folders that held `relative`, up to the storage directory."""
+        folder = self.resolve(relative).parent
+        while folder != self.root and folder.is_relative_to(self.root):
+            try:
+                folder.rmdir()
+            except OSError:
+                return  # not empty (or gone): the folders above it are not empty either
+            self._known_dirs.discard(str(folder))
+            folder = folder.parent
+
     def restore(self, aside: Path | None, relative: str) -> None:
         """Put a file kept by `set_aside` back under its name."""
         if aside is None:

@@ -64,3 +64,14 @@ def use_sqlite_index(
     database.update(sqlite_database(path, wal_mode=wal_mode, synchronous=synchronous))
     # A wrapper built for the previous engine must not be reused.
     del connections["default"]
+
+
+def use_index_file_option(path: Path | None) -> None:
+    """The management commands' `--index-db FILE`: read this existing SQLite index."""
+    from django.core.management.base import CommandError
+
+    if path is None:
+        return
+    if not path.is_file():
+        raise CommandError(f"index {path} does not exist")
+    use_sqlite_index(path.resolve())

@@ -15,11 +15,28 @@ BASE_DIR = Path(__file__).resolve().parent.parent
 env = environ.Env()
 
 DEBUG = env.bool("DEBUG", default=False)
-# The development key only works with DEBUG on; a production run must bring its own.
+# Without SECRET_KEY a development key is used, which `check --deploy` reports (its prefix).
 SECRET_KEY = env.str("SECRET_KEY", default="")
 if not SECRET_KEY:
-    SECRET_KEY = "insecure-development-key-set-SECRET_KEY-in-production"
+    SECRET_KEY = "django-insecure-development-key-set-SECRET_KEY-in-production"
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]"])
+
+# HTTPS=true behind TLS (directly or through a proxy setting X-Forwarded-Proto): cookies only
+# over HTTPS, HTTP redirected, HSTS. Off by default so that a local `gunicorn` over plain HTTP
+# can log in.
+HTTPS = env.bool("HTTPS", default=False)
+SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = SECURE_SSL_REDIRECT = HTTPS
+SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=31_536_000 if HTTPS else 0)
+# The browsers' preload list commits a whole (hospital) domain to HTTPS for good: the site's
+# owner opts in to it, and `check --deploy` is not asked to insist.
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env.bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", default=HTTPS)
+SECURE_HSTS_PRELOAD = env.bool("SECURE_HSTS_PRELOAD", default=False)
+SILENCED_SYSTEM_CHECKS = [] if SECURE_HSTS_PRELOAD else ["security.W021"]
+if env.bool("BEHIND_PROXY", default=False):
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
+SESSION_COOKIE_HTTPONLY = True
+X_FRAME_OPTIONS = "DENY"
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -34,6 +51,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -86,11 +104,21 @@ USE_TZ = True
 
 STATIC_URL = "static/"
 STATIC_ROOT = BASE_DIR / "staticfiles"
+# whitenoise serves the admin's and our static files, with DEBUG off too; from the apps'
+# folders when `collectstatic` has not been run, so a fresh clone works as it is.
+WHITENOISE_USE_FINDERS = True
 
 # Where received instances are written; `runscp --storage-dir` overrides it.
 DICOM_STORAGE_DIR = Path(env.str("DICOM_STORAGE_DIR", default=str(BASE_DIR / "received")))
 # What to do when an instance arrives again with different bytes: keep, overwrite or reject.
 DICOM_DUPLICATES = env.str("DICOM_DUPLICATES", default="keep")
+
+# Seconds between two heartbeats of each receiver process (live status); three missed beats
+# and the process is shown as down.
+RECEIVER_HEARTBEAT = env.float("RECEIVER_HEARTBEAT", default=5.0)
+# A token that lets Prometheus scrape /metrics (Authorization: Bearer <token>); without it,
+# only a logged-in staff user sees the metrics.
+METRICS_TOKEN = env.str("METRICS_TOKEN", default="")
 
 LOGGING = {
     "version": 1,

@@ -1,7 +1,7 @@
 from django.contrib import admin
 from django.http import HttpRequest
 
-from receiver.models import AllowedAE, AssociationLog, SOPClassRule
+from receiver.models import AllowedAE, AssociationLog, ReceiverProcess, SOPClassRule
 
 
 @admin.register(AllowedAE)
@@ -52,3 +52,26 @@ class AssociationLogAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request: HttpRequest, obj: object = None) -> bool:
         return request.user.is_superuser  # pruning old entries
+
+
+@admin.register(ReceiverProcess)
+class ReceiverProcessAdmin(admin.ModelAdmin):
+    """Recorded by the receiver processes themselves (receiver.live): read-only here."""
+
+    list_display = [
+        "ae_title",
+        "port",
+        "host",
+        "pid",
+        "role",
+        "started_at",
+        "heartbeat_at",
+        "stopped_at",
+    ]
+    list_filter = ["host", "ae_title"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False

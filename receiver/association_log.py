@@ -3,7 +3,6 @@ association: the log is for people, the images are what matter."""
 
 import logging
 import os
-from collections import Counter
 
 from django.db import DatabaseError
 from django.utils import timezone
@@ -20,6 +19,7 @@ def association_log_open(
     peer_address: str,
     peer_port: int | None,
     rejected_because: str = "",
+    receiver_id: int | None = None,
 ) -> int | None:
     """Record an association attempt; return the row's id (None if the log is unavailable)."""
     now = timezone.now()
@@ -34,6 +34,7 @@ def association_log_open(
             outcome=AssociationLog.REJECTED if rejected_because else AssociationLog.ACCEPTED,
             reason=rejected_because[:255],
             process_id=os.getpid(),
+            receiver_id=receiver_id,
         )
     except DatabaseError as exc:
         logger.error("Association log not written: %s", exc)
@@ -47,7 +48,7 @@ def association_log_close(
     outcome: str,
     stored: int,
     duplicates: int,
-    failures: Counter[int],
+    failures: dict[str, int],
     bytes_received: int,
 ) -> None:
     """Record how an accepted association ended (only the first call for a row counts)."""
@@ -59,7 +60,7 @@ def association_log_close(
             outcome=outcome,
             instances_stored=stored,
             duplicates=duplicates,
-            failures={f"0x{status:04X}": n for status, n in failures.items()},
+            failures=failures,
             bytes_received=bytes_received,
         )
     except DatabaseError as exc:

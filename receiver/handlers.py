@@ -26,6 +26,7 @@ from receiver.access import LOCAL_LIMIT_EXCEEDED, Decision, association_decide
 from receiver.association_log import association_log_close, association_log_open
 from receiver.config import ReceiverConfig
 from receiver.limits import AssociationSlots
+from receiver.live import LiveStatus
 from receiver.models import AssociationLog
 from receiver.spool import SpoolBuffer
 
@@ -59,17 +60,23 @@ class AssociationTally:
     # When the last DIMSE message was handled: an abort after a network timeout's worth of
     # silence was the timeout (pynetdicom's idle timer restarts when the peer then hangs up).
     last_activity: float = field(default_factory=time.monotonic)
+    live: LiveStatus | None = None
 
     def close_log(self, outcome: str) -> None:
         log_id, self.log_id = self.log_id, None  # once only
+        if self.live is not None and log_id is not None:
+            self.live.untrack(log_id)
         association_log_close(
             log_id,
             outcome=outcome,
             stored=self.stored,
             duplicates=self.duplicates,
-            failures=self.failed,
+            failures=self.failures_json(),
             bytes_received=self.bytes_received,
         )
+
+    def failures_json(self) -> dict[str, int]:
+        return {f"0x{status:04X}": n for status, n in self.failed.items()}
 
     def summary(self) -> str:
         failures = ", ".join(f"0x{status:04X}×{n}" for status, n in sorted(self.failed.items()))
@@ -105,7 +112,9 @@ _REJECT_REASONS = {
 }
 
 
-def handle_requested(event: Event, config: ReceiverConfig, slots: AssociationSlots) -> None:
+def handle_requested(
+    event: Event, config: ReceiverConfig, slots: AssociationSlots, live: LiveStatus | None
+) -> None:
     """EVT_REQUESTED: apply access control and the association limit before negotiation.
 
     Rejects with A-ASSOCIATE-RJ: permanent, reason 3 for a calling AE not allowed from this
@@ -131,6 +140,7 @@ def handle_requested(event: Event, config: ReceiverConfig, slots: AssociationSlo
         peer_address=requestor.address,
         peer_port=requestor.port,
         rejected_because=decision.why if decision.rejection is not None else "",
+        receiver_id=live.process_id if live is not None else None,
     )
     if decision.rejection is not None:
         logger.warning("Association from %s rejected: %s", _peer(event), decision.why)
@@ -141,26 +151,15 @@ def handle_requested(event: Event, config: ReceiverConfig, slots: AssociationSlo
     tally = tally_of(assoc)
     tally.log_id = log_id
     tally.peer = _peer(event)
+    if live is not None and log_id is not None:
+        tally.live = live
+        live.track(log_id, tally)
     accepted = decision.sop_classes
     assoc.acceptor.supported_contexts = [
         cx
         for cx in assoc.acceptor.supported_contexts
         if cx.abstract_syntax == Verification or cx.abstract_syntax in accepted
     ]
-
-
-def handle_data_received(event: Event) -> None:
-    """EVT_DATA_RECV: abort a peer whose PDU exceeds the maximum length we advertised (PS3.8
-    9.3.1); only bound when a limit is set."""
-    limit = event.assoc.acceptor.maximum_length
-    if limit and len(event.data) - 6 > limit:
-        logger.warning(
-            "Aborting association from %s: PDU of %d bytes exceeds our maximum of %d",
-            _peer(event),
-            len(event.data) - 6,
-            limit,
-        )
-        event.assoc.abort()
 
 
 def handle_store(event: Event, ingest: IngestSettings) -> int:

@@ -1,6 +1,9 @@
 """Access rules the administrator edits in the Django admin; read at every association, so a
 change applies to the next association without restarting the receiver."""
 
+import datetime
+
+from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import models
 
@@ -80,6 +83,48 @@ class SOPClassRule(models.Model):
         return f"{self.action} {self.sop_classes}"
 
 
+class ReceiverProcessQuerySet(models.QuerySet):
+    def alive(self, now: datetime.datetime) -> "ReceiverProcessQuerySet":
+        return self.filter(stopped_at__isnull=True, heartbeat_at__gte=heartbeat_deadline(now))
+
+
+def heartbeat_interval() -> float:
+    """Seconds between two heartbeats of a receiver process."""
+    return float(settings.RECEIVER_HEARTBEAT)
+
+
+def heartbeat_deadline(now: datetime.datetime) -> datetime.datetime:
+    """A process whose last heartbeat is older than this is down (three beats missed)."""
+    return now - datetime.timedelta(seconds=3 * heartbeat_interval())
+
+
+class ReceiverProcess(models.Model):
+    """One receiver process (each worker is one), as it last reported itself: the web UI and
+    `scpstatus`, in other processes, learn from these rows what is running."""
+
+    host = models.CharField(max_length=255)
+    pid = models.PositiveIntegerField()
+    ae_title = models.CharField("AE title", max_length=16)
+    port = models.PositiveIntegerField()
+    role = models.CharField(max_length=32, blank=True, help_text="single process or worker N")
+    started_at = models.DateTimeField()
+    heartbeat_at = models.DateTimeField()
+    stopped_at = models.DateTimeField(null=True, blank=True)
+
+    objects = ReceiverProcessQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-started_at"]
+        verbose_name = "receiver process"
+        verbose_name_plural = "receiver processes"
+
+    def __str__(self) -> str:
+        return f"{self.ae_title}:{self.port} on {self.host} (pid {self.pid})"
+
+    def is_alive(self, now: datetime.datetime) -> bool:
+        return self.stopped_at is None and self.heartbeat_at >= heartbeat_deadline(now)
+
+
 class AssociationLog(models.Model):
     """One row per association attempt, written by the receiver; newest first (in the style of
     django.contrib.admin's LogEntry)."""
@@ -105,6 +150,12 @@ class AssociationLog(models.Model):
     failures = models.JSONField(default=dict, blank=True)
     bytes_received = models.BigIntegerField(default=0)
     process_id = models.PositiveIntegerField(null=True)
+    receiver = models.ForeignKey(
+        ReceiverProcess, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    # Progress of an association in progress, written with each heartbeat of its process.
+    updated_at = models.DateTimeField(null=True, blank=True)
+    current_rate = models.FloatField("instances per second", default=0.0)
 
     class Meta:
         ordering = ["-started_at"]

@@ -18,6 +18,7 @@ from archive.services import IngestSettings
 from receiver import handlers
 from receiver.config import ReceiverConfig
 from receiver.limits import AssociationSlots
+from receiver.live import LiveStatus
 from receiver.sop_classes import storage_sop_classes
 
 # pynetdicom logs each PDU and DIMSE message; we log one line per association instead.
@@ -54,7 +55,10 @@ def transfer_syntaxes() -> list[UID]:
 
 
 def build_ae(
-    config: ReceiverConfig, ingest: IngestSettings, slots: AssociationSlots | None = None
+    config: ReceiverConfig,
+    ingest: IngestSettings,
+    slots: AssociationSlots | None = None,
+    live: LiveStatus | None = None,
 ) -> tuple[AE, list]:
     """Return the configured AE and the event handlers to start its server with."""
     ae = AE(ae_title=config.ae_title)
@@ -78,7 +82,7 @@ def build_ae(
         ae.add_supported_context(sop_class, syntaxes)
 
     event_handlers = [
-        (evt.EVT_REQUESTED, handlers.handle_requested, [config, slots]),
+        (evt.EVT_REQUESTED, handlers.handle_requested, [config, slots, live]),
         (evt.EVT_C_STORE, handlers.handle_store, [ingest]),
         (evt.EVT_C_ECHO, handlers.handle_echo),
         (evt.EVT_ACCEPTED, handlers.handle_accepted),
@@ -87,8 +91,6 @@ def build_ae(
         (evt.EVT_ABORTED, handlers.handle_aborted, [slots]),
         (evt.EVT_CONN_CLOSE, handlers.handle_connection_closed, [slots]),
     ]
-    if config.max_pdu:
-        event_handlers.append((evt.EVT_DATA_RECV, handlers.handle_data_received))
     return ae, event_handlers
 
 

@@ -17,8 +17,9 @@ from archive.exceptions import StorageFailure
 from archive.services import IngestSettings
 from archive.storage import Storage
 from pacsproject.database import use_sqlite_index
-from receiver import handlers, reactor, spool, workers
+from receiver import handlers, pdu_guard, reactor, spool, workers
 from receiver.config import ReceiverConfig
+from receiver.live import LiveStatus
 from receiver.scp import build_ae, tls_context
 
 logger = logging.getLogger(__name__)
@@ -33,6 +34,8 @@ class RunningServer:
     ae: AE
     server: ThreadedAssociationServer
     config: ReceiverConfig
+    live: LiveStatus
+    stopped: bool = False
 
     @property
     def port(self) -> int:
@@ -40,9 +43,13 @@ class RunningServer:
 
     def stop(self, grace: float | None = None) -> None:
         """Refuse new associations, give established ones `grace` seconds, then abort the rest."""
+        if self.stopped:
+            return
+        self.stopped = True
         self.server.shutdown()
         workers.drain(self.ae, self.config.shutdown_grace if grace is None else grace)
         self.ae.shutdown()
+        self.live.stop()
 
 
 def prepare(config: ReceiverConfig) -> IngestSettings:
@@ -99,10 +106,13 @@ LISTEN_BACKLOG = 128
 def start(config: ReceiverConfig, ingest: IngestSettings) -> RunningServer:
     """Open the listening socket and serve associations in background threads."""
     ThreadedAssociationServer.request_queue_size = LISTEN_BACKLOG
-    ae, event_handlers = build_ae(config, ingest)
+    live = LiveStatus(ae_title=config.ae_title, port=config.port, role="single process")
+    ae, event_handlers = build_ae(config, ingest, live=live)
     spool.install(lambda: ingest.storage.incoming)
+    pdu_guard.install()
     reactor.install(on_exit=handlers.association_ended)
     ssl_context = _check_tls(config)
+    live.start()  # before the first association, which records the process it runs in
     try:
         server = ae.start_server(
             (config.bind, config.port),
@@ -111,8 +121,9 @@ def start(config: ReceiverConfig, ingest: IngestSettings) -> RunningServer:
             ssl_context=ssl_context,
         )
     except OSError as exc:
+        live.stop()
         raise _cannot_listen(config, exc) from None
-    return RunningServer(ae=ae, server=server, config=config)
+    return RunningServer(ae=ae, server=server, config=config, live=live)
 
 
 def listen(config: ReceiverConfig) -> socket.socket:

@@ -21,9 +21,10 @@ from typing import Any
 from django.db import connections
 
 from archive.services import IngestSettings
-from receiver import handlers, reactor, spool
+from receiver import handlers, pdu_guard, reactor, spool
 from receiver.config import ReceiverConfig
 from receiver.limits import AssociationSlots
+from receiver.live import LiveStatus
 from receiver.scp import build_ae, tls_context
 
 logger = logging.getLogger(__name__)
@@ -38,13 +39,16 @@ def _worker(
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the parent, which passes it on
     connections.close_all()  # never share the parent's database connections
     slots = AssociationSlots(config.max_associations, shared=counts, cell=cell)
-    ae, event_handlers = build_ae(config, ingest, slots=slots)
+    live = LiveStatus(ae_title=config.ae_title, port=config.port, role=f"worker {cell + 1}")
+    ae, event_handlers = build_ae(config, ingest, slots=slots, live=live)
     spool.install(lambda: ingest.storage.incoming)
+    pdu_guard.install()
     reactor.install(on_exit=handlers.association_ended)
     ssl_context = tls_context(config)
     # A server object to run associations with; it listens on nothing we use.
     server = ae.make_server(("127.0.0.1", 0), evt_handlers=event_handlers)
     server.socket.close()
+    live.start()
     channel.settimeout(0.5)
     while not stopping.is_set():
         try:
@@ -69,6 +73,7 @@ def _worker(
             continue
         server.process_request(connection, address)
     drain(ae, config.shutdown_grace)
+    live.stop()
     os._exit(0)
 
 

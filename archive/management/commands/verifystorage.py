@@ -9,7 +9,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from archive.storage import Storage
 from archive.verification import storage_verify
-from pacsproject.database import use_sqlite_index
+from pacsproject.database import use_index_file_option
 
 
 class Command(BaseCommand):
@@ -26,10 +26,7 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
-        if options["index_db"]:
-            if not options["index_db"].is_file():
-                raise CommandError(f"index {options['index_db']} does not exist")
-            use_sqlite_index(options["index_db"].resolve())
+        use_index_file_option(options["index_db"])
         root = options["storage_dir"] or settings.DICOM_STORAGE_DIR
         if not Path(root).is_dir():
             raise CommandError(f"storage directory {root} does not exist")

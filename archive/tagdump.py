@@ -1,0 +1,51 @@
+"""A readable dump of a stored file's header (file meta and dataset, no pixel data), in the
+style of DCMTK's dcmdump: one line per element, sequence items indented."""
+
+from collections.abc import Iterator
+from pathlib import Path
+
+from pydicom import dcmread
+from pydicom.dataelem import DataElement
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+
+_MAX_VALUE = 120
+_MAX_LINES = 5000
+_BULK_VRS = {"OB", "OD", "OF", "OL", "OV", "OW", "UN"}
+
+
+def tag_dump(path: Path) -> str:
+    """The header of the file at `path`, element by element; raises OSError or ValueError if
+    the file cannot be read as DICOM."""
+    try:
+        dataset = dcmread(path, stop_before_pixels=True)
+    except InvalidDicomError as exc:
+        raise ValueError(str(exc)) from None
+    lines = list(_lines(dataset.file_meta, 0))
+    lines.extend(_lines(dataset, 0))
+    if len(lines) > _MAX_LINES:
+        lines = [*lines[:_MAX_LINES], f"... {len(lines) - _MAX_LINES} more lines"]
+    return "\n".join(lines)
+
+
+def _lines(dataset: Dataset, depth: int) -> Iterator[str]:
+    indent = "  " * depth
+    for element in dataset:
+        head = f"{indent}({element.tag.group:04X},{element.tag.element:04X}) {element.VR:<2}"
+        name = element.keyword or element.name
+        if element.VR == "SQ":
+            yield f"{head} {name}: {len(element.value)} item(s)"
+            for number, item in enumerate(element.value, start=1):
+                yield f"{indent}  item {number}"
+                yield from _lines(item, depth + 2)
+            continue
+        yield f"{head} {name}: {_value(element)}"
+
+
+def _value(element: DataElement) -> str:
+    value = element.value
+    if element.VR in _BULK_VRS and isinstance(value, bytes | bytearray):
+        return f"<{len(value)} bytes>"
+    text = str(value) if value is not None else ""
+    text = text.replace("\n", "\\n").replace("\r", "\\r")
+    return text if len(text) <= _MAX_VALUE else text[:_MAX_VALUE] + "..."

@@ -1,0 +1,136 @@
+"""Staff pages beside the admin's lists: the storage dashboard, instance previews and
+downloads. Every view here is wired through the admin site's login (pacsproject.urls)."""
+
+import logging
+from pathlib import Path
+
+from django.conf import settings
+from django.contrib import admin
+from django.http import FileResponse, Http404, HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404, render
+from django.utils import timezone
+from django.utils.html import escape
+
+from archive.charts import bar_list, column_chart
+from archive.exceptions import StorageFailure
+from archive.models import Instance, Series
+from archive.preview import PreviewUnavailable, preview_png
+from archive.statistics import (
+    DAYS,
+    HOURS,
+    periods_filled,
+    recent_periods,
+    storage_statistics,
+)
+from archive.storage import Storage
+
+logger = logging.getLogger(__name__)
+
+
+def dashboard(request: HttpRequest) -> HttpResponse:
+    now = timezone.now()
+    stats = storage_statistics(settings.DICOM_STORAGE_DIR, now=now)
+    per_day = periods_filled(stats.per_day, recent_periods(now, "day", DAYS))
+    per_hour = periods_filled(stats.per_hour, recent_periods(now, "hour", HOURS))
+    charts = {
+        "per_day": column_chart(
+            [(day.strftime("%d %b"), n) for day, n, _ in per_day],
+            title="Instances received per day, last 30 days",
+            label_every=5,
+        ),
+        "per_hour": column_chart(
+            [(hour.strftime("%H:00"), n) for hour, n, _ in per_hour],
+            title="Instances received per hour, last 48 hours",
+            label_every=6,
+        ),
+        "senders": bar_list(
+            [(ae or "(none)", n) for ae, n in stats.top_senders],
+            title="Instances by calling AE title",
+        ),
+        "modalities": bar_list(stats.modalities, title="Instances by modality"),
+    }
+    context = {
+        **admin.site.each_context(request),
+        "title": "Storage dashboard",
+        "stats": stats,
+        "charts": charts,
+        "disk_used": (
+            stats.disk_total - stats.disk_free
+            if stats.disk_total is not None and stats.disk_free is not None
+            else None
+        ),
+    }
+    return render(request, "archive/dashboard.html", context)
+
+
+def instance_preview(request: HttpRequest, pk: int) -> HttpResponse:
+    """The instance's middle frame as PNG; `?wc=40&ww=400` sets the window (center, width)."""
+    instance = get_object_or_404(Instance, pk=pk)
+    return _preview(instance, _window(request))
+
+
+def series_preview(request: HttpRequest, pk: int) -> HttpResponse:
+    """The preview of the series' middle instance (by instance number)."""
+    series = get_object_or_404(Series, pk=pk)
+    instances = series.instances.order_by("instance_number", "pk")
+    count = instances.count()
+    if count == 0:
+        return _placeholder("no instances")
+    return _preview(instances[count // 2], _window(request))
+
+
+def instance_download(request: HttpRequest, pk: int) -> FileResponse:
+    """The stored file as received, streamed."""
+    instance = get_object_or_404(Instance, pk=pk)
+    path = _stored_path(instance)
+    try:
+        handle = path.open("rb")
+    except OSError:
+        raise Http404("the file of this instance is missing") from None
+    return FileResponse(
+        handle,
+        as_attachment=True,
+        filename=f"{instance.sop_instance_uid}.dcm",
+        content_type="application/dicom",
+    )
+
+
+def _stored_path(instance: Instance) -> Path:
+    try:
+        # resolve() refuses any path that leads outside the storage directory.
+        return Storage(settings.DICOM_STORAGE_DIR).resolve(instance.path)
+    except StorageFailure:
+        logger.error("Instance %s has a path outside the storage directory", instance.pk)
+        raise Http404("no such file") from None
+
+
+def _window(request: HttpRequest) -> tuple[float, float] | None:
+    try:
+        return float(request.GET["wc"]), float(request.GET["ww"])
+    except (KeyError, ValueError):
+        return None
+
+
+def _preview(instance: Instance, window: tuple[float, float] | None) -> HttpResponse:
+    path = _stored_path(instance)
+    try:
+        png = preview_png(path, window=window)
+    except PreviewUnavailable as exc:
+        return _placeholder(str(exc).splitlines()[0][:80])
+    response = HttpResponse(png, content_type="image/png")
+    response["Cache-Control"] = "private, max-age=3600"
+    return response
+
+
+def _placeholder(reason: str) -> HttpResponse:
+    """An image saying there is no preview, and why, so the page's layout stays whole."""
+    svg = (
+        '<svg xmlns="http://www.w3.org/2000/svg" width="256" height="256" viewBox="0 0 256 256">'
+        '<rect width="256" height="256" fill="#eee" stroke="#999"/>'
+        '<text x="128" y="120" font-size="16" text-anchor="middle" fill="#555">No preview</text>'
+        f'<text x="128" y="145" font-size="9" text-anchor="middle" fill="#777">{escape(reason)}'
+        "</text></svg>"
+    )
+    response = HttpResponse(svg, content_type="image/svg+xml")
+    response["X-Preview"] = "unavailable"
+    return response

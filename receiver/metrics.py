@@ -1,0 +1,99 @@
+"""Prometheus metrics, computed from the database at each scrape: every receiver process and
+worker writes there, so one scrape of the web application covers them all, and the counters
+survive restarts."""
+
+import shutil
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+from django.db.models import Count, Sum
+from django.utils import timezone
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from archive.models import Instance
+from receiver.models import AssociationLog, ReceiverProcess
+
+
+class ArchiveCollector:
+    def __init__(self, storage_dir: Path) -> None:
+        self.storage_dir = storage_dir
+
+    def collect(self) -> Iterator[Metric]:
+        now = timezone.now()
+        totals = AssociationLog.objects.aggregate(
+            stored=Sum("instances_stored"),
+            duplicates=Sum("duplicates"),
+            bytes=Sum("bytes_received"),
+        )
+        received = CounterMetricFamily(
+            "dicom_instances_received",
+            "Instances answered with success, by whether they were new or a duplicate.",
+            labels=["kind"],
+        )
+        received.add_metric(["stored"], totals["stored"] or 0)
+        received.add_metric(["duplicate"], totals["duplicates"] or 0)
+        yield received
+        yield CounterMetricFamily(
+            "dicom_received_bytes", "Dataset bytes received in C-STOREs.", totals["bytes"] or 0
+        )
+
+        failures: Counter[str] = Counter()
+        for row in AssociationLog.objects.exclude(failures={}).values_list("failures", flat=True):
+            failures.update(row)
+        failed = CounterMetricFamily(
+            "dicom_store_failures",
+            "C-STOREs answered with a failure, by status.",
+            labels=["status"],
+        )
+        for status, n in sorted(failures.items()):
+            failed.add_metric([status], n)
+        yield failed
+
+        by_outcome = CounterMetricFamily(
+            "dicom_associations", "Association attempts by outcome.", labels=["outcome"]
+        )
+        counts = dict(
+            AssociationLog.objects.values("outcome")
+            .annotate(n=Count("id"))
+            .values_list("outcome", "n")
+        )
+        for outcome, _ in AssociationLog.OUTCOMES:
+            by_outcome.add_metric([outcome], counts.get(outcome, 0))
+        yield by_outcome
+
+        alive = list(ReceiverProcess.objects.alive(now).values_list("pk", flat=True))
+        yield GaugeMetricFamily(
+            "dicom_active_associations",
+            "Associations in progress on running receivers.",
+            AssociationLog.objects.filter(
+                outcome=AssociationLog.ACCEPTED, receiver__in=alive
+            ).count(),
+        )
+        yield GaugeMetricFamily(
+            "dicom_receiver_processes", "Receiver processes with a recent heartbeat.", len(alive)
+        )
+
+        archive = Instance.objects.aggregate(n=Count("id"), size=Sum("size"))
+        yield GaugeMetricFamily("dicom_archive_instances", "Instances in the index.", archive["n"])
+        yield GaugeMetricFamily(
+            "dicom_archive_bytes", "Bytes of the stored files.", archive["size"] or 0
+        )
+        try:
+            usage = shutil.disk_usage(self.storage_dir)
+        except OSError:
+            return
+        yield GaugeMetricFamily(
+            "dicom_storage_free_bytes", "Free space on the storage volume.", usage.free
+        )
+        yield GaugeMetricFamily(
+            "dicom_storage_size_bytes", "Size of the storage volume.", usage.total
+        )
+
+
+def metrics_text(storage_dir: Path) -> bytes:
+    """The metrics in Prometheus' text exposition format."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(ArchiveCollector(storage_dir))
+    return generate_latest(registry)
