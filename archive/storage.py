@@ -17,7 +17,7 @@ import shutil
 import socket
 import tempfile
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -97,7 +97,7 @@ class Storage:
         host = socket.gethostname()
         for folder in (self.root / INCOMING).iterdir():
             name, _, pid = folder.name.rpartition(".")
-            if folder == self.incoming or name != host or not pid.isdigit() or _alive(int(pid)):
+            if folder == self.incoming or name != host or not pid.isdigit() or pid_alive(int(pid)):
                 continue
             removed += sum(1 for entry in folder.rglob("*") if entry.is_file())
             shutil.rmtree(folder, ignore_errors=True)
@@ -173,27 +173,24 @@ class Storage:
     def set_aside(self, relative: str) -> Path | None:
         """Keep a second name for a published file, so it can be restored if its replacement
         fails; None if there is no such file."""
-        aside = self.incoming / f"{uuid.uuid4().hex}.previous"
-        try:
-            self.incoming.mkdir(parents=True, exist_ok=True)
-            os.link(self.resolve(relative), aside)
-        except FileNotFoundError:
-            return None
-        except OSError as exc:
-            raise _failure(f"set aside {relative}", exc) from exc
-        return aside
+        return self._aside(relative, os.link, "previous")
 
     def move_aside(self, relative: str) -> Path | None:
         """Take a published file away from its name into our staging folder (deletion): if the
         deletion is not committed, `restore` puts it back; None if there is no such file."""
-        aside = self.incoming / f"{uuid.uuid4().hex}.deleted"
+        return self._aside(relative, os.rename, "deleted")
+
+    def _aside(
+        self, relative: str, operation: Callable[[Path, Path], None], kind: str
+    ) -> Path | None:
+        aside = self.incoming / f"{uuid.uuid4().hex}.{kind}"
         try:
             self.incoming.mkdir(parents=True, exist_ok=True)
-            os.rename(self.resolve(relative), aside)
+            operation(self.resolve(relative), aside)
         except FileNotFoundError:
             return None
         except OSError as exc:
-            raise _failure(f"remove {relative}", exc) from exc
+            raise _failure(f"set aside {relative}", exc) from exc
         return aside
 
     def prune_directories(self, relative: str) -> None:
@@ -266,7 +263,8 @@ class Storage:
         self._known_dirs.add(key)
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process of this host has that pid."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
+import psycopg
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
@@ -68,6 +70,7 @@ class Server:
     ae_title: str
     store: Path
     index: Path | None = None
+    database_url: str | None = None
 
     def pids(self) -> list[int]:
         """The server and its worker processes."""
@@ -100,6 +103,9 @@ class Server:
         return total
 
     def stored(self) -> int:
+        if self.name == "ours" and self.database_url:
+            with psycopg.connect(_libpq_url(self.database_url)) as db:
+                return db.execute("SELECT count(*) FROM archive_instance").fetchone()[0]
         if self.name == "ours":
             with sqlite3.connect(self.index) as db:
                 return db.execute("SELECT count(*) FROM archive_instance").fetchone()[0]
@@ -118,20 +124,40 @@ class Server:
 
 
 OURS_WORKERS = 1
+# postgres://... to index ours in PostgreSQL (a fresh database per run) instead of SQLite.
+OURS_DATABASE_URL: str | None = None
+
+
+def _libpq_url(url: str) -> str:
+    return url.replace("postgres://", "postgresql://", 1)
+
+
+def _fresh_postgres(url: str, name: str) -> str:
+    """A new empty database next to the one `url` names; its URL."""
+    server, _, _ = _libpq_url(url).rpartition("/")
+    with psycopg.connect(f"{server}/postgres", autocommit=True) as db:
+        db.execute(f'DROP DATABASE IF EXISTS "{name}"')
+        db.execute(f'CREATE DATABASE "{name}"')
+    return f"{server}/{name}"
 
 
 def start_ours(work: Path) -> Server:
     port = free_port()
     store, index = work / "store", work / "index.db"
+    env = {**os.environ, "LOG_LEVEL": "WARNING"}
+    where = ["--index-db", str(index)]
+    database_url = None
+    if OURS_DATABASE_URL:
+        database_url = env["DATABASE_URL"] = _fresh_postgres(OURS_DATABASE_URL, "pacs_bench")
+        where = []
     process = subprocess.Popen(
         [PYTHON, str(ROOT / "manage.py"), "runscp", str(port), "BENCH", "--bind", "127.0.0.1",
-         "--storage-dir", str(store), "--index-db", str(index), "--max-associations", "16",
+         "--storage-dir", str(store), *where, "--max-associations", "16",
          "--workers", str(OURS_WORKERS)],
-        cwd=ROOT, env={**os.environ, "LOG_LEVEL": "WARNING"},
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     wait_port(port, process)
-    return Server("ours", process, port, "BENCH", store, index)
+    return Server("ours", process, port, "BENCH", store, index, database_url)
 
 
 def start_dcmtk(work: Path) -> Server:
@@ -358,9 +384,13 @@ def main() -> None:
     parser.add_argument("--large-instance-mb", type=int, default=0)
     parser.add_argument("--workers", type=int, default=1, help="runscp --workers for ours")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "out")
+    parser.add_argument(
+        "--database-url", help="index ours in this PostgreSQL server (postgres://...), not SQLite"
+    )
     args = parser.parse_args()
-    global OURS_WORKERS
+    global OURS_WORKERS, OURS_DATABASE_URL
     OURS_WORKERS = args.workers
+    OURS_DATABASE_URL = args.database_url
 
     args.out.mkdir(parents=True, exist_ok=True)
     base = Path(tempfile.mkdtemp(prefix=datetime.now().strftime("%Y%m%d-%H%M%S-"), dir=args.out))

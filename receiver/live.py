@@ -14,6 +14,7 @@ from typing import Protocol
 from django.db import DatabaseError, connection
 from django.utils import timezone
 
+from archive.storage import pid_alive
 from receiver.models import AssociationLog, ReceiverProcess, heartbeat_deadline, heartbeat_interval
 
 logger = logging.getLogger(__name__)
@@ -126,7 +127,7 @@ def _reap(now: dt.datetime) -> None:
     host = socket.gethostname()
     dead: list[int] = []
     for row in ReceiverProcess.objects.filter(stopped_at__isnull=True):
-        same_host_gone = row.host == host and not _pid_alive(row.pid)
+        same_host_gone = row.host == host and not pid_alive(row.pid)
         if same_host_gone or row.heartbeat_at < heartbeat_deadline(now):
             ReceiverProcess.objects.filter(pk=row.pk).update(stopped_at=row.heartbeat_at)
             dead.append(row.pk)
@@ -135,13 +136,3 @@ def _reap(now: dt.datetime) -> None:
             outcome=AssociationLog.ABORTED, reason="receiver process stopped", ended_at=now
         )
     ReceiverProcess.objects.filter(stopped_at__lt=now - _FORGET_AFTER).delete()
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

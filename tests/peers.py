@@ -150,15 +150,21 @@ def eventually(check, timeout: float = 10.0) -> bool:
     return True
 
 
-def dcmtk_tool(name: str) -> str:
-    """Path of a DCMTK tool; under CI a missing tool is a failure, elsewhere a skip."""
+def system_tool(name: str, package: str) -> str:
+    """Path of a program from a Debian package; under CI a missing one is a failure, elsewhere
+    a skip."""
     path = shutil.which(name)
     if path is None:
-        message = f"DCMTK's {name} is not installed (Debian package dcmtk)"
+        message = f"{name} is not installed (Debian package {package})"
         if os.environ.get("CI") == "true":
             pytest.fail(message)
         pytest.skip(message)
     return path
+
+
+def dcmtk_tool(name: str) -> str:
+    """Path of a DCMTK tool."""
+    return system_tool(name, "dcmtk")
 
 
 def run_dcmtk(name: str, *args: str | Path, timeout: float = 120) -> subprocess.CompletedProcess:

@@ -9,11 +9,13 @@ import os
 import random
 import socket
 import struct
+import threading
 import time
+from pathlib import Path
 
 import pytest
 from pydicom import dcmread
-from pydicom.uid import ExplicitVRLittleEndian
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from pynetdicom.pdu import A_ASSOCIATE_RQ
 from pynetdicom.pdu_primitives import (
     A_ASSOCIATE,
@@ -30,6 +32,7 @@ from tests.peers import dataset_bytes, scu, send_raw
 
 SECONDS = float(os.environ.get("FUZZ_SECONDS", "20"))  # per part; two parts
 SEED = int(os.environ.get("FUZZ_SEED", "20261126"))
+MEGABYTE = os.urandom(2**20)
 SAMPLES = ["CT_small.dcm", "MR_small.dcm", "rtdose_rle_1frame.dcm", "test-SR.dcm"]
 
 
@@ -145,14 +148,51 @@ def _p_data(payload: bytes, context_id: int = 1, header: int = 0x02) -> bytes:
     return struct.pack(">BBI", 0x04, 0, len(item)) + item
 
 
+def _rss_mb() -> float:
+    """This process's resident memory (the receiver runs in it, in threads)."""
+    status = Path("/proc/self/status").read_text()
+    return int(status.split("VmRSS:")[1].split()[0]) / 1024
+
+
+class HonestSender(threading.Thread):
+    """One well-behaved association storing instances for as long as the fuzzing lasts."""
+
+    def __init__(self, port: int) -> None:
+        super().__init__(daemon=True)
+        self.port = port
+        self.stop = threading.Event()
+        self.statuses: list[int] = []
+
+    def run(self) -> None:
+        ae = scu("HONEST")
+        ae.add_requested_context(CTImageStorage, [ExplicitVRLittleEndian])
+        assoc = ae.associate("127.0.0.1", self.port, ae_title="TEST_SCP")
+        assert assoc.is_established
+        ds = dcmread(sample_file("CT_small.dcm"))
+        try:
+            while not self.stop.is_set():
+                ds.SOPInstanceUID = generate_uid()
+                self.statuses.append(assoc.send_c_store(ds).get("Status", -1))
+                time.sleep(0.05)
+        finally:
+            assoc.release()
+
+
 def test_mutated_and_random_pdus_never_stop_the_receiver(fuzz_scp, storage_dir):
     rng = random.Random(SEED + 1)
     request = _association_request(fuzz_scp.port)
     dataset = dataset_bytes(sample_file("CT_small.dcm"))
+    honest = HonestSender(fuzz_scp.port)
+    honest.start()
+    rss_before = _rss_mb()
+    rss_half = None
     cases = 0
+    halfway = time.monotonic() + SECONDS / 2
     deadline = time.monotonic() + SECONDS
     while time.monotonic() < deadline:
-        kind = rng.randrange(6)
+        if rss_half is None and time.monotonic() > halfway:
+            rss_half = _rss_mb()
+        kind = rng.randrange(7)
         if kind == 0:
             stream = os.urandom(rng.randint(1, 512))  # noise
         elif kind == 1:
@@ -166,12 +206,18 @@ def test_mutated_and_random_pdus_never_stop_the_receiver(fuzz_scp, storage_dir):
             # Valid request, then P-DATA with a damaged command set and dataset fragments.
             stream = request + _p_data(os.urandom(rng.randint(0, 200)), header=0x03)
             stream += _p_data(_mutate(rng, dataset)[:4000])
-        else:
+        elif kind == 5:
             # Valid request, then a PDU of an unknown type or a release out of order.
             stream = request + bytes([rng.choice([0x00, 0x08, 0x05, 0x06, 0xFF])]) + os.urandom(9)
+        else:
+            # Valid request, then a P-DATA announcing gigabytes and really sending megabytes.
+            stream = request + struct.pack(">BBI", 0x04, 0, 2**31 + rng.randrange(2**30))
+            megabytes = rng.randint(1, 8)
         with socket.create_connection(("127.0.0.1", fuzz_scp.port), timeout=5) as sock:
             try:
                 sock.sendall(stream)
+                for _ in range(megabytes if kind == 6 else 0):
+                    sock.sendall(MEGABYTE)  # one buffer, sent again: the receiver's memory counts
                 sock.settimeout(0.5)
                 sock.recv(65536)
             except OSError:
@@ -180,7 +226,19 @@ def test_mutated_and_random_pdus_never_stop_the_receiver(fuzz_scp, storage_dir):
         if cases % 20 == 0:
             assert _alive(fuzz_scp.port), f"receiver stopped answering after case {cases}"
     assert _alive(fuzz_scp.port)
-    assert Instance.objects.count() == 0
-    assert stored_files(storage_dir) == []
-    print(f"{cases} hostile connections, seed {SEED + 1}")
+    rss_after = _rss_mb()
+    honest.stop.set()
+    honest.join(timeout=30)
+    # The honest association went on unharmed, and only what it sent is stored.
+    assert honest.statuses and set(honest.statuses) == {0x0000}
+    assert Instance.objects.count() == len(honest.statuses)
+    assert len(stored_files(storage_dir)) == len(honest.statuses)
+    print(
+        f"{cases} hostile connections, seed {SEED + 1}; meanwhile {len(honest.statuses)} "
+        f"instances stored by an honest association; resident memory {rss_before:.0f} MB "
+        f"before, {rss_half:.0f} MB halfway, {rss_after:.0f} MB after"
+    )
+    # The first half warms up (a thread per connection, allocator arenas); after that, what
+    # the hostile connections send must not accumulate.
+    assert rss_after - rss_half < 20, f"memory grew {rss_after - rss_half:.0f} MB in the 2nd half"
     assert cases > 20

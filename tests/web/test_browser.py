@@ -2,10 +2,6 @@
 driven by Selenium: log in, see the dashboard's charts, watch an association appear on the
 status page while it runs, see a study's previews."""
 
-import os
-import shutil
-from pathlib import Path
-
 import pytest
 from pydicom import dcmread
 from pydicom.uid import ExplicitVRLittleEndian
@@ -17,25 +13,15 @@ from selenium.webdriver.support.ui import WebDriverWait
 
 from archive.models import Study
 from tests.conftest import sample_file
-from tests.peers import scu, send_files
+from tests.peers import scu, send_files, system_tool
 
 PASSWORD = "browser-test-password"
-
-
-def _tool(name: str) -> str:
-    path = shutil.which(name) or (f"/usr/bin/{name}" if Path(f"/usr/bin/{name}").exists() else None)
-    if path is None:
-        message = f"{name} is not installed (Debian packages chromium and chromium-driver)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
-    return path
 
 
 @pytest.fixture
 def browser(tmp_path):
     options = webdriver.ChromeOptions()
-    options.binary_location = _tool("chromium")
+    options.binary_location = system_tool("chromium", "chromium")
     for flag in [
         "--headless",
         "--no-sandbox",
@@ -49,7 +35,9 @@ def browser(tmp_path):
         "--window-size=1280,1000",
     ]:
         options.add_argument(flag)
-    driver = webdriver.Chrome(options=options, service=Service(_tool("chromedriver")))
+    driver = webdriver.Chrome(
+        options=options, service=Service(system_tool("chromedriver", "chromium-driver"))
+    )
     driver.set_page_load_timeout(30)
     yield driver
     driver.quit()
