@@ -5,7 +5,7 @@ from collections.abc import Iterable
 
 from django.conf import settings
 from django.contrib import admin
-from django.db.models import Count, Model, QuerySet
+from django.db.models import Count, Exists, Model, OuterRef, QuerySet
 from django.http import HttpRequest
 from django.urls import reverse
 from django.utils.html import format_html, format_html_join
@@ -65,6 +65,41 @@ def _storage() -> Storage:
     return Storage(settings.DICOM_STORAGE_DIR)
 
 
+class CallingAEFilter(admin.SimpleListFilter):
+    """Studies or series with instances from a calling AE title. The choices come from the
+    instances' index on calling_ae_title, and the filter is an EXISTS: no join that repeats
+    rows or scans every instance."""
+
+    title = "calling AE title"
+    parameter_name = "calling_ae"
+    # From the model being listed to the study or series an instance belongs to.
+    instance_link = ""
+
+    def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin) -> list:
+        titles = (
+            Instance.objects.order_by("calling_ae_title")
+            .values_list("calling_ae_title", flat=True)
+            .distinct()[:100]
+        )
+        return [(title, title or "(none)") for title in titles]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
+        if self.value() is None:
+            return queryset
+        sent = Instance.objects.filter(
+            calling_ae_title=self.value(), **{self.instance_link: OuterRef("pk")}
+        )
+        return queryset.filter(Exists(sent))
+
+
+class StudyCallingAEFilter(CallingAEFilter):
+    instance_link = "series__study"
+
+
+class SeriesCallingAEFilter(CallingAEFilter):
+    instance_link = "series"
+
+
 def _children_link(model: str, filter_field: str, obj_id: int, count: int, label: str) -> str:
     url = reverse(f"admin:archive_{model}_changelist") + f"?{filter_field}={obj_id}"
     return format_html('<a href="{}">{} {}</a>', url, count, label)
@@ -87,7 +122,7 @@ class PatientAdmin(IndexAdmin):
 class StudyAdmin(IndexAdmin):
     readonly_fields = ["series_previews"]
     list_display = ["study_date", "patient", "accession_number", "description", "series_link"]
-    list_filter = ["study_date", "series__modality"]
+    list_filter = ["study_date", "series__modality", StudyCallingAEFilter]
     search_fields = [
         "patient__name",
         "patient__patient_id",
@@ -133,7 +168,7 @@ class StudyAdmin(IndexAdmin):
 @admin.register(Series)
 class SeriesAdmin(IndexAdmin):
     list_display = ["series_number", "modality", "description", "study", "instances_link"]
-    list_filter = ["modality"]
+    list_filter = ["modality", SeriesCallingAEFilter]
     search_fields = ["series_instance_uid", "study__study_instance_uid", "study__accession_number"]
     list_select_related = ["study"]
 

@@ -147,8 +147,13 @@ class Storage:
             raise
         return StagedFile(path=path, size=size, sha256=digest.hexdigest())
 
-    def publish(self, staged: StagedFile, relative: str) -> Path:
-        """Give a staged file its final name atomically and durably; return the final path."""
+    def publish(self, staged: StagedFile, relative: str, *, durable: bool = True) -> Path:
+        """Give a staged file its final name atomically and durably; return the final path.
+
+        With `durable=False` the new name is not yet flushed to disk: the caller then calls
+        `make_durable` before it reports success (outside its index transaction, so that the
+        directory fsync does not hold the index's write lock).
+        """
         target = self.resolve(relative)
         try:
             self._ensure_directory(target.parent)
@@ -160,10 +165,18 @@ class Storage:
                 self._ensure_directory(target.parent)
                 os.replace(staged.path, target)
             staged.published = True
-            _fsync_directory(target.parent)
+            if durable:
+                _fsync_directory(target.parent)
         except OSError as exc:
             raise _failure(f"store the file as {relative}", exc) from exc
         return target
+
+    def make_durable(self, relative: str) -> None:
+        """Flush the name of a file published with `durable=False`."""
+        try:
+            _fsync_directory(self.resolve(relative).parent)
+        except OSError as exc:
+            raise _failure(f"make {relative} durable", exc) from exc
 
     def discard(self, staged: StagedFile) -> None:
         """Remove a staged file that was not published (once published, its name is not ours)."""

@@ -192,3 +192,19 @@ def test_metrics_count_failures_by_status(client, scp, settings):
         return 'dicom_store_failures_total{status="0xC000"} 1.0' in text
 
     assert eventually(failures_counted)
+
+
+def test_studies_and_series_filter_by_calling_ae_title(admin_client, scp):
+    assert send_files(scp.port, [sample_file("CT_small.dcm")], calling="CT_ROOM_1") == [0]
+    assert send_files(scp.port, [sample_file("MR_small.dcm")], calling="MR_ROOM_2") == [0]
+    studies = admin_client.get(
+        reverse("admin:archive_study_changelist"), {"calling_ae": "MR_ROOM_2"}
+    )
+    text = studies.content.decode()
+    assert "1 study" in text and "CompressedSamples^MR1" in text
+    assert "CompressedSamples^CT1" not in text
+    assert "CT_ROOM_1" in text  # offered as a choice
+    series = admin_client.get(
+        reverse("admin:archive_series_changelist"), {"calling_ae": "CT_ROOM_1"}
+    )
+    assert "1 series" in series.content.decode()
