@@ -10,7 +10,8 @@ from django.db.models.functions import TruncMinute
 from archive.statistics import ingest_by, periods_filled, recent_periods
 from receiver.models import AssociationLog, ReceiverProcess
 
-# Processes that stopped or went silent within this window are still listed, as down.
+# Processes that stopped within this window are still listed, as down; rejections and failures
+# within it are listed as problems.
 _RECENTLY = dt.timedelta(hours=24)
 _PROBLEMS_SHOWN = 20
 
@@ -29,9 +30,11 @@ def receiver_status(now: dt.datetime) -> dict[str, Any]:
     )
     minutes = recent_periods(now, "minute", 60)
     per_minute = periods_filled(ingest_by(TruncMinute, since=minutes[0]), minutes)
-    problems = AssociationLog.objects.filter(
-        Q(outcome=AssociationLog.REJECTED) | ~Q(failures={})
-    ).order_by("-started_at")[:_PROBLEMS_SHOWN]
+    problems = (
+        AssociationLog.objects.filter(started_at__gte=now - _RECENTLY)
+        .filter(Q(outcome=AssociationLog.REJECTED) | ~Q(failures={}))
+        .order_by("-started_at")[:_PROBLEMS_SHOWN]
+    )
     return {
         "now": now.isoformat(),
         "receivers": [_process(p, now, alive=p.pk in alive) for p in processes],
