@@ -7,7 +7,7 @@ from contextlib import contextmanager
 import pytest
 from django.db import connection, connections
 from pydicom import dcmread
-from pydicom.uid import ExplicitVRLittleEndian
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from archive.exceptions import IndexFailure, StorageFailure
 from archive.models import Instance, Patient
@@ -149,3 +149,33 @@ def test_index_locked_past_its_timeout_refuses_then_recovers(scp, storage_dir):
         os.close(lock)
         options["timeout"] = previous
     assert Instance.objects.count() == 1
+
+
+@pytest.mark.skipif("connection.vendor != 'postgresql'", reason="a database server to cut off")
+def test_database_connection_lost_mid_association_recovers_on_the_next_store(scp, storage_dir):
+    ct = dcmread(sample_file("CT_small.dcm"))
+    ae = scu()
+    ae.add_requested_context(ct.SOPClassUID, [ExplicitVRLittleEndian])
+    assoc = ae.associate("127.0.0.1", scp.port, ae_title="TEST_SCP")
+    try:
+        assert assoc.send_c_store(ct).Status == 0x0000  # the association's connection is open
+        with connection.cursor() as cursor:
+            # The server drops every other session to this database, as a restart would.
+            cursor.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+        ct.SOPInstanceUID = generate_uid()
+        first = assoc.send_c_store(ct).Status
+        ct.SOPInstanceUID = generate_uid()
+        second = assoc.send_c_store(ct).Status
+    finally:
+        assoc.release()
+    # The store that met the dead connection may fail (0xA700) but leaves nothing behind; the
+    # next one, on the same association, reconnects and succeeds.
+    assert first in (0x0000, 0xA700), hex(first)
+    print(f"after the cut: {first:#06x}, then {second:#06x}")
+    assert second == 0x0000
+    assert Instance.objects.count() == 1 + (first == 0x0000) + 1
+    assert len(stored_files(storage_dir)) == Instance.objects.count()
+    assert staging_files(storage_dir) == []
