@@ -164,7 +164,7 @@ def main() -> int:
         # Warm-up under the same load: threads' allocator arenas, caches and the heartbeat's
         # database connection are in place before the baseline is taken.
         warm_up.start()
-        time.sleep(max(5.0, args.seconds / 10))
+        time.sleep(max(10.0, args.seconds / 10))
         warm_up.stop()
         before = settle(server, started, 0, 2.0)
         senders.start()
