@@ -58,6 +58,7 @@ class IndexAdmin(admin.ModelAdmin):
         shown = [str(o) for o in objects[:100]]
         if counts.instances:
             shown.append(f"and the {counts.instances} stored file(s) of their instances")
+        shown.append("and the series, studies and patients this leaves without children")
         return shown, model_count, perms_needed, []
 
 

@@ -13,12 +13,17 @@ from archive.storage import Storage
 
 logger = logging.getLogger(__name__)
 
-# Which lookup leads from an Instance to rows of each model.
-_INSTANCE_PATH = {
-    Patient: "series__study__patient__in",
-    Study: "series__study__in",
-    Series: "series__in",
-    Instance: "pk__in",
+# For each level, the lookup from its rows to the selected rows of each level at or above it.
+_BELOW: dict[type[Model], dict[type[Model], str]] = {
+    Patient: {Patient: "pk__in"},
+    Study: {Patient: "patient__in", Study: "pk__in"},
+    Series: {Patient: "study__patient__in", Study: "study__in", Series: "pk__in"},
+    Instance: {
+        Patient: "series__study__patient__in",
+        Study: "series__study__in",
+        Series: "series__in",
+        Instance: "pk__in",
+    },
 }
 
 
@@ -31,21 +36,13 @@ class DeletionCounts:
 
 
 def deletion_preview(objects: QuerySet) -> DeletionCounts:
-    """What deleting `objects` would remove, counted in the database (for the confirmation)."""
-    instances = _instances_of(objects)
-    series_ids = set(instances.values_list("series_id", flat=True).distinct())
-    if objects.model is Series:
-        series_ids |= set(objects.values_list("pk", flat=True))
-    if objects.model is Patient:
-        studies = Study.objects.filter(patient__in=objects)
-    else:
-        studies = objects if objects.model is Study else Study.objects.none()
-    patients = objects if objects.model is Patient else Patient.objects.none()
+    """What deleting `objects` removes at and below their level, counted in the database (for
+    the confirmation); parents left without children go as well and are not counted here."""
     return DeletionCounts(
-        patients=patients.count(),
-        studies=studies.count(),
-        series=len(series_ids),
-        instances=instances.count(),
+        patients=_below(Patient, objects).count(),
+        studies=_below(Study, objects).count(),
+        series=_below(Series, objects).count(),
+        instances=_below(Instance, objects).count(),
     )
 
 
@@ -59,7 +56,7 @@ def index_delete(objects: QuerySet, storage: Storage) -> DeletionCounts:
     an outer transaction, such as the admin's delete view, the files go when it commits.)
     """
     model: type[Model] = objects.model
-    instances = _instances_of(objects)
+    instances = _below(Instance, objects)
     moved: list[tuple[Path, str]] = []
     try:
         with index_writer(), transaction.atomic():
@@ -97,8 +94,10 @@ def index_delete(objects: QuerySet, storage: Storage) -> DeletionCounts:
     )
 
 
-def _instances_of(objects: QuerySet) -> QuerySet[Instance]:
-    return Instance.objects.filter(**{_INSTANCE_PATH[objects.model]: objects})
+def _below(level: type[Model], objects: QuerySet) -> QuerySet:
+    """The rows of `level` at or below `objects` (none when `level` is above them)."""
+    path = _BELOW[level].get(objects.model)
+    return level.objects.filter(**{path: objects}) if path else level.objects.none()
 
 
 def _merge(*counts: dict[str, int]) -> dict[str, int]:

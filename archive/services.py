@@ -237,7 +237,7 @@ def _index_new(arrival: _Arrival, staged: StagedFile, storage: Storage) -> Store
             instance = Instance.objects.create(
                 series_id=_series_id_for(arrival.header), **_instance_fields(arrival, staged)
             )
-            storage.publish(staged, arrival.path, durable=False)
+            published = storage.publish(staged, arrival.path, durable=False)
     except BaseException as exc:
         if staged.published:
             storage.remove(arrival.path)
@@ -246,7 +246,7 @@ def _index_new(arrival: _Arrival, staged: StagedFile, storage: Storage) -> Store
         raise
     # The directory fsync comes after the commit, outside the write lock, so that concurrent
     # associations share the lock for the insert only; success is reported only after it.
-    storage.make_durable(arrival.path)
+    storage.make_durable(published)
     return StoreResult(outcome="stored", instance_id=instance.pk, path=arrival.path)
 
 

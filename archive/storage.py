@@ -171,12 +171,12 @@ class Storage:
             raise _failure(f"store the file as {relative}", exc) from exc
         return target
 
-    def make_durable(self, relative: str) -> None:
-        """Flush the name of a file published with `durable=False`."""
+    def make_durable(self, published: Path) -> None:
+        """Flush the name of a file published with `durable=False` (the path it returned)."""
         try:
-            _fsync_directory(self.resolve(relative).parent)
+            _fsync_directory(published.parent)
         except OSError as exc:
-            raise _failure(f"make {relative} durable", exc) from exc
+            raise _failure(f"make {published.name} durable", exc) from exc
 
     def discard(self, staged: StagedFile) -> None:
         """Remove a staged file that was not published (once published, its name is not ours)."""

@@ -24,6 +24,7 @@ def one_series(scp, storage_dir):
 def test_deleting_some_instances_keeps_the_series(one_series, storage_dir):
     first = Instance.objects.filter(instance_number__lte=2)
     assert deletion_preview(first).instances == 2
+    assert deletion_preview(first).series == 0  # the series keeps an instance
     counts = index_delete(first, one_series)
     assert (counts.instances, counts.series, counts.studies, counts.patients) == (2, 0, 0, 0)
     assert Series.objects.count() == 1
