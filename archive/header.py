@@ -3,10 +3,18 @@
 Everything the index needs sits in groups 0x0008-0x0020, so parsing stops before the first
 element of a later group: pixel data is never touched, which keeps ingest cost independent of
 image size.
+
+Datasets in little endian syntaxes with a plain character set (the common case) are scanned
+here, element by element, in a few tens of microseconds; anything else (big endian, deflate,
+ISO 2022 code extensions, multi-valued text, an encoding we would have to guess at) goes through
+pydicom, which takes ten times longer. tests/archive/test_header.py checks that both agree on
+pydicom's sample files.
 """
 
 import datetime as dt
+import functools
 import io
+import struct
 import zlib
 from dataclasses import dataclass
 from typing import Any
@@ -77,22 +85,39 @@ def _stop_after_index_groups(tag: BaseTag, vr: str | None, length: int) -> bool:
     return tag.group > _LAST_GROUP
 
 
+@functools.lru_cache(maxsize=64)
+def _syntax(transfer_syntax_uid: str) -> tuple[bool, bool, bool]:
+    """(deflated, implicit VR, little endian) of a transfer syntax."""
+    syntax = UID(transfer_syntax_uid)
+    return syntax.is_deflated, syntax.is_implicit_VR, syntax.is_little_endian
+
+
 def header_read(dataset_bytes: bytes, transfer_syntax_uid: str) -> InstanceHeader:
     """Parse the index attributes of an encoded dataset (no file meta group), or of its first
     HEADER_PREFIX bytes.
 
     Raises DatasetUnreadable if the bytes cannot be parsed or a required UID is missing or invalid.
     """
-    syntax = UID(transfer_syntax_uid)
-    if syntax.is_deflated:
+    deflated, implicit, little = _syntax(transfer_syntax_uid)
+    values = None
+    if little and not deflated:
+        values = header_scan(dataset_bytes, implicit=implicit)
+    if values is None:
+        values = _header_parse(dataset_bytes, deflated=deflated, implicit=implicit, little=little)
+    return _header(values)
+
+
+def _header_parse(
+    dataset_bytes: bytes, *, deflated: bool, implicit: bool, little: bool
+) -> dict[str, str]:
+    """The index attributes as text, read by pydicom."""
+    if deflated:
         try:
             # A decompressor object, not zlib.decompress: `dataset_bytes` may be only the start
             # of a large dataset, and a truncated stream is fine for the header.
             dataset_bytes = zlib.decompressobj(-zlib.MAX_WBITS).decompress(dataset_bytes)
         except zlib.error as exc:
             raise DatasetUnreadable(f"deflated dataset does not inflate: {exc}") from exc
-    implicit = syntax.is_implicit_VR
-    little = syntax.is_little_endian
     try:
         ds = read_dataset(
             io.BytesIO(dataset_bytes),
@@ -104,7 +129,10 @@ def header_read(dataset_bytes: bytes, transfer_syntax_uid: str) -> InstanceHeade
         values = {keyword: _value(ds, keyword) for keyword in _KEYWORDS[1:]}
     except Exception as exc:  # pydicom raises many kinds on corrupt input; all mean the same here
         raise DatasetUnreadable(f"dataset cannot be parsed: {exc}") from exc
+    return values
 
+
+def _header(values: dict[str, str]) -> InstanceHeader:
     for keyword in ("SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"):
         uid = values[keyword]
         if not uid:
@@ -197,3 +225,106 @@ def _integer(text: str) -> int | None:
         return None
     # Keep within a 32-bit column on every database backend.
     return number if -(2**31) <= number < 2**31 else None
+
+
+# Explicit VRs whose length field is 4 bytes after 2 reserved ones (PS3.5 7.1.2).
+_LONG_VRS = frozenset(
+    (b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV")
+)
+_WANTED = {int(Tag(keyword)): keyword for keyword in _KEYWORDS}
+# Python codecs of the character sets decoded here; others (ISO 2022 escapes, GB18030, ...)
+# are left to pydicom. pydicom reads the default repertoire as ISO 8859-1 too.
+_CODECS = {"": "latin-1", "ISO_IR 6": "latin-1", "ISO_IR 100": "latin-1", "ISO_IR 192": "utf-8"}
+_PERSON_NAMES = frozenset(("PatientName", "ReferringPhysicianName"))
+_UNDEFINED = 0xFFFFFFFF
+_ITEM, _ITEM_END, _SEQUENCE_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
+_HEAD = struct.Struct("<HHL")
+_TAG = struct.Struct("<HH")
+_SHORT = struct.Struct("<H")
+_LONG = struct.Struct("<L")
+
+
+class _Unscannable(Exception):
+    """Something the scanner leaves to pydicom."""
+
+
+def header_scan(data: bytes, *, implicit: bool) -> dict[str, str] | None:
+    """The index attributes of a little endian dataset as text, or None when pydicom must read
+    it (see the module's docstring)."""
+    raw: dict[str, bytes] = {}
+    try:
+        _elements(data, 0, implicit, raw)
+    except (_Unscannable, struct.error, RecursionError):
+        return None
+    charset = raw.pop("SpecificCharacterSet", b"").decode("latin-1").strip(" \0")
+    codec = _CODECS.get(charset)
+    if codec is None:
+        return None
+    values = dict.fromkeys(_KEYWORDS[1:], "")
+    for keyword, value in raw.items():
+        if b"\\" in value:
+            return None  # multi-valued: pydicom's splitting and stripping decide
+        text = value.decode(codec, errors="replace").strip(" \0")
+        if keyword in _PERSON_NAMES:
+            text = text.rstrip("=")  # pydicom drops empty trailing component groups
+        values[keyword] = text
+    return values
+
+
+def _elements(data: bytes, offset: int, implicit: bool, wanted: dict[str, bytes] | None) -> int:
+    """Walk data elements from `offset`. At the top level (`wanted` given) collect the wanted
+    values and stop after the index groups; inside a sequence item stop after its delimiter.
+    Returns the offset reached."""
+    end = len(data)
+    while offset < end:
+        group, element = _TAG.unpack_from(data, offset)
+        if wanted is not None and group > _LAST_GROUP:
+            return offset
+        tag = group << 16 | element
+        if tag == _ITEM_END:
+            if wanted is not None:
+                raise _Unscannable("item delimiter outside a sequence")
+            return offset + 8
+        if implicit or group == 0xFFFE:
+            (length,) = _LONG.unpack_from(data, offset + 4)
+            vr = b"SQ" if length == _UNDEFINED else b""
+            offset += 8
+        else:
+            vr = data[offset + 4 : offset + 6]
+            if vr in _LONG_VRS:
+                (length,) = _LONG.unpack_from(data, offset + 8)
+                offset += 12
+            elif vr.isalpha() and vr.isupper():
+                (length,) = _SHORT.unpack_from(data, offset + 6)
+                offset += 8
+            else:
+                raise _Unscannable("not an explicit VR")
+        if length == _UNDEFINED:
+            if vr != b"SQ":
+                raise _Unscannable("undefined length outside a sequence")
+            offset = _sequence_skip(data, offset, implicit)
+            continue
+        if offset + length > end:
+            raise _Unscannable("element runs past the data")
+        if wanted is not None and (keyword := _WANTED.get(tag)) is not None:
+            wanted[keyword] = data[offset : offset + length]
+        offset += length
+    if wanted is None:
+        raise _Unscannable("sequence item not closed")
+    return offset
+
+
+def _sequence_skip(data: bytes, offset: int, implicit: bool) -> int:
+    """Skip the items of an undefined-length sequence; return the offset after its end."""
+    while True:
+        tag_group, tag_element, length = _HEAD.unpack_from(data, offset)
+        tag = tag_group << 16 | tag_element
+        offset += 8
+        if tag == _SEQUENCE_END:
+            return offset
+        if tag != _ITEM:
+            raise _Unscannable("not a sequence item")
+        if length == _UNDEFINED:
+            offset = _elements(data, offset, implicit, None)
+        else:
+            offset += length

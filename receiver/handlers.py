@@ -10,6 +10,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from django.db import connection
+from pynetdicom.association import Association
 from pynetdicom.events import Event
 from pynetdicom.sop_class import Verification
 
@@ -96,7 +97,11 @@ def tally_of(assoc: object) -> AssociationTally:
 
 
 def _peer(event: Event) -> str:
-    requestor = event.assoc.requestor
+    return _peer_of(event.assoc)
+
+
+def _peer_of(assoc: Association) -> str:
+    requestor = assoc.requestor
     # Before negotiation the requestor's AE title is only in the A-ASSOCIATE-RQ primitive.
     title = requestor.ae_title or getattr(requestor.primitive, "calling_ae_title", "") or "?"
     return f"{title.strip()}@{requestor.address}:{requestor.port}"
@@ -144,7 +149,7 @@ def handle_requested(
     )
     if decision.rejection is not None:
         logger.warning("Association from %s rejected: %s", _peer(event), decision.why)
-        _close_database()
+        close_database()
         assoc.acse.send_reject(*decision.rejection)
         assoc.kill()
         return
@@ -163,27 +168,45 @@ def handle_requested(
 
 
 def handle_store(event: Event, ingest: IngestSettings) -> int:
-    """EVT_C_STORE: store and index the dataset.
+    """EVT_C_STORE: the C-STOREs that receiver.fastpath passed on to pynetdicom."""
+    request = event.request
+    return dataset_store(
+        event.assoc,
+        received=request.DataSet,
+        transfer_syntax_uid=str(event.context.transfer_syntax),
+        sop_class_uid=str(request.AffectedSOPClassUID),
+        sop_instance_uid=str(request.AffectedSOPInstanceUID),
+        ingest=ingest,
+    )
+
+
+def dataset_store(
+    assoc: Association,
+    *,
+    received: io.BytesIO,
+    transfer_syntax_uid: str,
+    sop_class_uid: str,
+    sop_instance_uid: str,
+    ingest: IngestSettings,
+) -> int:
+    """Store and index one received dataset; return the C-STORE status.
 
     Returns 0x0000 only once the file is durable and the index committed; 0xA700 when storage or
     index fail, 0xA900 when the dataset's UIDs differ from the request's, 0xC000 when the dataset
-    is unreadable or lacks valid UIDs, 0x0111 for a rejected duplicate.
+    is unreadable or lacks valid UIDs, 0x0111 for a rejected duplicate. Closes `received`.
     """
-    request = event.request
-    received = request.DataSet
     size = received.seek(0, io.SEEK_END)
     # Large datasets were spooled to disk as they arrived (receiver.spool).
     dataset = received.payload() if isinstance(received, SpoolBuffer) else received.getvalue()
-    requestor = event.assoc.requestor
-    tally = tally_of(event.assoc)
+    requestor = assoc.requestor
+    tally = tally_of(assoc)
     tally.last_activity = time.monotonic()
     tally.bytes_received += size
-    sop_instance_uid = str(request.AffectedSOPInstanceUID)
     try:
         result = instance_store(
             dataset=dataset,
-            transfer_syntax_uid=str(event.context.transfer_syntax),
-            sop_class_uid=str(request.AffectedSOPClassUID),
+            transfer_syntax_uid=transfer_syntax_uid,
+            sop_class_uid=sop_class_uid,
             sop_instance_uid=sop_instance_uid,
             calling_ae_title=requestor.ae_title,
             remote_address=requestor.address,
@@ -195,7 +218,7 @@ def handle_store(event: Event, ingest: IngestSettings) -> int:
         logger.warning(
             "C-STORE of %s from %s refused (0x%04X): %s",
             sop_instance_uid,
-            _peer(event),
+            _peer_of(assoc),
             status,
             exc,
         )
@@ -203,7 +226,7 @@ def handle_store(event: Event, ingest: IngestSettings) -> int:
     except Exception:
         tally.failed[OUT_OF_RESOURCES] += 1
         logger.exception(
-            "C-STORE of %s from %s failed unexpectedly", sop_instance_uid, _peer(event)
+            "C-STORE of %s from %s failed unexpectedly", sop_instance_uid, _peer_of(assoc)
         )
         return OUT_OF_RESOURCES
     finally:
@@ -235,7 +258,7 @@ def handle_rejected(event: Event) -> None:
     source, reason = getattr(primitive, "result_source", 0), getattr(primitive, "diagnostic", 0)
     why = _REJECT_REASONS.get((source, reason), f"source {source}, reason {reason}")
     logger.warning("Association from %s rejected: %s", _peer(event), why)
-    _close_database()
+    close_database()
 
 
 def handle_released(event: Event, slots: AssociationSlots) -> None:
@@ -243,7 +266,7 @@ def handle_released(event: Event, slots: AssociationSlots) -> None:
     logger.info("Association from %s released: %s", _peer(event), tally.summary())
     slots.release(event.assoc)
     tally.close_log(AssociationLog.RELEASED)
-    _close_database()
+    close_database()
 
 
 def handle_aborted(event: Event, slots: AssociationSlots) -> None:
@@ -254,7 +277,7 @@ def handle_aborted(event: Event, slots: AssociationSlots) -> None:
     logger.info("Association from %s %s: %s", _peer(event), how, tally.summary())
     slots.release(event.assoc)
     tally.close_log(AssociationLog.TIMED_OUT if timed_out else AssociationLog.ABORTED)
-    _close_database()
+    close_database()
 
 
 def handle_connection_closed(event: Event, slots: AssociationSlots) -> None:
@@ -269,9 +292,9 @@ def association_ended(assoc: object) -> None:
     if tally is not None and tally.log_id is not None:
         logger.info("Association from %s lost its connection: %s", tally.peer, tally.summary())
         tally.close_log(AssociationLog.ABORTED)
-        _close_database()
+        close_database()
 
 
-def _close_database() -> None:
-    # Each association thread has its own connection; the thread ends with the association.
+def close_database() -> None:
+    """Close this thread's index connection (a thread that served an association ends)."""
     connection.close()

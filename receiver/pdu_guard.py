@@ -41,24 +41,31 @@ def install() -> None:
             return data
         self._pdu_body_next = True
         pdu_type, _, length = struct.unpack(">BBL", data)
-        limit = _limit(self, pdu_type)
-        if limit is not None and length > limit:
-            peer = getattr(self.assoc.requestor, "address", "?")
-            logger.warning(
-                "Aborting association from %s: PDU of type 0x%02X announces %d bytes, more "
-                "than our maximum of %d",
-                peer,
-                pdu_type,
-                length,
-                limit,
-            )
-            with contextlib.suppress(OSError):
-                self.socket.sendall(_A_ABORT)
-            raise PDUTooLong(f"PDU of {length} bytes refused")
+        pdu_check(self, pdu_type, length)
         return data
 
     recv.pdu_guard = True  # type: ignore[attr-defined]
     AssociationSocket.recv = recv  # type: ignore[method-assign]
+
+
+def pdu_check(sock: Any, pdu_type: int, length: int) -> None:
+    """Refuse a PDU whose header announces more than we may read: send an A-ABORT and raise
+    PDUTooLong. `sock` is the association's AssociationSocket."""
+    limit = _limit(sock, pdu_type)
+    if limit is None or length <= limit:
+        return
+    peer = getattr(sock.assoc.requestor, "address", "?")
+    logger.warning(
+        "Aborting association from %s: PDU of type 0x%02X announces %d bytes, more "
+        "than our maximum of %d",
+        peer,
+        pdu_type,
+        length,
+        limit,
+    )
+    with contextlib.suppress(OSError):
+        sock.socket.sendall(_A_ABORT)
+    raise PDUTooLong(f"PDU of {length} bytes refused")
 
 
 def _limit(sock: Any, pdu_type: int) -> int | None:

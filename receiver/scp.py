@@ -1,5 +1,6 @@
 """The Application Entity: what we accept, with which limits, and which handler serves what."""
 
+import functools
 import ssl
 
 from pydicom.uid import (
@@ -15,7 +16,7 @@ from pynetdicom.sop_class import Verification
 
 from archive.part10 import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from archive.services import IngestSettings
-from receiver import handlers
+from receiver import fastpath, handlers
 from receiver.config import ReceiverConfig
 from receiver.limits import AssociationSlots
 from receiver.live import LiveStatus
@@ -81,6 +82,9 @@ def build_ae(
     for sop_class in storage_sop_classes():
         ae.add_supported_context(sop_class, syntaxes)
 
+    # C-STOREs are served on the connection's own thread (receiver.fastpath); the EVT_C_STORE
+    # handler serves the few it passes on to pynetdicom.
+    fastpath.enable(ae, functools.partial(handlers.dataset_store, ingest=ingest))
     event_handlers = [
         (evt.EVT_REQUESTED, handlers.handle_requested, [config, slots, live]),
         (evt.EVT_C_STORE, handlers.handle_store, [ingest]),

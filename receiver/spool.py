@@ -79,8 +79,20 @@ class SpoolBuffer(io.BytesIO):
         return self if self._file is not None else io.BytesIO.getvalue(self)
 
 
+_settings: tuple[int, Callable[[], Path]] | None = None
+
+
+def new_buffer() -> SpoolBuffer:
+    """A buffer for one received dataset, as configured by `install` (receiver.fastpath)."""
+    if _settings is None:
+        raise RuntimeError("receiver.spool.install() has not been called")
+    return SpoolBuffer(*_settings)
+
+
 def install(directory: Callable[[], Path], threshold: int = SPOOL_THRESHOLD) -> None:
     """Make received C-STORE datasets larger than `threshold` spool to a file in `directory()`."""
+    global _settings
+    _settings = (threshold, directory)
 
     def _get(self: Any) -> Any:
         buffer = self.__dict__.get("_spool")

@@ -21,7 +21,7 @@ from typing import Any
 from django.db import connections
 
 from archive.services import IngestSettings
-from receiver import handlers, pdu_guard, reactor, spool
+from receiver import fastpath, handlers, pdu_guard, reactor, spool
 from receiver.config import ReceiverConfig
 from receiver.limits import AssociationSlots
 from receiver.live import LiveStatus
@@ -44,6 +44,7 @@ def _worker(
     spool.install(lambda: ingest.storage.incoming)
     pdu_guard.install()
     reactor.install(on_exit=handlers.association_ended)
+    fastpath.install(on_thread_exit=handlers.close_database)
     ssl_context = tls_context(config)
     # A server object to run associations with; it listens on nothing we use.
     server = ae.make_server(("127.0.0.1", 0), evt_handlers=event_handlers)

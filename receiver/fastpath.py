@@ -1,0 +1,407 @@
+"""C-STORE requests stored and answered in the thread that reads the connection.
+
+pynetdicom passes each P-DATA-TF PDU through its state machine to a DIMSE provider that
+reassembles the message and queues it for the association's reactor thread; that thread runs
+the handler, encodes the response with pydicom and queues it back to the reading thread, which
+sends it. For a 12 KB instance those hand-offs and encodings cost more time than storing the
+instance (bench/run.py, py-spy: about 2.5 ms of 4). Here, once an association is established,
+the reading (DUL) thread looks at each PDV itself:
+
+- a C-STORE-RQ on an accepted presentation context whose abstract syntax is the request's SOP
+  class has its dataset collected (receiver.spool: in memory, or in a file once large), is
+  stored by the store function given to `enable`, and is answered at once with a C-STORE-RSP
+  encoded here (PS3.7 9.3.1.2, command set in implicit VR little endian, E.1);
+- every other message (C-ECHO, a C-STORE on another context, a command we cannot read) goes to
+  pynetdicom unchanged, as a P-DATA-TF PDU of its PDVs, and is served by the event handlers.
+  After anything out of sequence, the association is left to pynetdicom entirely.
+
+A P-DATA-TF whose items do not add up, or a message we serve that is broken off by another,
+gets what pynetdicom gives an invalid PDU: an A-ABORT (PS3.8 9.2, AA-8).
+
+This reaches into pynetdicom's DUL: `DULServiceProvider._read_pdu_data` is replaced while an
+association we serve is established (it reads PDUs as pynetdicom does and feeds its event and
+PDU queues for everything it does not serve). tests/receiver/test_fastpath.py checks both paths
+against the pinned version.
+"""
+
+import logging
+import struct
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from pynetdicom import dul as _dul
+
+from receiver import spool
+from receiver.pdu_guard import pdu_check
+
+logger = logging.getLogger(__name__)
+
+P_DATA_TF = 0x04
+_PDU_TYPES = frozenset(range(0x01, 0x08))
+C_STORE_RQ = 0x0001
+C_STORE_RSP = 0x8001
+NO_DATASET = 0x0101
+_COMMAND_FRAGMENT, _LAST_FRAGMENT = 0x01, 0x02
+
+_ELEMENT = struct.Struct("<HHL")
+_ITEM = struct.Struct(">LBB")
+_PDU = struct.Struct(">BBL")
+
+
+class Store(Protocol):
+    def __call__(
+        self,
+        assoc: Any,
+        *,
+        received: spool.SpoolBuffer,
+        transfer_syntax_uid: str,
+        sop_class_uid: str,
+        sop_instance_uid: str,
+    ) -> int: ...
+
+
+class ProtocolError(Exception):
+    """The peer's PDVs break PS3.8 / PS3.7 framing."""
+
+
+def enable(ae: Any, store: Store) -> None:
+    """Serve C-STORE requests to `ae`'s associations with `store` (returns the status)."""
+    ae.__dict__["_receiver_store"] = store
+
+
+def install(on_thread_exit: Callable[[], None]) -> None:
+    """Replace pynetdicom's PDU reading (once per process); `on_thread_exit()` runs in each DUL
+    thread as it ends (the store function may have opened resources there)."""
+    if getattr(_dul.DULServiceProvider._read_pdu_data, "fastpath", False):
+        return
+    original = _dul.DULServiceProvider._read_pdu_data
+
+    def _read_pdu_data(self: Any) -> None:
+        store = _store_of(self)
+        if store is None:
+            original(self)
+        else:
+            _pdu_read(self, store)
+
+    _read_pdu_data.fastpath = True  # type: ignore[attr-defined]
+    _dul.DULServiceProvider._read_pdu_data = _read_pdu_data  # type: ignore[method-assign]
+
+    run_reactor = _dul.DULServiceProvider.run_reactor
+
+    def _run_reactor(self: Any) -> None:
+        try:
+            run_reactor(self)
+        finally:
+            receiver = self.__dict__.pop("_receiver_fastpath", None)
+            if receiver is not None:
+                receiver.interrupt()
+                on_thread_exit()
+
+    _dul.DULServiceProvider.run_reactor = _run_reactor  # type: ignore[method-assign]
+
+
+def _store_of(dul: Any) -> Store | None:
+    assoc = dul.assoc
+    if not assoc.is_acceptor or dul.state_machine.current_state != "Sta6":
+        return None
+    return assoc.ae.__dict__.get("_receiver_store")
+
+
+def _pdu_read(dul: Any, store: Store) -> None:
+    """Read one PDU in the data transfer state; what pynetdicom's `_read_pdu_data` does, except
+    that the PDVs of C-STORE requests are served here."""
+    sock = dul.socket
+    try:
+        header = _read_exactly(sock, 6)
+        if len(header) < 6:
+            dul.event_queue.put("Evt17")  # transport connection closed
+            return
+        pdu_type, _, length = _PDU.unpack(header)
+        if pdu_type not in _PDU_TYPES:
+            logger.warning("Unknown PDU type 0x%02X received", pdu_type)
+            dul.event_queue.put("Evt19")  # unrecognised PDU
+            return
+        pdu_check(sock, pdu_type, length)
+        body = _read_exactly(sock, length)
+    except OSError:  # closed, reset, timed out, or refused by pdu_check
+        dul.event_queue.put("Evt17")
+        return
+    if len(body) != length:
+        dul.event_queue.put("Evt17")
+        return
+
+    receiver = dul.__dict__.get("_receiver_fastpath")
+    if receiver is None:
+        receiver = dul.__dict__["_receiver_fastpath"] = _Receiver(dul, store)
+    if pdu_type != P_DATA_TF or receiver.disabled:
+        receiver.interrupt()  # a release or abort ends a message in progress
+        _forward(dul, header + body)
+        return
+    try:
+        forward = receiver.pdu_receive(memoryview(body))
+    except ProtocolError as exc:
+        logger.warning("Aborting association from %s: %s", dul.assoc.requestor.address, exc)
+        receiver.interrupt()
+        dul.event_queue.put("Evt19")  # invalid PDU: the state machine sends the A-ABORT
+        return
+    if forward is _WHOLE:
+        _forward(dul, header + body)
+    elif forward:
+        items = b"".join(forward)
+        _forward(dul, _PDU.pack(P_DATA_TF, 0, len(items)) + items)
+
+
+def _read_exactly(sock: Any, count: int) -> bytearray:
+    """`count` bytes from the association's socket, fewer only if the peer closed it."""
+    buffer = bytearray(count)
+    view = memoryview(buffer)
+    raw = sock.socket
+    received = 0
+    while received < count:
+        n = raw.recv_into(view[received:])
+        if not n:
+            return buffer[:received]
+        received += n
+    return buffer
+
+
+def _forward(dul: Any, raw: bytes | bytearray) -> None:
+    """Hand a PDU to pynetdicom as if it had read it itself."""
+    try:
+        pdu, event = dul._decode_pdu(bytearray(raw))
+    except Exception as exc:  # pynetdicom's READ_PDU_EXC_F
+        logger.warning("Unable to decode a PDU from %s: %s", dul.assoc.requestor.address, exc)
+        dul.event_queue.put("Evt19")
+        return
+    dul.event_queue.put(event)
+    dul._recv_pdu.put(pdu)
+
+
+_WHOLE: list[memoryview] = []  # "forward the PDU as received"
+
+
+class _Receiver:
+    """The message in progress on one association, as its DUL thread sees it.
+
+    States: idle; collecting a command (its PDVs held back until it can be read); serving a
+    C-STORE here (collecting its dataset); passing a message's dataset to pynetdicom.
+    """
+
+    def __init__(self, dul: Any, store: Store) -> None:
+        self.dul = dul
+        self.store = store
+        self.disabled = False
+        self._reset()
+
+    def _reset(self) -> None:
+        self.context_id: int | None = None
+        self.command = bytearray()
+        self.held: list[memoryview] = []
+        self.serving = False  # collecting the dataset of a C-STORE served here
+        self.passing = False  # forwarding the dataset of a message pynetdicom serves
+        self.request: dict[int, bytes] = {}
+        self.dataset: spool.SpoolBuffer | None = None
+
+    def interrupt(self) -> None:
+        """Drop the message in progress (the association is ending)."""
+        if self.dataset is not None:
+            self.dataset.close()
+        self._reset()
+
+    def pdu_receive(self, body: memoryview) -> list[memoryview]:
+        """Take one P-DATA-TF PDU's items; return those pynetdicom must see (or _WHOLE)."""
+        items = _items(body)
+        forward: list[memoryview] = []
+        for item, context_id, control, data in items:
+            if self.disabled:
+                forward.append(item)
+            else:
+                self._item(item, context_id, control, data, forward)
+        if len(forward) == len(items) and all(
+            f is i[0] for f, i in zip(forward, items, strict=True)
+        ):
+            return _WHOLE
+        return forward
+
+    def _item(
+        self,
+        item: memoryview,
+        context_id: int,
+        control: int,
+        data: memoryview,
+        forward: list[memoryview],
+    ) -> None:
+        is_command = control & _COMMAND_FRAGMENT
+        last = control & _LAST_FRAGMENT
+        if self.serving:
+            if is_command or context_id != self.context_id:
+                raise ProtocolError("a new message began before the C-STORE data set was complete")
+            assert self.dataset is not None
+            self.dataset.write(data)
+            if last:
+                self._serve()
+            return
+        if self.passing:
+            if is_command or context_id != self.context_id:
+                self._give_up(item, forward)
+                return
+            forward.append(item)
+            if last:
+                self._reset()
+            return
+        if not is_command or (self.context_id is not None and context_id != self.context_id):
+            self._give_up(item, forward)
+            return
+        # A command fragment: held back until the command is complete and can be judged.
+        self.context_id = context_id
+        self.held.append(item)
+        self.command += data
+        if last:
+            self._command_judge(forward)
+
+    def _give_up(self, item: memoryview, forward: list[memoryview]) -> None:
+        """Something out of the ordinary: pynetdicom serves the rest of this association."""
+        forward.extend(self.held)
+        forward.append(item)
+        self.held = []
+        self.disabled = True
+
+    def _command_judge(self, forward: list[memoryview]) -> None:
+        request = command_parse(self.command)
+        if request is None:
+            forward.extend(self.held)
+            self.held = []
+            self.disabled = True
+            return
+        expects_dataset = _unsigned(request, 0x0800) != NO_DATASET
+        if expects_dataset and self._ours(request):
+            self.held = []
+            self.serving = True
+            self.request = request
+            self.dataset = spool.new_buffer()
+            return
+        forward.extend(self.held)
+        self.held = []
+        if expects_dataset:
+            self.passing = True
+        else:
+            self._reset()
+
+    def _ours(self, request: dict[int, bytes]) -> bool:
+        if _unsigned(request, 0x0100) != C_STORE_RQ or _unsigned(request, 0x0110) is None:
+            return False
+        sop_class, sop_instance = _uid(request.get(0x0002)), _uid(request.get(0x1000))
+        if not sop_class or not sop_instance:
+            return False
+        context = self.dul.assoc._accepted_cx.get(self.context_id)
+        return context is not None and context.abstract_syntax == sop_class
+
+    def _serve(self) -> None:
+        request, dataset, context_id = self.request, self.dataset, self.context_id
+        assert dataset is not None and context_id is not None
+        self.dataset = None  # the store function closes it
+        self._reset()
+        assoc = self.dul.assoc
+        context = assoc._accepted_cx[context_id]
+        timer = self.dul._idle_timer
+        # A large instance may take longer to store than the network timeout allows between
+        # PDUs; the peer is waiting for us, not idle.
+        timer.restart()
+        timer.stop()
+        try:
+            status = self.store(
+                assoc,
+                received=dataset,
+                transfer_syntax_uid=str(context.transfer_syntax[0]),
+                sop_class_uid=_uid(request[0x0002]),
+                sop_instance_uid=_uid(request[0x1000]),
+            )
+        finally:
+            timer.restart()
+        response = store_response(
+            sop_class_uid=request[0x0002],
+            sop_instance_uid=request[0x1000],
+            message_id=request[0x0110],
+            status=status,
+        )
+        self.dul.socket.send(p_data(context_id, response, assoc.requestor.maximum_length))
+
+
+def _items(body: memoryview) -> list[tuple[memoryview, int, int, memoryview]]:
+    """The PDV items of a P-DATA-TF body: (item, context ID, message control header, data)."""
+    items = []
+    offset, end = 0, len(body)
+    if end == 0:
+        raise ProtocolError("P-DATA-TF without presentation data values")
+    while offset < end:
+        if end - offset < 6:
+            raise ProtocolError("P-DATA-TF ends inside a PDV item header")
+        length, context_id, control = _ITEM.unpack_from(body, offset)
+        if length < 2 or length > end - offset - 4:
+            raise ProtocolError(f"PDV item length {length} does not fit its P-DATA-TF")
+        stop = offset + 4 + length
+        items.append((body[offset:stop], context_id, control, body[offset + 6 : stop]))
+        offset = stop
+    return items
+
+
+def command_parse(data: bytes | bytearray) -> dict[int, bytes] | None:
+    """A command set's elements by element number (group 0000, implicit VR little endian);
+    None if it is not one."""
+    elements: dict[int, bytes] = {}
+    offset, end = 0, len(data)
+    while offset < end:
+        if end - offset < 8:
+            return None
+        group, element, length = _ELEMENT.unpack_from(data, offset)
+        offset += 8
+        if group != 0 or length > end - offset:
+            return None
+        elements[element] = bytes(data[offset : offset + length])
+        offset += length
+    return elements
+
+
+def _unsigned(elements: dict[int, bytes], element: int) -> int | None:
+    value = elements.get(element)
+    return int.from_bytes(value, "little") if value is not None and len(value) == 2 else None
+
+
+def _uid(value: bytes | None) -> str:
+    return value.rstrip(b"\0 ").decode("ascii", "replace") if value else ""
+
+
+def _element(element: int, value: bytes) -> bytes:
+    if len(value) % 2:
+        value += b"\0"  # UIDs are padded to even length with NUL (PS3.5 9.1)
+    return _ELEMENT.pack(0, element, len(value)) + value
+
+
+def store_response(
+    *, sop_class_uid: bytes, sop_instance_uid: bytes, message_id: bytes, status: int
+) -> bytes:
+    """A C-STORE-RSP command set (PS3.7 Table 9.3-2), the UIDs as the request encoded them."""
+    body = b"".join(
+        (
+            _element(0x0002, sop_class_uid),
+            _element(0x0100, C_STORE_RSP.to_bytes(2, "little")),
+            _element(0x0120, message_id),
+            _element(0x0800, NO_DATASET.to_bytes(2, "little")),
+            _element(0x0900, status.to_bytes(2, "little")),
+            _element(0x1000, sop_instance_uid),
+        )
+    )
+    return _element(0x0000, len(body).to_bytes(4, "little")) + body
+
+
+def p_data(context_id: int, command: bytes, max_length: int) -> bytes:
+    """P-DATA-TF PDUs carrying a command set, fragmented to the peer's maximum PDU length
+    (0: unlimited)."""
+    room = max(max_length - 6, 2) if max_length else len(command)
+    pdus = []
+    for start in range(0, len(command), room):
+        fragment = command[start : start + room]
+        control = _COMMAND_FRAGMENT | (_LAST_FRAGMENT if start + room >= len(command) else 0)
+        item = _ITEM.pack(len(fragment) + 2, context_id, control) + fragment
+        pdus.append(_PDU.pack(P_DATA_TF, 0, len(item)) + item)
+    return b"".join(pdus)
