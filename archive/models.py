@@ -6,7 +6,9 @@ those limits are truncated by the ingest service before they reach the database;
 file always keeps the complete value.
 """
 
-from django.db import models
+from typing import Any
+
+from django.db import connections, models
 
 UI = 64
 LO = 64
@@ -95,6 +97,40 @@ class Series(models.Model):
         return f"{self.modality} {self.series_number or ''} {self.description}".strip()
 
 
+class InstanceManager(models.Manager["Instance"]):
+    def insert(self, using: str = "default", **values: Any) -> int:
+        """Insert one row and return its id.
+
+        What `create()` does for this model (no signals, no defaults computed in Python: all
+        values are given), without building the model object and compiling the INSERT on every
+        call, which cost a fifth of a small instance's ingest time (bench/run.py, py-spy).
+        """
+        sql, fields = self._insert_sql(tuple(values))
+        connection = connections[using]
+        params = [field.get_db_prep_save(values[field.name], connection) for field in fields]
+        with connection.cursor() as cursor:
+            cursor.execute(sql, params)
+            return cursor.fetchone()[0]
+
+    def _insert_sql(self, names: tuple[str, ...]) -> tuple[str, list[models.Field]]:
+        cached = _INSERTS.get(names)
+        if cached is None:
+            meta = self.model._meta
+            fields = [meta.get_field(name) for name in names]
+            quote = connections["default"].ops.quote_name
+            cached = (
+                f"INSERT INTO {quote(meta.db_table)} "
+                f"({', '.join(quote(field.column) for field in fields)}) "
+                f"VALUES ({', '.join(['%s'] * len(fields))}) RETURNING {quote(meta.pk.column)}",
+                fields,
+            )
+            _INSERTS[names] = cached
+        return cached
+
+
+_INSERTS: dict[tuple[str, ...], tuple[str, list[models.Field]]] = {}
+
+
 class Instance(models.Model):
     series = models.ForeignKey(Series, on_delete=models.CASCADE, related_name="instances")
     sop_instance_uid = models.CharField("SOP instance UID", max_length=UI)
@@ -108,6 +144,8 @@ class Instance(models.Model):
     received_at = models.DateTimeField()
     calling_ae_title = models.CharField("calling AE title", max_length=AE, blank=True)
     remote_address = models.CharField(max_length=64, blank=True)
+
+    objects = InstanceManager()
 
     class Meta:
         constraints = [

@@ -1,11 +1,10 @@
 """Ingest: turn one received dataset into a durable file and a committed index row.
 
-The order is fixed: stage the file (written outside any transaction; its flush to disk starts
-and runs meanwhile), parse the header, then one short transaction that writes the index rows
-and, once the flush is done, renames the staged file to its final name. The rename happens
-while the transaction holds the instance's unique key, so two associations storing the same
-instance at once cannot both publish; if the commit fails, the published file is removed
-again. Store and index never disagree.
+The order is fixed: parse the header, stage the file (written and fsync'd, outside any
+transaction), then one short transaction that writes the index rows and renames the staged file
+to its final name. The rename happens while the transaction holds the instance's unique key, so
+two associations storing the same instance at once cannot both publish; if the commit fails,
+the published file is removed again. Store and index never disagree.
 """
 
 import datetime as dt
@@ -80,6 +79,27 @@ def instance_store(
     (SOP Class/Instance UID differs from the request's), StorageFailure (file not written),
     IndexFailure (index not committed; nothing left on disk) or DuplicateRejected.
     """
+    header = header_read(_prefix(dataset), transfer_syntax_uid)
+    if header.sop_class_uid != sop_class_uid:
+        raise DatasetMismatch(
+            f"SOP Class UID {header.sop_class_uid!r} in the dataset, "
+            f"{sop_class_uid!r} in the request"
+        )
+    if header.sop_instance_uid != sop_instance_uid:
+        raise DatasetMismatch(
+            f"SOP Instance UID {header.sop_instance_uid!r} in the dataset, "
+            f"{sop_instance_uid!r} in the request"
+        )
+    received_at = timezone.now()
+    arrival = _Arrival(
+        header=header,
+        transfer_syntax_uid=transfer_syntax_uid,
+        received_at=received_at,
+        calling_ae_title=calling_ae_title,
+        remote_address=remote_address,
+        path=relative_path(header, settings.naming, timezone.localdate(received_at)),
+    )
+
     storage = settings.storage
     meta = file_header(
         sop_class_uid=sop_class_uid,
@@ -87,21 +107,9 @@ def instance_store(
         transfer_syntax_uid=transfer_syntax_uid,
         source_ae_title=calling_ae_title,
     )
-    # Staged first: its flush to disk runs while the header is read and the rows are written.
+    # Insert first and let the unique constraint tell a resend: new instances, the common case,
+    # then cost one write transaction and no look-up.
     staged = storage.stage(itertools.chain((meta,), _chunks(dataset)))
-    try:
-        arrival = _arrival(
-            dataset,
-            transfer_syntax_uid=transfer_syntax_uid,
-            sop_class_uid=sop_class_uid,
-            sop_instance_uid=sop_instance_uid,
-            calling_ae_title=calling_ae_title,
-            remote_address=remote_address,
-            naming=settings.naming,
-        )
-    except BaseException:
-        storage.discard(staged)
-        raise
     try:
         try:
             return _index_new(arrival, staged, storage)
@@ -122,39 +130,6 @@ def instance_store(
         return _index_overwrite(existing, arrival, staged, storage)
     finally:
         storage.discard(staged)
-
-
-def _arrival(
-    dataset: bytes | BinaryIO,
-    *,
-    transfer_syntax_uid: str,
-    sop_class_uid: str,
-    sop_instance_uid: str,
-    calling_ae_title: str,
-    remote_address: str,
-    naming: str,
-) -> "_Arrival":
-    """Read the dataset's header and check it against the request."""
-    header = header_read(_prefix(dataset), transfer_syntax_uid)
-    if header.sop_class_uid != sop_class_uid:
-        raise DatasetMismatch(
-            f"SOP Class UID {header.sop_class_uid!r} in the dataset, "
-            f"{sop_class_uid!r} in the request"
-        )
-    if header.sop_instance_uid != sop_instance_uid:
-        raise DatasetMismatch(
-            f"SOP Instance UID {header.sop_instance_uid!r} in the dataset, "
-            f"{sop_instance_uid!r} in the request"
-        )
-    received_at = timezone.now()
-    return _Arrival(
-        header=header,
-        transfer_syntax_uid=transfer_syntax_uid,
-        received_at=received_at,
-        calling_ae_title=calling_ae_title,
-        remote_address=remote_address,
-        path=relative_path(header, naming, timezone.localdate(received_at)),
-    )
 
 
 _CHUNK = 2**20
@@ -259,8 +234,8 @@ def _resend_without_write(
 def _index_new(arrival: _Arrival, staged: StagedFile, storage: Storage) -> StoreResult:
     try:
         with index_writer(), transaction.atomic():
-            instance = Instance.objects.create(
-                series_id=_series_id_for(arrival.header), **_instance_fields(arrival, staged)
+            instance_id = Instance.objects.insert(
+                series=_series_id_for(arrival.header), **_instance_fields(arrival, staged)
             )
             published = storage.publish(staged, arrival.path, durable=False)
     except BaseException as exc:
@@ -272,7 +247,7 @@ def _index_new(arrival: _Arrival, staged: StagedFile, storage: Storage) -> Store
     # The directory fsync comes after the commit, outside the write lock, so that concurrent
     # associations share the lock for the insert only; success is reported only after it.
     storage.make_durable(published)
-    return StoreResult(outcome="stored", instance_id=instance.pk, path=arrival.path)
+    return StoreResult(outcome="stored", instance_id=instance_id, path=arrival.path)
 
 
 def _index_overwrite(

@@ -1,8 +1,7 @@
 """Durable, atomic files under the storage directory.
 
 A file is first written under `.incoming/<host>.<pid>/` (same file system, so the final rename
-is atomic) and flushed to disk (in the background, while the caller indexes it), then renamed
-to its final name once flushed, and the directory fsync'd. A crash at any
+is atomic), fsync'd, then renamed to its final name and the directory fsync'd. A crash at any
 point leaves either nothing or a complete file under the final name. Each process stages in a
 folder of its own, so a starting process can clear what dead processes left without touching
 files another live process is writing.
@@ -17,11 +16,9 @@ import os
 import shutil
 import socket
 import tempfile
-import threading
 import uuid
 from collections.abc import Callable, Iterable
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from archive.exceptions import StorageFailure
@@ -35,26 +32,12 @@ _KNOWN_DIRS_LIMIT = 10_000
 
 @dataclass
 class StagedFile:
-    """A complete file waiting under `.incoming` for its final name; `sync` is its data being
-    flushed to disk, which `Storage.publish` waits for."""
+    """A complete, fsync'd file waiting under `.incoming` for its final name."""
 
     path: Path
     size: int
     sha256: str
     published: bool = False
-    sync: Future[None] | None = field(default=None, repr=False, compare=False)
-
-
-# The flush of a staged file runs here while the ingest thread indexes the instance: the two
-# take about as long each (bench/, py-spy), and the flush waits on the disk without the GIL.
-_flushes = ThreadPoolExecutor(max_workers=8, thread_name_prefix="fdatasync")
-
-
-def _data_flush(fd: int) -> None:
-    try:
-        os.fdatasync(fd)  # data and size; the name is made durable once published
-    finally:
-        os.close(fd)
 
 
 def _fsync_directory(path: Path) -> None:
@@ -63,57 +46,6 @@ def _fsync_directory(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-@dataclass
-class _DirectorySync:
-    requested: int = 0  # changes made, counted when their maker asks for a sync
-    covered: int = 0  # changes made durable by a finished fsync
-    running: bool = False
-    waiting: int = 0
-
-
-class _DirectorySyncs:
-    """Directory fsyncs shared by the threads that need one at the same time.
-
-    Associations storing the same series at once publish into the same folder: an fsync that
-    starts after a thread's rename makes that rename durable too, so the thread waits for it
-    instead of issuing its own (one disk flush for several instances).
-    """
-
-    def __init__(self) -> None:
-        self._condition = threading.Condition()
-        self._folders: dict[str, _DirectorySync] = {}
-
-    def sync(self, folder: Path) -> None:
-        key = str(folder)
-        with self._condition:
-            state = self._folders.setdefault(key, _DirectorySync())
-            state.requested += 1
-            mine = state.requested
-            state.waiting += 1
-            try:
-                while state.covered < mine:
-                    if state.running:
-                        self._condition.wait()
-                        continue
-                    state.running = True
-                    covers = state.requested
-                    self._condition.release()
-                    try:
-                        _fsync_directory(folder)  # an error is raised to this thread only
-                    finally:
-                        self._condition.acquire()
-                        state.running = False
-                        self._condition.notify_all()
-                    state.covered = max(state.covered, covers)
-            finally:
-                state.waiting -= 1
-                if not state.waiting:
-                    del self._folders[key]
-
-
-_directory_syncs = _DirectorySyncs()
 
 
 def _failure(action: str, exc: OSError) -> StorageFailure:
@@ -174,8 +106,7 @@ class Storage:
         return removed
 
     def stage(self, parts: Iterable[bytes]) -> StagedFile:
-        """Write `parts` to a new staging file, hashing as it goes, and start flushing it to
-        disk (`publish` waits for that).
+        """Write `parts` to a new staging file, hashing as it goes, and fsync it.
 
         Raises StorageFailure before writing anything when free space is below the minimum.
         """
@@ -201,30 +132,20 @@ class Storage:
         digest = hashlib.sha256()
         size = 0
         try:
-            with open(fd, "wb", closefd=False) as fh:
+            with open(fd, "wb", closefd=True) as fh:
                 for part in parts:
                     fh.write(part)
                     digest.update(part)
                     size += len(part)
-        except BaseException as exc:
-            os.close(fd)
-            path.unlink(missing_ok=True)
-            if isinstance(exc, OSError):
-                raise _failure("write the file", exc) from exc
-            raise
-        sync = _flushes.submit(_data_flush, fd)
-        return StagedFile(path=path, size=size, sha256=digest.hexdigest(), sync=sync)
-
-    def _flushed(self, staged: StagedFile) -> None:
-        """Wait until a staged file's data is on disk; StorageFailure if it cannot be."""
-        sync = staged.sync
-        if sync is None:
-            return
-        try:
-            sync.result()
+                fh.flush()
+                os.fdatasync(fh.fileno())  # data and size; the rename is made durable later
         except OSError as exc:
+            path.unlink(missing_ok=True)
             raise _failure("write the file", exc) from exc
-        staged.sync = None
+        except BaseException:
+            path.unlink(missing_ok=True)
+            raise
+        return StagedFile(path=path, size=size, sha256=digest.hexdigest())
 
     def publish(self, staged: StagedFile, relative: str, *, durable: bool = True) -> Path:
         """Give a staged file its final name atomically and durably; return the final path.
@@ -234,8 +155,6 @@ class Storage:
         directory fsync does not hold the index's write lock).
         """
         target = self.resolve(relative)
-        # Never a final name on data that may not survive a power cut.
-        self._flushed(staged)
         try:
             self._ensure_directory(target.parent)
             try:
@@ -247,7 +166,7 @@ class Storage:
                 os.replace(staged.path, target)
             staged.published = True
             if durable:
-                _directory_syncs.sync(target.parent)
+                _fsync_directory(target.parent)
         except OSError as exc:
             raise _failure(f"store the file as {relative}", exc) from exc
         return target
@@ -255,7 +174,7 @@ class Storage:
     def make_durable(self, published: Path) -> None:
         """Flush the name of a file published with `durable=False` (the path it returned)."""
         try:
-            _directory_syncs.sync(published.parent)
+            _fsync_directory(published.parent)
         except OSError as exc:
             raise _failure(f"make {published.name} durable", exc) from exc
 
