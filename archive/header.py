@@ -14,6 +14,7 @@ pydicom's sample files.
 import datetime as dt
 import functools
 import io
+import re
 import struct
 import zlib
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ from typing import Any
 from pydicom.dataset import Dataset
 from pydicom.filereader import read_dataset
 from pydicom.tag import BaseTag, Tag
-from pydicom.uid import UID
+from pydicom.uid import RE_VALID_UID, UID
 
 from archive.exceptions import DatasetUnreadable
 
@@ -51,6 +52,8 @@ _KEYWORDS = (
 )
 _TAGS: list[BaseTag | int] = [Tag(keyword) for keyword in _KEYWORDS]
 _LAST_GROUP = 0x0020
+# pydicom's UID.is_valid (PS3.5 9.1), without building a UID object per check.
+_VALID_UID = re.compile(RE_VALID_UID)
 # How much of a large dataset is read for its header: groups up to 0x0020 never need more.
 HEADER_PREFIX = 16 * 2**20
 
@@ -137,7 +140,7 @@ def _header(values: dict[str, str]) -> InstanceHeader:
         uid = values[keyword]
         if not uid:
             raise DatasetUnreadable(f"{keyword} is missing")
-        if not UID(uid).is_valid:
+        if len(uid) > 64 or not _VALID_UID.match(uid):
             raise DatasetUnreadable(f"{keyword} is not a valid UID: {uid[:80]!r}")
 
     return InstanceHeader(

@@ -107,7 +107,10 @@ class InstanceManager(models.Manager["Instance"]):
         """
         sql, fields = self._insert_sql(tuple(values))
         connection = connections[using]
-        params = [field.get_db_prep_save(values[field.name], connection) for field in fields]
+        params = [
+            value if type(value) in _PLAIN_TYPES else field.get_db_prep_save(value, connection)
+            for field, value in zip(fields, values.values(), strict=True)
+        ]
         with connection.cursor() as cursor:
             cursor.execute(sql, params)
             return cursor.fetchone()[0]
@@ -129,6 +132,8 @@ class InstanceManager(models.Manager["Instance"]):
 
 
 _INSERTS: dict[tuple[str, ...], tuple[str, list[models.Field]]] = {}
+# Values every database driver takes as they are; others (datetimes) go through their field.
+_PLAIN_TYPES = frozenset((str, int, type(None)))
 
 
 class Instance(models.Model):

@@ -60,6 +60,11 @@ class Storage:
         self.root = Path(root).expanduser().resolve()
         self.min_free_bytes = min_free_bytes
         self._known_dirs: set[str] = set()
+        # resolve() runs for every instance: plain strings are several times cheaper than
+        # pathlib here.
+        self._root_text = str(self.root)
+        self._root_prefix = os.path.join(self._root_text, "")
+        self._incoming: tuple[int, Path] | None = None
 
     def free_bytes(self) -> int:
         """Space available to us on the storage volume."""
@@ -68,8 +73,11 @@ class Storage:
 
     @property
     def incoming(self) -> Path:
-        # Computed per call: worker processes forked after construction get their own folder.
-        return self.root / INCOMING / f"{socket.gethostname()}.{os.getpid()}"
+        # Per process: worker processes forked after construction get their own folder.
+        pid = os.getpid()
+        if self._incoming is None or self._incoming[0] != pid:
+            self._incoming = (pid, self.root / INCOMING / f"{socket.gethostname()}.{pid}")
+        return self._incoming[1]
 
     def prepare(self) -> int:
         """Create the directory, prove it writable and remove stale staging files.
@@ -121,12 +129,15 @@ class Storage:
                     f"{self.min_free_bytes // 2**20} MB"
                 )
         incoming = self.incoming
+        # The folder is this process's own: a counter makes names unique without the
+        # random-name retries of mkstemp.
+        path = incoming / f"{next(_staging_names)}.part"
         try:
-            incoming.mkdir(parents=True, exist_ok=True)
-            # The folder is this process's own: a counter makes names unique without the
-            # random-name retries of mkstemp.
-            path = incoming / f"{next(_staging_names)}.part"
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            except FileNotFoundError:  # the staging folder was removed under us
+                incoming.mkdir(parents=True, exist_ok=True)
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         except OSError as exc:
             raise _failure("create a file in the storage directory", exc) from exc
         digest = hashlib.sha256()
@@ -247,14 +258,14 @@ class Storage:
 
     def resolve(self, relative: str) -> Path:
         """The absolute path of `relative`, refusing anything that leaves the storage directory."""
-        target = Path(os.path.normpath(self.root / relative))
-        if (
-            target == self.root
-            or not target.is_relative_to(self.root)
-            or target.relative_to(self.root).parts[0] == INCOMING
+        target = os.path.normpath(os.path.join(self._root_text, relative))
+        prefix = self._root_prefix
+        if not target.startswith(prefix) or target[len(prefix) :].partition(os.sep)[0] in (
+            "",
+            INCOMING,
         ):
             raise StorageFailure(f"refusing path outside the storage directory: {relative!r}")
-        return target
+        return Path(target)
 
     def _ensure_directory(self, directory: Path) -> None:
         key = str(directory)
