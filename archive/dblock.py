@@ -8,6 +8,7 @@ database's busy timeout, like SQLite's own, so a stuck writer elsewhere turns in
 C-STORE, not a hung one. Other databases need no such lock: their writers take row locks.
 """
 
+import contextlib
 import fcntl
 import os
 import threading
@@ -15,7 +16,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from django.db import connection
+from django.db import DEFAULT_DB_ALIAS, connections, transaction
 
 from archive.exceptions import IndexFailure
 
@@ -37,15 +38,17 @@ def index_writer() -> Iterator[None]:
 
     Raises IndexFailure when the lock is not free within the database's busy timeout.
     """
+    connection = connections[DEFAULT_DB_ALIAS]  # once: each use of the proxy is a lookup
     if connection.vendor != "sqlite":
         yield
         return
-    timeout = float(connection.settings_dict.get("OPTIONS", {}).get("timeout", 30))
+    settings = connection.settings_dict
+    timeout = float(settings.get("OPTIONS", {}).get("timeout", 30))
     deadline = time.monotonic() + timeout
     if not _thread_lock.acquire(timeout=timeout):
         raise IndexFailure(f"index busy: no write lock within {timeout:.0f} s")
     try:
-        fd = _lock_file(connection.settings_dict["NAME"])
+        fd = _lock_file(settings["NAME"])
         # Another receiver process writes; it holds the lock for a fraction of a millisecond,
         # so poll finely at first (bench/run.py --workers 2: 6% more instances per second
         # than starting at 0.5 ms) and back off for a writer that takes longer.
@@ -67,3 +70,32 @@ def index_writer() -> Iterator[None]:
             fcntl.flock(fd, fcntl.LOCK_UN)
     finally:
         _thread_lock.release()
+
+
+@contextmanager
+def bare_transaction() -> Iterator[None]:
+    """A write transaction without Django's bookkeeping, for statements that need none of it.
+
+    On SQLite, `transaction.atomic()` costs as much CPU as the INSERT of an instance it wraps
+    (savepoint and on_commit bookkeeping, autocommit switching: bench/run.py, py-spy); here the
+    transaction is begun and committed on the DB-API connection itself. Django does not know it
+    is open, so the block must not open an atomic block of its own (no get_or_create()).
+    Errors are Django's database exceptions, as from the ORM. Other databases get atomic().
+    """
+    connection = connections[DEFAULT_DB_ALIAS]
+    if connection.vendor != "sqlite" or connection.in_atomic_block:
+        with transaction.atomic():
+            yield
+        return
+    connection.ensure_connection()
+    raw = connection.connection
+    with connection.wrap_database_errors:
+        raw.execute("BEGIN")
+    try:
+        yield
+        with connection.wrap_database_errors:
+            raw.execute("COMMIT")
+    except BaseException:
+        with contextlib.suppress(Exception):
+            raw.execute("ROLLBACK")  # also after a failed COMMIT, which leaves it open
+        raise

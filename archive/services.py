@@ -20,7 +20,7 @@ from django.utils import timezone
 from pydicom.dataset import Dataset
 from pydicom.filereader import _read_file_meta_info
 
-from archive.dblock import index_writer
+from archive.dblock import bare_transaction, index_writer
 from archive.exceptions import DatasetMismatch, DatasetUnreadable, DuplicateRejected, IndexFailure
 from archive.header import HEADER_PREFIX, InstanceHeader, header_read
 from archive.models import Instance, Patient, Series, Study
@@ -232,10 +232,14 @@ def _resend_without_write(
 
 
 def _index_new(arrival: _Arrival, staged: StagedFile, storage: Storage) -> StoreResult:
+    series_id = _series_ids.get(arrival.header.series_instance_uid)
+    # An instance of a series seen before is one INSERT, which needs no ORM transaction.
+    writing = bare_transaction() if series_id is not None else transaction.atomic()
     try:
-        with index_writer(), transaction.atomic():
+        with index_writer(), writing:
             instance_id = Instance.objects.insert(
-                series=_series_id_for(arrival.header), **_instance_fields(arrival, staged)
+                series=series_id or _series_id_for(arrival.header),
+                **_instance_fields(arrival, staged),
             )
             published = storage.publish(staged, arrival.path, durable=False)
     except BaseException as exc:

@@ -191,6 +191,9 @@ class _Receiver:
         self.dul = dul
         self.store = store
         self.disabled = False
+        # Fixed once the association is established; pynetdicom looks them up item by item.
+        self._syntaxes: dict[int, str] = {}
+        self._peer_maximum: int | None = None
         self._reset()
 
     def _reset(self) -> None:
@@ -302,7 +305,11 @@ class _Receiver:
         self.dataset = None  # the store function closes it
         self._reset()
         assoc = self.dul.assoc
-        context = assoc._accepted_cx[context_id]
+        syntax = self._syntaxes.get(context_id)
+        if syntax is None:
+            syntax = self._syntaxes[context_id] = str(
+                assoc._accepted_cx[context_id].transfer_syntax[0]
+            )
         timer = self.dul._idle_timer
         # A large instance may take longer to store than the network timeout allows between
         # PDUs; the peer is waiting for us, not idle.
@@ -312,7 +319,7 @@ class _Receiver:
             status = self.store(
                 assoc,
                 received=dataset,
-                transfer_syntax_uid=str(context.transfer_syntax[0]),
+                transfer_syntax_uid=syntax,
                 sop_class_uid=_uid(request[0x0002]),
                 sop_instance_uid=_uid(request[0x1000]),
             )
@@ -324,7 +331,9 @@ class _Receiver:
             message_id=request[0x0110],
             status=status,
         )
-        self.dul.socket.send(p_data(context_id, response, assoc.requestor.maximum_length))
+        if self._peer_maximum is None:
+            self._peer_maximum = assoc.requestor.maximum_length
+        self.dul.socket.send(p_data(context_id, response, self._peer_maximum))
 
 
 def _items(body: memoryview) -> list[tuple[memoryview, int, int, memoryview]]:
