@@ -9,6 +9,7 @@ file always keeps the complete value.
 from typing import Any
 
 from django.db import connections, models
+from django.utils import timezone
 
 UI = 64
 LO = 64
@@ -108,7 +109,12 @@ class InstanceManager(models.Manager["Instance"]):
         sql, fields = self._insert_sql(tuple(values))
         connection = connections[using]
         params = [
-            value if type(value) in _PLAIN_TYPES else field.get_db_prep_save(value, connection)
+            value
+            if type(value) in _PLAIN_TYPES
+            # An aware datetime for a DateTimeField: what its conversion ends in, directly.
+            else connection.ops.adapt_datetimefield_value(value)
+            if type(field) is models.DateTimeField and timezone.is_aware(value)
+            else field.get_db_prep_save(value, connection)
             for field, value in zip(fields, values.values(), strict=True)
         ]
         with connection.cursor() as cursor:

@@ -17,7 +17,7 @@ from archive.exceptions import StorageFailure
 from archive.services import IngestSettings
 from archive.storage import Storage
 from pacsproject.database import use_sqlite_index
-from receiver import fastpath, handlers, pdu_guard, reactor, spool, workers
+from receiver import contexts, fastpath, handlers, pdu_guard, reactor, spool, workers
 from receiver.config import ReceiverConfig
 from receiver.live import LiveStatus
 from receiver.scp import build_ae, tls_context
@@ -112,6 +112,7 @@ def start(config: ReceiverConfig, ingest: IngestSettings) -> RunningServer:
     pdu_guard.install()
     reactor.install(on_exit=handlers.association_ended)
     fastpath.install(on_thread_exit=handlers.close_database)
+    contexts.install()
     ssl_context = _check_tls(config)
     live.start()  # before the first association, which records the process it runs in
     try:

@@ -21,7 +21,7 @@ from typing import Any
 from django.db import connections
 
 from archive.services import IngestSettings
-from receiver import fastpath, handlers, pdu_guard, reactor, spool
+from receiver import contexts, fastpath, handlers, pdu_guard, reactor, spool
 from receiver.config import ReceiverConfig
 from receiver.limits import AssociationSlots
 from receiver.live import LiveStatus
@@ -45,6 +45,7 @@ def _worker(
     pdu_guard.install()
     reactor.install(on_exit=handlers.association_ended)
     fastpath.install(on_thread_exit=handlers.close_database)
+    contexts.install()
     ssl_context = tls_context(config)
     # A server object to run associations with; it listens on nothing we use.
     server = ae.make_server(("127.0.0.1", 0), evt_handlers=event_handlers)

@@ -241,3 +241,18 @@ def test_response_encodes_as_pynetdicom_encodes_it():
     )
     assert ours[6:10] == struct.pack(">L", len(theirs) + 1)  # item length: context ID + data
     assert ours[11:] == theirs
+
+
+def test_negotiation_leaves_the_ae_contexts_as_configured(scp):
+    def snapshot():
+        return [
+            (cx.abstract_syntax, list(cx.transfer_syntax), cx.context_id, cx.result)
+            for cx in scp.ae.supported_contexts
+        ]
+
+    before = snapshot()
+    assert _store_and_release(scp.port) == 0x0000
+    assoc = _associate(scp.port)  # MR and Verification too, each negotiated to one syntax
+    assoc.release()
+    assert snapshot() == before
+    assert all(context_id is None and result is None for _, _, context_id, result in before)
