@@ -144,18 +144,20 @@ def _fresh_postgres(url: str, name: str) -> str:
 def start_ours(work: Path) -> Server:
     port = free_port()
     store, index = work / "store", work / "index.db"
-    env = {**os.environ, "LOG_LEVEL": "WARNING"}
+    env = {**os.environ, "LOG_LEVEL": os.environ.get("BENCH_LOG_LEVEL", "WARNING")}
     where = ["--index-db", str(index)]
     database_url = None
     if OURS_DATABASE_URL:
         database_url = env["DATABASE_URL"] = _fresh_postgres(OURS_DATABASE_URL, "pacs_bench")
         where = []
-    process = subprocess.Popen(
-        [PYTHON, str(ROOT / "manage.py"), "runscp", str(port), "BENCH", "--bind", "127.0.0.1",
-         "--storage-dir", str(store), *where, "--max-associations", "16",
-         "--workers", str(OURS_WORKERS)],
-        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+    # Warnings and errors stay in the run's directory, for a run that went wrong.
+    with (work / "server.log").open("wb") as log:
+        process = subprocess.Popen(
+            [PYTHON, str(ROOT / "manage.py"), "runscp", str(port), "BENCH", "--bind", "127.0.0.1",
+             "--storage-dir", str(store), *where, "--max-associations", "16",
+             "--workers", str(OURS_WORKERS)],
+            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=log,
+        )  # fmt: skip
     wait_port(port, process)
     return Server("ours", process, port, "BENCH", store, index, database_url)
 

@@ -110,8 +110,16 @@ class Senders:
                 ds = instance(i, self.rows, uids)
                 ds.file_meta = FileMetaDataset()
                 ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+                started = time.monotonic()
                 status = assoc.send_c_store(ds)
                 ok = status.get("Status") == 0x0000
+                if not ok:
+                    print(
+                        f"C-STORE {ds.SOPInstanceUID} by SOAK{number:02d}: status "
+                        f"{status.get('Status', 'none')} after {time.monotonic() - started:.3f} s, "
+                        f"association {'established' if assoc.is_established else 'ended'}",
+                        flush=True,
+                    )
                 with self._lock:
                     self.sent += ok
                     self.failed += not ok
