@@ -12,6 +12,7 @@ during the soak, memory must not climb. Exit status 1 when any of that fails.
 """
 
 import argparse
+import logging
 import os
 import statistics
 import sys
@@ -159,6 +160,9 @@ def main() -> int:
     parser.add_argument("--interval", type=float, default=2.0)
     parser.add_argument("--out", type=Path, help="work directory (default: a temporary one)")
     args = parser.parse_args()
+    # The senders' own warnings (pynetdicom's "unexpected ... message", DIMSE timeouts) explain
+    # a C-STORE that got no success.
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
 
     work = args.out or Path(tempfile.mkdtemp(prefix="soak-"))
     work.mkdir(parents=True, exist_ok=True)
