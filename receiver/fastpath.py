@@ -133,8 +133,11 @@ def _pdu_read(dul: Any, store: Store) -> None:
     receiver = dul.__dict__.get("_receiver_fastpath")
     if receiver is None:
         receiver = dul.__dict__["_receiver_fastpath"] = _Receiver(dul, store)
-    if pdu_type != P_DATA_TF or receiver.disabled:
+    if pdu_type != P_DATA_TF:
         receiver.interrupt()  # a release or abort ends a message in progress
+        _forward(dul, header + body)
+        return
+    if receiver.disabled:
         _forward(dul, header + body)
         return
     try:
@@ -203,6 +206,7 @@ class _Receiver:
         self.serving = False  # collecting the dataset of a C-STORE served here
         self.passing = False  # forwarding the dataset of a message pynetdicom serves
         self.request: dict[int, bytes] = {}
+        self.uids = ("", "")  # SOP class and instance of the C-STORE served here
         self.dataset: spool.SpoolBuffer | None = None
 
     def interrupt(self) -> None:
@@ -262,25 +266,26 @@ class _Receiver:
         if last:
             self._command_judge(forward)
 
-    def _give_up(self, item: memoryview, forward: list[memoryview]) -> None:
+    def _give_up(self, item: memoryview | None, forward: list[memoryview]) -> None:
         """Something out of the ordinary: pynetdicom serves the rest of this association."""
         forward.extend(self.held)
-        forward.append(item)
+        if item is not None:
+            forward.append(item)
         self.held = []
         self.disabled = True
 
     def _command_judge(self, forward: list[memoryview]) -> None:
         request = command_parse(self.command)
         if request is None:
-            forward.extend(self.held)
-            self.held = []
-            self.disabled = True
+            self._give_up(None, forward)
             return
         expects_dataset = _unsigned(request, 0x0800) != NO_DATASET
-        if expects_dataset and self._ours(request):
+        uids = self._ours(request) if expects_dataset else None
+        if uids is not None:
             self.held = []
             self.serving = True
             self.request = request
+            self.uids = uids
             self.dataset = spool.new_buffer()
             return
         forward.extend(self.held)
@@ -290,17 +295,21 @@ class _Receiver:
         else:
             self._reset()
 
-    def _ours(self, request: dict[int, bytes]) -> bool:
+    def _ours(self, request: dict[int, bytes]) -> tuple[str, str] | None:
+        """The SOP class and instance UIDs of a C-STORE-RQ served here; None for the others."""
         if _unsigned(request, 0x0100) != C_STORE_RQ or _unsigned(request, 0x0110) is None:
-            return False
+            return None
         sop_class, sop_instance = _uid(request.get(0x0002)), _uid(request.get(0x1000))
         if not sop_class or not sop_instance:
-            return False
+            return None
         context = self.dul.assoc._accepted_cx.get(self.context_id)
-        return context is not None and context.abstract_syntax == sop_class
+        if context is None or context.abstract_syntax != sop_class:
+            return None
+        return sop_class, sop_instance
 
     def _serve(self) -> None:
         request, dataset, context_id = self.request, self.dataset, self.context_id
+        sop_class_uid, sop_instance_uid = self.uids
         assert dataset is not None and context_id is not None
         self.dataset = None  # the store function closes it
         self._reset()
@@ -320,8 +329,8 @@ class _Receiver:
                 assoc,
                 received=dataset,
                 transfer_syntax_uid=syntax,
-                sop_class_uid=_uid(request[0x0002]),
-                sop_instance_uid=_uid(request[0x1000]),
+                sop_class_uid=sop_class_uid,
+                sop_instance_uid=sop_instance_uid,
             )
         finally:
             timer.restart()

@@ -97,7 +97,7 @@ def install(directory: Callable[[], Path], threshold: int = SPOOL_THRESHOLD) -> 
     def _get(self: Any) -> Any:
         buffer = self.__dict__.get("_spool")
         if buffer is None:
-            buffer = self.__dict__["_spool"] = SpoolBuffer(threshold, directory)
+            buffer = self.__dict__["_spool"] = new_buffer()
         return buffer
 
     def _set(self: Any, value: Any) -> None:
