@@ -20,6 +20,7 @@ import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from archive.exceptions import StorageFailure
 
@@ -260,6 +261,24 @@ class Storage:
             pass
         except OSError as exc:
             logger.error("Could not remove %s: %s", relative, exc.strerror)
+
+    def open(self, relative: str) -> BinaryIO:
+        """Open a stored file for reading, as a binary stream the caller closes.
+
+        Every reader of stored instances (downloads, previews, retrieval, verification) goes
+        through here rather than building paths, so that another backend can serve them.
+        Raises FileNotFoundError for a missing file and StorageFailure for a path outside the
+        storage directory.
+        """
+        return open(self.resolve(relative), "rb")
+
+    def size(self, relative: str) -> int:
+        """The size in bytes of a stored file; FileNotFoundError when it is missing."""
+        return os.stat(self.resolve(relative)).st_size
+
+    def exists(self, relative: str) -> bool:
+        """Whether a stored file is present."""
+        return os.path.isfile(self.resolve(relative))
 
     def resolve(self, relative: str) -> Path:
         """The absolute path of `relative`, refusing anything that leaves the storage directory."""
