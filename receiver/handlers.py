@@ -29,7 +29,7 @@ from receiver.config import ReceiverConfig
 from receiver.limits import AssociationSlots
 from receiver.live import LiveStatus
 from receiver.models import AssociationLog
-from receiver.spool import SpoolBuffer
+from receiver.transport.spool import SpoolBuffer
 
 logger = logging.getLogger(__name__)
 
@@ -168,7 +168,7 @@ def handle_requested(
 
 
 def handle_store(event: Event, ingest: IngestSettings) -> int:
-    """EVT_C_STORE: the C-STOREs that receiver.fastpath passed on to pynetdicom."""
+    """EVT_C_STORE: the C-STOREs that receiver.transport.fastpath passed on to pynetdicom."""
     request = event.request
     return dataset_store(
         event.assoc,
@@ -196,7 +196,7 @@ def dataset_store(
     is unreadable or lacks valid UIDs, 0x0111 for a rejected duplicate. Closes `received`.
     """
     size = received.seek(0, io.SEEK_END)
-    # Large datasets were spooled to disk as they arrived (receiver.spool).
+    # Large datasets were spooled to disk as they arrived (receiver.transport.spool).
     dataset = received.payload() if isinstance(received, SpoolBuffer) else received.getvalue()
     requestor = assoc.requestor
     tally = tally_of(assoc)

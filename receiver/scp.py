@@ -16,11 +16,12 @@ from pynetdicom.sop_class import Verification
 
 from archive.part10 import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from archive.services import IngestSettings
-from receiver import fastpath, handlers
+from receiver import handlers, transport
 from receiver.config import ReceiverConfig
 from receiver.limits import AssociationSlots
 from receiver.live import LiveStatus
 from receiver.sop_classes import storage_sop_classes
+from receiver.transport import fastpath
 
 # pynetdicom logs each PDU and DIMSE message; we log one line per association instead.
 _config.LOG_HANDLER_LEVEL = "none"
@@ -62,6 +63,12 @@ def build_ae(
     live: LiveStatus | None = None,
 ) -> tuple[AE, list]:
     """Return the configured AE and the event handlers to start its server with."""
+    # The one place the pynetdicom reach-ins are applied, for one process and for workers.
+    transport.install(
+        spool_directory=lambda: ingest.storage.incoming,
+        on_association_exit=handlers.association_ended,
+        on_thread_exit=handlers.close_database,
+    )
     ae = AE(ae_title=config.ae_title)
     ae.implementation_class_uid = IMPLEMENTATION_CLASS_UID
     ae.implementation_version_name = IMPLEMENTATION_VERSION_NAME
@@ -82,8 +89,8 @@ def build_ae(
     for sop_class in storage_sop_classes():
         ae.add_supported_context(sop_class, syntaxes)
 
-    # C-STOREs are served on the connection's own thread (receiver.fastpath); the EVT_C_STORE
-    # handler serves the few it passes on to pynetdicom.
+    # C-STOREs are served on the connection's own thread (receiver.transport.fastpath); the
+    # EVT_C_STORE handler serves the few it passes on to pynetdicom.
     fastpath.enable(ae, functools.partial(handlers.dataset_store, ingest=ingest))
     event_handlers = [
         (evt.EVT_REQUESTED, handlers.handle_requested, [config, slots, live]),

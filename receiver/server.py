@@ -17,7 +17,7 @@ from archive.exceptions import StorageFailure
 from archive.services import IngestSettings
 from archive.storage import Storage
 from pacsproject.database import use_sqlite_index
-from receiver import contexts, fastpath, handlers, pdu_guard, reactor, spool, workers
+from receiver import transport, workers
 from receiver.config import ReceiverConfig
 from receiver.live import LiveStatus
 from receiver.scp import build_ae, tls_context
@@ -54,6 +54,10 @@ class RunningServer:
 
 def prepare(config: ReceiverConfig) -> IngestSettings:
     """Choose the database, bring its schema up to date and make the storage ready."""
+    try:
+        transport.version_check()
+    except transport.UnsupportedPynetdicom as exc:
+        raise StartupError(str(exc)) from None
     try:
         use_sqlite_index(config.index_db, wal_mode=config.wal_mode, synchronous=config.synchronous)
     except OSError as exc:
@@ -108,11 +112,6 @@ def start(config: ReceiverConfig, ingest: IngestSettings) -> RunningServer:
     ThreadedAssociationServer.request_queue_size = LISTEN_BACKLOG
     live = LiveStatus(ae_title=config.ae_title, port=config.port, role="single process")
     ae, event_handlers = build_ae(config, ingest, live=live)
-    spool.install(lambda: ingest.storage.incoming)
-    pdu_guard.install()
-    reactor.install(on_exit=handlers.association_ended)
-    fastpath.install(on_thread_exit=handlers.close_database)
-    contexts.install()
     ssl_context = _check_tls(config)
     live.start()  # before the first association, which records the process it runs in
     try:

@@ -2,7 +2,7 @@
 
 The parent owns the listening socket and hands each accepted connection to the next worker in
 turn over a Unix socket (SCM_RIGHTS). Round robin spreads the load evenly, where SO_REUSEPORT's
-hash on loopback sent whole benchmarks to one process (PERFORMANCE-NOTES.md). Each worker runs
+hash on loopback sent whole benchmarks to one process (docs/performance.md). Each worker runs
 its own pynetdicom AE with the same handlers; the association limit is shared through a counter
 in shared memory. SIGTERM to the parent stops accepting and passes the signal on; each worker
 finishes its associations within the grace period and exits; the parent exits 0 when all have.
@@ -21,7 +21,6 @@ from typing import Any
 from django.db import connections
 
 from archive.services import IngestSettings
-from receiver import contexts, fastpath, handlers, pdu_guard, reactor, spool
 from receiver.config import ReceiverConfig
 from receiver.limits import AssociationSlots
 from receiver.live import LiveStatus
@@ -41,11 +40,6 @@ def _worker(
     slots = AssociationSlots(config.max_associations, shared=counts, cell=cell)
     live = LiveStatus(ae_title=config.ae_title, port=config.port, role=f"worker {cell + 1}")
     ae, event_handlers = build_ae(config, ingest, slots=slots, live=live)
-    spool.install(lambda: ingest.storage.incoming)
-    pdu_guard.install()
-    reactor.install(on_exit=handlers.association_ended)
-    fastpath.install(on_thread_exit=handlers.close_database)
-    contexts.install()
     ssl_context = tls_context(config)
     # A server object to run associations with; it listens on nothing we use.
     server = ae.make_server(("127.0.0.1", 0), evt_handlers=event_handlers)

@@ -1,6 +1,6 @@
-"""C-STOREs served on the connection's own thread (receiver.fastpath), over real associations:
-PDVs fragmented and grouped every way PS3.8 allows, messages it hands to pynetdicom, and peers
-that break the framing."""
+"""C-STOREs served on the connection's own thread (receiver.transport.fastpath), over real
+associations: PDVs fragmented and grouped every way PS3.8 allows, messages it hands to
+pynetdicom, and peers that break the framing."""
 
 import struct
 import time
@@ -14,7 +14,7 @@ from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.sop_class import CTImageStorage, MRImageStorage, Verification
 
 from archive.models import Instance
-from receiver import fastpath
+from receiver.transport import fastpath
 from tests.conftest import sample_file, staging_files, stored_files
 from tests.peers import _store_request, dataset_bytes, eventually, scu
 

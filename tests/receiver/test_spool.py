@@ -4,7 +4,7 @@ import pytest
 from pynetdicom import dimse_messages
 
 from archive.models import Instance
-from receiver import spool
+from receiver.transport import spool
 from tests.conftest import sample_file, staging_files
 from tests.peers import dataset_bytes, send_files
 

@@ -3,15 +3,15 @@
 pynetdicom runs each association as two threads that poll: the DUL thread sleeps 1 ms whenever
 it found nothing to do, and the association reactor sleeps 1 ms on every turn. Each C-STORE
 crosses both loops twice (request in, response out), so a single association spends most of
-its time asleep (PERFORMANCE-NOTES.md: replacing the polling doubled pynetdicom's own rate).
+its time asleep (docs/performance.md: replacing the polling doubled pynetdicom's own rate).
 
-Here the DUL thread waits in select() on its socket and on a wake-up pipe that is written
+Here the DUL thread waits in poll() on its socket and on a wake-up pipe that is written
 whenever a primitive is queued for sending or the thread is told to stop; the association
 reactor waits on an Event set whenever the DUL thread has processed an event. Both waits have a
 timeout, so timers and anything we did not foresee still run at least every IDLE_WAIT.
 
 This reaches into pynetdicom (the `time` module its loops call, and four methods we wrap); the
-whole test suite runs through it, and it is installed by `receiver.server.start`.
+whole test suite runs through it, and it is installed by `receiver.transport.install`.
 """
 
 import contextlib
@@ -26,8 +26,10 @@ from typing import Any
 from pynetdicom import association as _association
 from pynetdicom import dul as _dul
 from pynetdicom import fsm as _fsm
+from pynetdicom import transport as _transport
 
 IDLE_WAIT = 0.05
+_READABLE = select.POLLIN | select.POLLPRI
 _REACTOR_SLEEP = 0.001  # the association reactor's per-turn sleep in pynetdicom 3.0
 
 logger = logging.getLogger(__name__)
@@ -69,14 +71,45 @@ def _dul_idle(dul: Any, seconds: float) -> None:
     wake_read = _wake_pipe(dul)[0]
     if not dul.to_provider_queue.empty():
         return
+    # poll, not select: select() cannot watch a descriptor numbered 1024 or more, which a
+    # connection flood gives the next honest association.
     try:
-        ready, _, _ = select.select([raw, wake_read], [], [], IDLE_WAIT)
+        poller = select.poll()
+        poller.register(raw.fileno(), _READABLE)
+        poller.register(wake_read.fileno(), _READABLE)
+        ready = poller.poll(IDLE_WAIT * 1000)
     except (OSError, ValueError):
         return  # the socket closed under us; the loop notices
-    if wake_read in ready:
+    if any(fd == wake_read.fileno() for fd, _ in ready):
         with contextlib.suppress(OSError):
             while wake_read.recv(4096):
                 pass
+
+
+def _socket_ready(self: Any) -> bool:
+    """`AssociationSocket.ready` with poll() instead of select(): is there data (or an end of
+    file) to read? Queues Evt17 when the socket is closed, as pynetdicom's does."""
+    sock = self.socket
+    if sock is None or self._is_connected is False:
+        return False
+    try:
+        fd = sock.fileno()
+        if fd < 0:
+            raise OSError("socket closed")
+        poller = select.poll()
+        poller.register(fd, _READABLE)
+        events = poller.poll(0)
+    except (OSError, ValueError):
+        self.event_queue.put("Evt17")  # transport connection closed
+        return False
+    if events and events[0][1] & select.POLLNVAL:
+        self.event_queue.put("Evt17")
+        return False
+    if events:
+        return True
+    # TLS may hold decrypted data that poll() cannot see (pynetdicom #528).
+    pending = getattr(sock, "pending", None)
+    return bool(pending is not None and pending())
 
 
 class _DulTime:
@@ -187,6 +220,7 @@ def install(on_exit: Callable[[Any], None] | None = None) -> None:
                 pipe[0].close()
                 pipe[1].close()
 
+    _transport.AssociationSocket.ready = property(_socket_ready)  # type: ignore[assignment]
     _association.Association._run_reactor = _run_reactor
     _fsm.StateMachine.do_action = _do_action
     _dul.DULServiceProvider.send_pdu = _send_pdu

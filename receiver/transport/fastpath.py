@@ -8,7 +8,7 @@ instance (bench/run.py, py-spy: about 2.5 ms of 4). Here, once an association is
 the reading (DUL) thread looks at each PDV itself:
 
 - a C-STORE-RQ on an accepted presentation context whose abstract syntax is the request's SOP
-  class has its dataset collected (receiver.spool: in memory, or in a file once large), is
+  class has its dataset collected (receiver.transport.spool: in memory, or in a file once large), is
   stored by the store function given to `enable`, and is answered at once with a C-STORE-RSP
   encoded here (PS3.7 9.3.1.2, command set in implicit VR little endian, E.1);
 - every other message (C-ECHO, a C-STORE on another context, a command we cannot read) goes to
@@ -31,8 +31,8 @@ from typing import Any, Protocol
 
 from pynetdicom import dul as _dul
 
-from receiver import spool
-from receiver.pdu_guard import pdu_check
+from receiver.transport import spool
+from receiver.transport.pdu_guard import pdu_check
 
 logger = logging.getLogger(__name__)
 

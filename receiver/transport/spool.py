@@ -83,9 +83,9 @@ _settings: tuple[int, Callable[[], Path]] | None = None
 
 
 def new_buffer() -> SpoolBuffer:
-    """A buffer for one received dataset, as configured by `install` (receiver.fastpath)."""
+    """A buffer for one received dataset (receiver.transport.fastpath), as `install` set up."""
     if _settings is None:
-        raise RuntimeError("receiver.spool.install() has not been called")
+        raise RuntimeError("receiver.transport.install() has not been called")
     return SpoolBuffer(*_settings)
 
 

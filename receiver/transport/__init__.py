@@ -1,0 +1,105 @@
+"""Everything that reaches into pynetdicom's private internals, applied by one `install()`.
+
+pynetdicom 3.0.4 is fast enough to be correct, not to beat Orthanc: it polls in 1 ms sleeps,
+hands every message through three threads and deep-copies thousands of UID objects per
+association. The modules of this package change that from outside, and this is the complete
+list of what they touch (docs/performance.md has the measurements, docs/upstream/ the changes
+worth proposing to pynetdicom so that some of this can go):
+
+Each entry: the target in pynetdicom 3.0.4, how it is touched, by which module, why, and what
+it was measured to bring.
+
+1. `dul.DULServiceProvider._read_pdu_data`, replaced while one of our associations is in Sta6
+   (fastpath): C-STORE-RQs served on the reading thread, no queue hand-offs, no pydicom encoding
+   of the response. About 2.5 of 4 ms per 12 KB instance.
+2. `dul.DULServiceProvider.run_reactor`, wrapped twice (fastpath, reactor): clean-up in the DUL
+   thread as it ends (database connection, wake-up socket pair). Resources, not speed.
+3. `dul.time`, replaced by a stand-in (reactor): the DUL thread's 1 ms idle sleep becomes a wait
+   on its socket and a wake-up socket pair. With 4: pynetdicom's discard-only rate went from
+   ~360/s to 700-900/s.
+4. `association.time`, replaced by a stand-in (reactor): the association reactor's per-turn
+   `time.sleep(0.001)` becomes a wait on an Event. See 3.
+5. `association.Association._run_reactor`, wrapped (reactor): creates that Event and runs our
+   end-of-association hook however the association ends (pynetdicom has no event for a
+   connection that simply drops).
+6. `fsm.StateMachine.do_action`, wrapped (reactor): wakes the reactor after each event, and
+   drops the connection on `InvalidEventError` where pynetdicom would leave a dead DUL thread
+   and an open socket (found by tests/receiver/test_fuzz.py).
+7. `dul.DULServiceProvider.send_pdu`, `kill_dul`, `stop_dul`, wrapped (reactor): wake the DUL
+   thread when there is something to send or it must stop. See 3.
+8. `transport.AssociationSocket.recv`, wrapped (pdu_guard): a PDU whose 6-byte header announces
+   more than we advertised is refused before its body is read. Memory bounded by max_pdu.
+9. `transport.AssociationSocket.ready`, replaced (reactor): `poll` instead of `select.select`,
+   which cannot watch a descriptor numbered 1024 or more (a connection flood pushes honest
+   associations there).
+10. `transport.deepcopy`, replaced for lists of presentation contexts only (contexts): shallow
+    copies, UIDs being immutable. About 80 ms of CPU per association.
+11. `dimse_messages._MESSAGE_TYPES[0x0001]`, replaced (spool): a C-STORE-RQ's dataset goes to a
+    SpoolBuffer that moves to a file when large. A 1 GB instance no longer costs 1 GB of memory.
+
+Attributes we keep in pynetdicom's objects (through `__dict__`, so that a property or slot of
+the same name in a later version cannot be shadowed silently): `AE._receiver_store`,
+`DULServiceProvider._receiver_fastpath`, `DULServiceProvider._receiver_pipe`,
+`Association._receiver_wake`, `AssociationSocket._pdu_body_next`, `DIMSEMessage._spool`.
+Private attributes we read: `DULServiceProvider._idle_timer`, `_decode_pdu`, `_recv_pdu`,
+`_kill_thread`, `event_queue`, `to_provider_queue`, `Association._accepted_cx`.
+
+Each target's shape (signature, the literal sleep value, the 6-byte header read, ...) is
+checked by tests/receiver/test_transport_contract.py, so that an upgrade fails there and not
+in production; `install()` refuses any pynetdicom version other than the one tested.
+"""
+
+from collections.abc import Callable
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+from receiver.transport import contexts, fastpath, pdu_guard, reactor, spool
+
+SUPPORTED_PYNETDICOM = "3.0.4"
+
+
+class UnsupportedPynetdicom(RuntimeError):
+    """The installed pynetdicom is not the version this package was tested against."""
+
+
+def pynetdicom_version() -> str:
+    try:
+        return version("pynetdicom")
+    except PackageNotFoundError:  # pragma: no cover - pynetdicom is a requirement
+        return "not installed"
+
+
+def version_check() -> None:
+    """Raise UnsupportedPynetdicom (one line naming both versions) unless the installed
+    pynetdicom is the one every reach-in above was tested with."""
+    installed = pynetdicom_version()
+    if installed != SUPPORTED_PYNETDICOM:
+        raise UnsupportedPynetdicom(
+            f"pynetdicom {installed} is installed, but receiver.transport supports "
+            f"pynetdicom {SUPPORTED_PYNETDICOM} only (pin it, or re-run "
+            "tests/receiver/test_transport_contract.py and update the package)"
+        )
+
+
+def install(
+    *,
+    spool_directory: Callable[[], Path],
+    on_association_exit: Callable[[Any], None],
+    on_thread_exit: Callable[[], None],
+) -> None:
+    """Apply every reach-in, in a fixed order (idempotent; later calls only update the spool
+    directory).
+
+    `spool_directory()` is where large datasets are spooled; `on_association_exit(assoc)` runs
+    in each association's thread when it ends, however it ends; `on_thread_exit()` runs in
+    each DUL thread as it ends (the store function may have opened resources there).
+    """
+    version_check()
+    # The spool first: the fast path asks it for buffers. The guard and the blocking waits
+    # wrap methods the fast path's replacement then calls or relies on.
+    spool.install(spool_directory)
+    pdu_guard.install()
+    reactor.install(on_exit=on_association_exit)
+    fastpath.install(on_thread_exit=on_thread_exit)
+    contexts.install()

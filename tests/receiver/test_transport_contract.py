@@ -1,0 +1,217 @@
+"""What receiver.transport relies on in pynetdicom, checked against the installed version.
+
+Each reach-in listed in receiver/transport/__init__.py assumes something about pynetdicom's
+private code: a method's signature, a literal sleep, a 6-byte header read, a module-level
+name. An upgrade that changes one of them must fail here, in one file, rather than run subtly
+slower or wrong in production. The source is read with `ast` (what pynetdicom ships, not what
+we patched in memory); the installed objects are checked once install() has run.
+"""
+
+import ast
+import copy
+import inspect
+from pathlib import Path
+
+import pytest
+from pynetdicom import association, dimse_messages, dul, fsm, transport
+from pynetdicom.presentation import PresentationContext
+
+from receiver import transport as ours
+from receiver.transport import reactor, spool
+
+
+def _module(module) -> ast.Module:
+    return ast.parse(Path(inspect.getsourcefile(module)).read_text())
+
+
+def _class(module, name: str) -> ast.ClassDef:
+    for node in _module(module).body:
+        if isinstance(node, ast.ClassDef) and node.name == name:
+            return node
+    raise AssertionError(f"pynetdicom.{module.__name__} has no class {name}")
+
+
+def _method(module, class_name: str, name: str) -> ast.FunctionDef:
+    for node in _class(module, class_name).body:
+        if isinstance(node, ast.FunctionDef) and node.name == name:
+            return node
+    raise AssertionError(f"{class_name}.{name} is gone from pynetdicom.{module.__name__}")
+
+
+def _arguments(function: ast.FunctionDef) -> list[str]:
+    return [a.arg for a in function.args.args]
+
+
+def _calls(node: ast.AST) -> list[str]:
+    """Every call in `node` as source text, e.g. 'self.socket.recv(6)'."""
+    return [ast.unparse(n) for n in ast.walk(node) if isinstance(n, ast.Call)]
+
+
+def _assigned_attributes(function: ast.FunctionDef) -> set[str]:
+    names = set()
+    for node in ast.walk(function):
+        targets = []
+        if isinstance(node, ast.Assign):
+            targets = node.targets
+        elif isinstance(node, ast.AnnAssign):
+            targets = [node.target]
+        for target in targets:
+            if isinstance(target, ast.Attribute):
+                names.add(target.attr)
+    return names
+
+
+def test_installed_pynetdicom_is_the_supported_version():
+    assert ours.pynetdicom_version() == ours.SUPPORTED_PYNETDICOM
+    ours.version_check()
+
+
+def test_another_pynetdicom_version_is_refused_with_one_line_naming_both(monkeypatch):
+    monkeypatch.setattr(ours, "pynetdicom_version", lambda: "3.1.0")
+    with pytest.raises(ours.UnsupportedPynetdicom) as raised:
+        ours.version_check()
+    message = str(raised.value)
+    assert "\n" not in message
+    assert "pynetdicom 3.1.0 is installed" in message
+    assert f"supports pynetdicom {ours.SUPPORTED_PYNETDICOM} only" in message
+
+
+# 1, 8: the fast path reads PDUs as pynetdicom does; the guard checks the 6-byte header read.
+def test_dul_reads_a_pdu_as_a_six_byte_header_then_its_body():
+    method = _method(dul, "DULServiceProvider", "_read_pdu_data")
+    assert _arguments(method) == ["self"]
+    calls = _calls(method)
+    assert "self.socket.recv(6)" in calls
+    assert "self.socket.recv(pdu_length)" in calls
+    assert "self.event_queue.put('Evt17')" in calls
+    # Our replacement feeds the same queues pynetdicom's reader feeds after decoding.
+    decode = _method(dul, "DULServiceProvider", "_decode_pdu")
+    assert _arguments(decode) == ["self", "bytestream"]
+
+
+def test_dul_keeps_the_private_state_the_fast_path_and_waits_use():
+    init = _method(dul, "DULServiceProvider", "__init__")
+    attributes = _assigned_attributes(init)
+    for name in (
+        "_recv_pdu",
+        "_idle_timer",
+        "_kill_thread",
+        "_run_loop_delay",
+        "event_queue",
+        "to_provider_queue",
+        "state_machine",
+        "artim_timer",
+    ):
+        assert name in attributes, f"DULServiceProvider no longer sets {name}"
+    delay = next(
+        n
+        for n in ast.walk(init)
+        if isinstance(n, ast.Assign) and ast.unparse(n.targets[0]) == "self._run_loop_delay"
+    )
+    assert ast.literal_eval(delay.value) == 0.001
+
+
+# 2, 3, 7: the DUL loop sleeps through the module-level `time`; the methods we wrap.
+def test_dul_loop_sleeps_through_the_time_module_we_replace():
+    run = _method(dul, "DULServiceProvider", "run_reactor")
+    assert _arguments(run) == ["self"]
+    assert "time.sleep(self._run_loop_delay)" in _calls(run)
+    assert "self._is_transport_event()" in _calls(run)
+    assert "self.state_machine.do_action(event)" in _calls(run)
+    imports = [n for n in _module(dul).body if isinstance(n, ast.Import)]
+    assert any(alias.name == "time" and alias.asname is None for n in imports for alias in n.names)
+    assert _arguments(_method(dul, "DULServiceProvider", "send_pdu")) == ["self", "primitive"]
+    assert "self.to_provider_queue.put(primitive)" in _calls(
+        _method(dul, "DULServiceProvider", "send_pdu")
+    )
+    assert _arguments(_method(dul, "DULServiceProvider", "kill_dul")) == ["self"]
+    stop = _method(dul, "DULServiceProvider", "stop_dul")
+    assert _arguments(stop) == ["self"]
+    assert "time.sleep(self._run_loop_delay)" in _calls(stop)
+
+
+# 4, 5: the association reactor's literal 1 ms sleep, through the module-level `time`.
+def test_association_reactor_sleeps_one_millisecond_per_turn():
+    run = _method(association, "Association", "_run_reactor")
+    assert _arguments(run) == ["self"]
+    sleeps = [c for c in _calls(run) if c.startswith("time.sleep(")]
+    assert sleeps == [f"time.sleep({reactor._REACTOR_SLEEP})"]
+    imports = [n for n in _module(association).body if isinstance(n, ast.Import)]
+    assert any(a.name == "time" and a.asname is None for n in imports for a in n.names)
+    assert "_accepted_cx" in _assigned_attributes(_method(association, "Association", "__init__"))
+
+
+# 6
+def test_state_machine_action_and_its_error():
+    method = _method(fsm, "StateMachine", "do_action")
+    assert _arguments(method) == ["self", "event"]
+    assert "InvalidEventError(msg)" in _calls(method)
+    assert issubclass(fsm.InvalidEventError, Exception)
+
+
+# 8, 9: the socket wrapper's read and readiness test.
+def test_association_socket_recv_and_ready():
+    assert _arguments(_method(transport, "AssociationSocket", "recv")) == ["self", "nr_bytes"]
+    ready = _method(transport, "AssociationSocket", "ready")
+    assert [ast.unparse(d) for d in ready.decorator_list] == ["property"]
+    assert "select.select([self.socket], [], [], 0)" in _calls(ready)
+    assert "self.event_queue.put('Evt17')" in _calls(ready)
+    init = _method(transport, "AssociationSocket", "__init__")
+    assert {"socket", "_is_connected"} <= _assigned_attributes(init)
+
+
+# 10: the per-association copy of the AE's contexts.
+def test_acceptor_contexts_are_copied_with_the_module_level_deepcopy():
+    module = _module(transport)
+    imports = [n for n in module.body if isinstance(n, ast.ImportFrom) and n.module == "copy"]
+    assert any(a.name == "deepcopy" for n in imports for a in n.names)
+    create = _method(transport, "RequestHandler", "_create_association")
+    assert "deepcopy(self.server.contexts)" in _calls(create)
+    context = PresentationContext()
+    context.abstract_syntax = "1.2.840.10008.1.1"
+    context.add_transfer_syntax("1.2.840.10008.1.2")
+    assert isinstance(context._transfer_syntax, list)
+    clone = ours.contexts.contexts_copy([context])[0]
+    assert clone is not context and clone._transfer_syntax is not context._transfer_syntax
+    assert clone.transfer_syntax == copy.deepcopy(context).transfer_syntax
+
+
+# 11: incoming messages are typed through _MESSAGE_TYPES, and the dataset written to data_set.
+def test_incoming_messages_are_typed_through_the_message_table():
+    decode = _method(dimse_messages, "DIMSEMessage", "decode_msg")
+    source = ast.unparse(decode)
+    assert "self.__class__ = _MESSAGE_TYPES[cast(int, self.command_set.CommandField)][1]" in source
+    assert "cast(BytesIO, self.data_set).write(data[1:])" in source
+    table = next(
+        n
+        for n in _module(dimse_messages).body
+        if isinstance(n, ast.Assign) and ast.unparse(n.targets[0]) == "_MESSAGE_TYPES"
+    )
+    keys, values = _dict(table.value)
+    entries = {ast.literal_eval(k): ast.unparse(v) for k, v in zip(keys, values, strict=True)}
+    assert entries[0x0001] == "('C-STORE-RQ', C_STORE_RQ)"
+
+
+def _dict(node: ast.AST) -> tuple[list, list]:
+    assert isinstance(node, ast.Dict)
+    return node.keys, node.values
+
+
+def test_install_applies_every_reach_in(scp):
+    """After the receiver started (install() ran): each target is ours."""
+    assert getattr(dul.DULServiceProvider._read_pdu_data, "fastpath", False)
+    assert getattr(transport.AssociationSocket.recv, "pdu_guard", False)
+    assert transport.AssociationSocket.ready.fget is reactor._socket_ready
+    assert type(dul.time).__name__ == "_DulTime"
+    assert type(association.time).__name__ == "_AssociationTime"
+    assert transport.deepcopy is ours.contexts.contexts_copy
+    assert dimse_messages._MESSAGE_TYPES[0x0001][1].__module__ == spool.__name__
+    for target in (
+        association.Association._run_reactor,
+        fsm.StateMachine.do_action,
+        dul.DULServiceProvider.send_pdu,
+        dul.DULServiceProvider.kill_dul,
+        dul.DULServiceProvider.stop_dul,
+        dul.DULServiceProvider.run_reactor,
+    ):
+        assert target.__module__.startswith("receiver.transport."), target
