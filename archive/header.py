@@ -25,6 +25,7 @@ from pydicom.filereader import read_dataset
 from pydicom.tag import BaseTag, Tag
 from pydicom.uid import RE_VALID_UID, UID
 
+from archive import dicom_bytes
 from archive.exceptions import DatasetUnreadable
 
 _KEYWORDS = (
@@ -230,21 +231,19 @@ def _integer(text: str) -> int | None:
     return number if -(2**31) <= number < 2**31 else None
 
 
-# Explicit VRs whose length field is 4 bytes after 2 reserved ones (PS3.5 7.1.2).
-_LONG_VRS = frozenset(
-    (b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV")
-)
+_LONG_VRS = dicom_bytes.LONG_VRS
 _WANTED = {int(Tag(keyword)): keyword for keyword in _KEYWORDS}
 # Python codecs of the character sets decoded here; others (ISO 2022 escapes, GB18030, ...)
 # are left to pydicom. pydicom reads the default repertoire as ISO 8859-1 too.
 _CODECS = {"": "latin-1", "ISO_IR 6": "latin-1", "ISO_IR 100": "latin-1", "ISO_IR 192": "utf-8"}
 _PERSON_NAMES = frozenset(("PatientName", "ReferringPhysicianName"))
-_UNDEFINED = 0xFFFFFFFF
-_ITEM, _ITEM_END, _SEQUENCE_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
-_HEAD = struct.Struct("<HHL")
-_TAG = struct.Struct("<HH")
-_SHORT = struct.Struct("<H")
-_LONG = struct.Struct("<L")
+_UNDEFINED = dicom_bytes.UNDEFINED_LENGTH
+_ITEM, _ITEM_END, _SEQUENCE_END = dicom_bytes.ITEM, dicom_bytes.ITEM_END, dicom_bytes.SEQUENCE_END
+# Bound once: the scan below runs per element.
+_HEAD = dicom_bytes.ELEMENT_IMPLICIT
+_TAG = dicom_bytes.TAG
+_SHORT = dicom_bytes.UINT16
+_LONG = dicom_bytes.UINT32
 
 
 class _Unscannable(Exception):

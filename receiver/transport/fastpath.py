@@ -25,27 +25,27 @@ against the pinned version.
 """
 
 import logging
-import struct
 from collections.abc import Callable
 from typing import Any, Protocol
 
 from pynetdicom import dul as _dul
 
+from archive import dicom_bytes
 from receiver.transport import spool
 from receiver.transport.pdu_guard import pdu_check
 
 logger = logging.getLogger(__name__)
 
-P_DATA_TF = 0x04
-_PDU_TYPES = frozenset(range(0x01, 0x08))
+P_DATA_TF = dicom_bytes.P_DATA_TF
+_PDU_TYPES = dicom_bytes.PDU_TYPES
 C_STORE_RQ = 0x0001
 C_STORE_RSP = 0x8001
 NO_DATASET = 0x0101
-_COMMAND_FRAGMENT, _LAST_FRAGMENT = 0x01, 0x02
+_COMMAND_FRAGMENT, _LAST_FRAGMENT = dicom_bytes.PDV_COMMAND, dicom_bytes.PDV_LAST
 
-_ELEMENT = struct.Struct("<HHL")
-_ITEM = struct.Struct(">LBB")
-_PDU = struct.Struct(">BBL")
+_ELEMENT = dicom_bytes.ELEMENT_IMPLICIT
+_ITEM = dicom_bytes.PDV_ITEM_HEADER
+_PDU = dicom_bytes.PDU_HEADER
 
 
 class Store(Protocol):
@@ -385,14 +385,11 @@ def _unsigned(elements: dict[int, bytes], element: int) -> int | None:
     return int.from_bytes(value, "little") if value is not None and len(value) == 2 else None
 
 
-def _uid(value: bytes | None) -> str:
-    return value.rstrip(b"\0 ").decode("ascii", "replace") if value else ""
+_uid = dicom_bytes.uid_decode
 
 
 def _element(element: int, value: bytes) -> bytes:
-    if len(value) % 2:
-        value += b"\0"  # UIDs are padded to even length with NUL (PS3.5 9.1)
-    return _ELEMENT.pack(0, element, len(value)) + value
+    return dicom_bytes.implicit_element(0x0000, element, value)
 
 
 def store_response(

@@ -9,19 +9,19 @@ provider, invalid PDU parameter value) and the connection is closed.
 
 import contextlib
 import logging
-import struct
 from typing import Any
 
 from pynetdicom.transport import AssociationSocket
 
+from archive.dicom_bytes import P_DATA_TF, PDU_HEADER, a_abort
+
 logger = logging.getLogger(__name__)
 
-P_DATA_TF = 0x04
 # A-ASSOCIATE-RQ/AC with 128 presentation contexts and a user identity token are a few tens
 # of kilobytes; release and abort PDUs are 10 bytes.
 OTHER_PDU_LIMIT = 2**20
 # A-ABORT, source 2 (service provider), reason 6 (invalid PDU parameter value): PS3.8 9.3.8.
-_A_ABORT = struct.pack(">BBLBBBB", 0x07, 0, 4, 0, 0, 0x02, 0x06)
+_A_ABORT = a_abort(source=0x02, reason=0x06)
 
 
 class PDUTooLong(OSError):
@@ -40,7 +40,7 @@ def install() -> None:
         if self.__dict__.pop("_pdu_body_next", False) or nr_bytes != 6 or len(data) != 6:
             return data
         self._pdu_body_next = True
-        pdu_type, _, length = struct.unpack(">BBL", data)
+        pdu_type, _, length = PDU_HEADER.unpack(data)
         pdu_check(self, pdu_type, length)
         return data
 
