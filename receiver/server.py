@@ -8,6 +8,8 @@ import ssl
 import threading
 from dataclasses import dataclass
 
+from django.conf import settings
+from django.core import checks
 from django.core.management import call_command
 from django.db import DatabaseError, connections
 from pynetdicom import AE
@@ -17,7 +19,8 @@ from archive.exceptions import StorageFailure
 from archive.services import IngestSettings
 from archive.storage import Storage
 from pacsproject.database import use_sqlite_index
-from receiver import transport, workers
+from receiver import workers
+from receiver.checks import checking
 from receiver.config import ReceiverConfig
 from receiver.live import LiveStatus
 from receiver.scp import build_ae, tls_context
@@ -53,15 +56,13 @@ class RunningServer:
 
 
 def prepare(config: ReceiverConfig) -> IngestSettings:
-    """Choose the database, bring its schema up to date and make the storage ready."""
-    try:
-        transport.version_check()
-    except transport.UnsupportedPynetdicom as exc:
-        raise StartupError(str(exc)) from None
+    """Choose the database, run the system checks, bring the schema up to date and make the
+    storage ready."""
     try:
         use_sqlite_index(config.index_db, wal_mode=config.wal_mode, synchronous=config.synchronous)
     except OSError as exc:
         raise StartupError(f"cannot create the index directory: {exc.strerror}") from None
+    system_check(config)
     ingest = ingest_settings(config)
     try:
         ingest.storage.prepare()
@@ -74,6 +75,26 @@ def prepare(config: ReceiverConfig) -> IngestSettings:
     finally:
         connections.close_all()
     return ingest
+
+
+def system_check(config: ReceiverConfig) -> None:
+    """Run Django's system checks and ours (receiver.checks) against this configuration and
+    the chosen database: warnings are logged, errors stop the start in one line."""
+    with checking(config):
+        try:
+            messages = checks.run_checks(databases=list(settings.DATABASES))
+        finally:
+            connections.close_all()
+    errors = []
+    for message in messages:
+        if message.is_silenced():
+            continue
+        if message.is_serious():
+            errors.append(f"{message.msg} ({message.id})")
+        else:
+            logger.warning("System check %s: %s", message.id, message.msg)
+    if errors:
+        raise StartupError("; ".join(errors))
 
 
 def ingest_settings(config: ReceiverConfig) -> IngestSettings:

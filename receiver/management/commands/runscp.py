@@ -37,7 +37,8 @@ _SWITCHES = ["require_called_ae_title", "require_known_ae", "tls_require_client_
 
 class Command(BaseCommand):
     help = "Run the DICOM Storage SCP: receive instances, store them and index them."
-    # Checks run after --index-db has chosen the database (see server.run).
+    # Django's and the receiver's checks run once --index-db has chosen the database and the
+    # configuration is known (receiver.server.prepare).
     requires_system_checks: list[str] = []
 
     def add_arguments(self, parser: CommandParser) -> None:
