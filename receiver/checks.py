@@ -62,7 +62,7 @@ def storage_writable_check(app_configs: Any = None, **kwargs: Any) -> list[check
     if existing is None or not existing.is_dir():
         return [
             checks.Error(
-                f"storage.directory {directory}: {existing} is not a directory",
+                f"cannot write to storage directory {directory}: {existing} is not a directory",
                 id="receiver.E002",
             )
         ]
@@ -72,7 +72,7 @@ def storage_writable_check(app_configs: Any = None, **kwargs: Any) -> list[check
     except OSError as exc:
         return [
             checks.Error(
-                f"storage.directory {directory} is not writable: {exc.strerror or exc}",
+                f"cannot write to storage directory {directory}: {exc.strerror or exc}",
                 hint="give the receiver's user write access, or choose --storage-dir",
                 id="receiver.E003",
             )

@@ -33,7 +33,7 @@ def test_storage_under_a_file_stops_the_start_with_one_line(tmp_path):
         free_port(), "X", "--storage-dir", blocker / "received", "--index-db", tmp_path / "i.db"
     )
     assert output.count("\n") == 0
-    assert "storage.directory" in output and "(receiver.E002)" in output
+    assert "cannot write to storage directory" in output and "(receiver.E002)" in output
 
 
 def test_unusable_tls_files_stop_the_start(tmp_path):
