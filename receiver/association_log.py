@@ -3,8 +3,10 @@ association: the log is for people, the images are what matter."""
 
 import logging
 import os
+from collections import Counter
+from datetime import UTC, datetime
 
-from django.db import DatabaseError
+from django.db import DatabaseError, connection
 from django.utils import timezone
 
 from receiver.models import AssociationLog
@@ -40,6 +42,33 @@ def association_log_open(
         logger.error("Association log not written: %s", exc)
         return None
     return row.pk
+
+
+def connections_dropped_record(
+    *, counts: dict[str, int], hosts: Counter[str], since: float, receiver_id: int | None = None
+) -> None:
+    """Record connections dropped before association (receiver.transport.lobby) as one row:
+    counts by reason in `failures`, the address that lost most as the peer."""
+    busiest = hosts.most_common(1)[0][0] if hosts else ""
+    others = len(hosts) - 1
+    summary = ", ".join(f"{reason}: {n}" for reason, n in counts.items())
+    try:
+        AssociationLog.objects.create(
+            started_at=datetime.fromtimestamp(since, tz=UTC),
+            ended_at=timezone.now(),
+            peer_address=(f"{busiest} and {others} more" if others > 0 else busiest)[:64],
+            outcome=AssociationLog.DROPPED,
+            reason=f"{sum(counts.values())} connections dropped before association ({summary})"[
+                :255
+            ],
+            failures=counts,
+            process_id=os.getpid(),
+            receiver_id=receiver_id,
+        )
+    except DatabaseError as exc:
+        logger.error("Association log not written: %s", exc)
+    finally:
+        connection.close()  # written from the lobby's thread, rarely: no connection kept
 
 
 def association_log_close(

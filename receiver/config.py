@@ -44,6 +44,10 @@ DEFAULTS: dict[str, Any] = {
     "dimse_timeout": 60.0,
     "network_timeout": 60.0,
     "shutdown_grace": 30.0,
+    # Connections that have not sent their A-ASSOCIATE-RQ (receiver.transport.lobby).
+    "first_pdu_timeout": 10.0,
+    "max_waiting_per_address": 50,
+    "max_waiting_connections": 1000,
     "tls_certificate": None,
     "tls_private_key": None,
     "tls_ca_certificates": None,
@@ -69,6 +73,9 @@ FILE_SCHEMA: dict[str, dict[str, tuple[str, str]]] = {
         "max_pdu": ("max_pdu", "int"),
         "require_called_ae_title": ("require_called_ae_title", "bool"),
         "shutdown_grace": ("shutdown_grace", "number"),
+        "first_pdu_timeout": ("first_pdu_timeout", "number"),
+        "max_waiting_per_address": ("max_waiting_per_address", "int"),
+        "max_waiting_connections": ("max_waiting_connections", "int"),
     },
     "storage": {
         "directory": ("storage_dir", "path"),
@@ -155,6 +162,9 @@ class ReceiverConfig:
     dimse_timeout: float
     network_timeout: float
     shutdown_grace: float
+    first_pdu_timeout: float
+    max_waiting_per_address: int
+    max_waiting_connections: int
     tls_certificate: Path | None
     tls_private_key: Path | None
     tls_ca_certificates: Path | None
@@ -381,7 +391,16 @@ def resolve(command_line: dict[str, Any], config_file: Path | None = None) -> Re
         raise fail("max_pdu", "must be 0 (unlimited) or between 4096 and 4294967295")
     if merged["min_free_mb"] < 0:
         raise fail("min_free_mb", "must not be negative")
-    for key in ("acse_timeout", "dimse_timeout", "network_timeout", "shutdown_grace"):
+    for key in ("max_waiting_per_address", "max_waiting_connections"):
+        if merged[key] < 1:
+            raise fail(key, "must be at least 1")
+    for key in (
+        "acse_timeout",
+        "dimse_timeout",
+        "network_timeout",
+        "shutdown_grace",
+        "first_pdu_timeout",
+    ):
         if merged[key] <= 0:
             raise fail(key, "must be a positive number of seconds")
     if merged["accepted_sop_classes"] is not None:

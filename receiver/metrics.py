@@ -14,6 +14,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 
 from archive.models import Instance
 from receiver.models import AssociationLog, ReceiverProcess
+from receiver.transport.lobby import DROP_REASONS
 
 
 class ArchiveCollector:
@@ -40,7 +41,11 @@ class ArchiveCollector:
         )
 
         failures: Counter[str] = Counter()
-        for row in AssociationLog.objects.exclude(failures={}).values_list("failures", flat=True):
+        for row in (
+            AssociationLog.objects.exclude(failures={})
+            .exclude(outcome=AssociationLog.DROPPED)
+            .values_list("failures", flat=True)
+        ):
             failures.update(row)
         failed = CounterMetricFamily(
             "dicom_store_failures",
@@ -60,8 +65,24 @@ class ArchiveCollector:
             .values_list("outcome", "n")
         )
         for outcome, _ in AssociationLog.OUTCOMES:
-            by_outcome.add_metric([outcome], counts.get(outcome, 0))
+            if outcome != AssociationLog.DROPPED:
+                by_outcome.add_metric([outcome], counts.get(outcome, 0))
         yield by_outcome
+
+        dropped: Counter[str] = Counter()
+        for row in AssociationLog.objects.filter(outcome=AssociationLog.DROPPED).values_list(
+            "failures", flat=True
+        ):
+            dropped.update(row)
+        drops = CounterMetricFamily(
+            "dicom_connections_dropped",
+            "Connections closed before their association request: first PDU timeout, "
+            "per-address or total limit of waiting connections, descriptor limit, TLS failure.",
+            labels=["reason"],
+        )
+        for reason in DROP_REASONS:
+            drops.add_metric([reason], dropped.get(reason, 0))
+        yield drops
 
         alive = list(ReceiverProcess.objects.alive(now).values_list("pk", flat=True))
         yield GaugeMetricFamily(

@@ -134,7 +134,10 @@ class AssociationLog(models.Model):
     RELEASED = "released"
     ABORTED = "aborted"
     TIMED_OUT = "timed out"
-    OUTCOMES = [(o, o) for o in (ACCEPTED, REJECTED, RELEASED, ABORTED, TIMED_OUT)]
+    # Not one association: connections closed before their A-ASSOCIATE-RQ arrived (timeouts,
+    # limits), summed over a few seconds, with counts by reason in `failures`.
+    DROPPED = "dropped"
+    OUTCOMES = [(o, o) for o in (ACCEPTED, REJECTED, RELEASED, ABORTED, TIMED_OUT, DROPPED)]
 
     started_at = models.DateTimeField()
     ended_at = models.DateTimeField(null=True, blank=True)
@@ -146,7 +149,8 @@ class AssociationLog(models.Model):
     reason = models.CharField(max_length=255, blank=True)
     instances_stored = models.PositiveIntegerField(default=0)
     duplicates = models.PositiveIntegerField(default=0)
-    # {"0xA700": 2, ...}: failure statuses and how often each was answered.
+    # {"0xA700": 2, ...}: failure statuses and how often each was answered; for DROPPED rows,
+    # {"first PDU timeout": 9, ...}: connections dropped by reason.
     failures = models.JSONField(default=dict, blank=True)
     bytes_received = models.BigIntegerField(default=0)
     process_id = models.PositiveIntegerField(null=True)

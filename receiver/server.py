@@ -22,8 +22,10 @@ from pacsproject.database import use_sqlite_index
 from receiver import workers
 from receiver.checks import checking
 from receiver.config import ReceiverConfig
+from receiver.connections import lobby_build
 from receiver.live import LiveStatus
 from receiver.scp import build_ae, tls_context
+from receiver.transport.lobby import Lobby, descriptor_limit_raise
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +40,7 @@ class RunningServer:
     server: ThreadedAssociationServer
     config: ReceiverConfig
     live: LiveStatus
+    lobby: Lobby
     stopped: bool = False
 
     @property
@@ -49,7 +52,8 @@ class RunningServer:
         if self.stopped:
             return
         self.stopped = True
-        self.server.shutdown()
+        self.lobby.stop()  # no new associations; connections still waiting are closed
+        self.server.server_close()
         workers.drain(self.ae, self.config.shutdown_grace if grace is None else grace)
         self.ae.shutdown()
         self.live.stop()
@@ -124,28 +128,40 @@ def _check_tls(config: ReceiverConfig) -> ssl.SSLContext | None:
 
 
 # socketserver's default backlog of 5 drops connections when modalities connect in a burst;
-# they then fail instead of being rejected cleanly over DICOM.
-LISTEN_BACKLOG = 128
+# they then fail instead of being rejected cleanly over DICOM. Under a connection flood the
+# lobby (receiver.transport.lobby) accepts thousands a second, but a pause of a few
+# milliseconds (a collection, a busy core) would fill a queue of 128, and an honest sender's
+# SYN, dropped, is retried only a second later. The kernel caps it at net.core.somaxconn.
+LISTEN_BACKLOG = 4096
 
 
 def start(config: ReceiverConfig, ingest: IngestSettings) -> RunningServer:
-    """Open the listening socket and serve associations in background threads."""
+    """Open the listening socket and serve associations in background threads.
+
+    Connections are accepted by a lobby (receiver.transport.lobby), which holds them in one
+    thread until their A-ASSOCIATE-RQ is complete (and does the TLS handshake), then hands them
+    to pynetdicom's server, which starts the association's threads.
+    """
+    descriptor_limit_raise()
     ThreadedAssociationServer.request_queue_size = LISTEN_BACKLOG
     live = LiveStatus(ae_title=config.ae_title, port=config.port, role="single process")
     ae, event_handlers = build_ae(config, ingest, live=live)
     ssl_context = _check_tls(config)
     live.start()  # before the first association, which records the process it runs in
     try:
-        server = ae.start_server(
+        # Not in ae._servers and never serve_forever()'d: the lobby accepts (TLS included).
+        server = ae.make_server(
             (config.bind, config.port),
-            block=False,
             evt_handlers=event_handlers,
-            ssl_context=ssl_context,
+            server_class=ThreadedAssociationServer,
         )
     except OSError as exc:
         live.stop()
         raise _cannot_listen(config, exc) from None
-    return RunningServer(ae=ae, server=server, config=config, live=live)
+    lobby = lobby_build(config, deliver=server.process_request, tls=ssl_context)
+    lobby.listen(server.socket)
+    lobby.start(name=f"lobby:{config.port}")
+    return RunningServer(ae=ae, server=server, config=config, live=live, lobby=lobby)
 
 
 def listen(config: ReceiverConfig) -> socket.socket:
@@ -172,6 +188,7 @@ def run(config: ReceiverConfig) -> None:
 
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
+    descriptor_limit_raise()
     if config.workers > 1:
         _check_tls(config)
         listener = listen(config)

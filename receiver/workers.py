@@ -16,15 +16,18 @@ import signal
 import socket
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from django.db import connections
 
 from archive.services import IngestSettings
 from receiver.config import ReceiverConfig
+from receiver.connections import lobby_build
 from receiver.limits import AssociationSlots
 from receiver.live import LiveStatus
 from receiver.scp import build_ae, tls_context
+from receiver.transport.lobby import Lobby
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +47,12 @@ def _worker(
     # A server object to run associations with; it listens on nothing we use.
     server = ae.make_server(("127.0.0.1", 0), evt_handlers=event_handlers)
     server.socket.close()
+    # The parent hands over plain connections once their A-ASSOCIATE-RQ is complete; TLS ones
+    # once their first byte arrived: their handshakes are done here, in a lobby of our own.
+    lobby = None
+    if ssl_context is not None:
+        lobby = lobby_build(config, deliver=server.process_request, tls=ssl_context)
+        lobby.start(name="lobby:tls")
     live.start()
     channel.settimeout(0.5)
     while not stopping.is_set():
@@ -58,16 +67,15 @@ def _worker(
         connection = socket.socket(fileno=fds[0])
         try:
             address = connection.getpeername()
-            if ssl_context is not None:
-                # A silent client must not hold this worker's hand-over loop for long.
-                connection.settimeout(config.acse_timeout)
-                connection = ssl_context.wrap_socket(connection, server_side=True)
-                connection.settimeout(None)
-        except OSError as exc:
-            logger.warning("Dropped a connection before association: %s", exc)
-            connection.close()
+        except OSError:
+            connection.close()  # gone while being handed over
             continue
-        server.process_request(connection, address)
+        if lobby is not None:
+            lobby.add(connection, address)
+        else:
+            server.process_request(connection, address)
+    if lobby is not None:
+        lobby.stop()
     drain(ae, config.shutdown_grace)
     live.stop()
     os._exit(0)
@@ -104,8 +112,10 @@ class WorkerPool:
         ingest: IngestSettings,
         count: int,
         inherited: list[socket.socket],
+        after_fork: Callable[[], None] | None = None,
     ) -> None:
         self.inherited = inherited  # the parent's sockets, closed in each worker
+        self.after_fork = after_fork  # closes the rest of what a worker must not keep open
         self.config = config
         self.ingest = ingest
         self.count = count
@@ -123,6 +133,8 @@ class WorkerPool:
             parent_end.close()
             for inherited in self.inherited:
                 inherited.close()
+            if self.after_fork is not None:
+                self.after_fork()
             try:
                 _worker(self.config, self.ingest, child_end, self.counts, slot)
             finally:
@@ -201,24 +213,41 @@ def serve(
     count: int,
     stop: threading.Event,
 ) -> None:
-    """Hand the connections `listener` accepts to `count` workers until `stop` is set."""
-    pool = WorkerPool(config, ingest, count, inherited=[listener])
+    """Hand the connections `listener` accepts to `count` workers until `stop` is set.
+
+    The parent's lobby (receiver.transport.lobby) holds each connection until its
+    A-ASSOCIATE-RQ is complete (with TLS: until its first byte), so that idle and slow
+    connections cost the workers nothing.
+    """
+    lobby: Lobby | None = None
+
+    def after_fork() -> None:
+        if lobby is not None:  # a worker started again: not the waiting connections' keeper
+            lobby.close_in_child()
+
+    pool = WorkerPool(config, ingest, count, inherited=[listener], after_fork=after_fork)
     pool.start()
-    listener.settimeout(0.5)
+    last_reap = 0.0
+
+    def deliver(connection: socket.socket, address: Any) -> None:
+        with connection:
+            pool.hand_over(connection)
+
+    def tick() -> None:
+        nonlocal last_reap
+        if stop.is_set():
+            assert lobby is not None
+            lobby.stop()
+        elif time.monotonic() - last_reap >= 0.5:
+            last_reap = time.monotonic()
+            pool.reap()
+
+    lobby = lobby_build(
+        config, deliver=deliver, tls=None, complete_pdu=not config.tls, on_tick=tick
+    )
+    lobby.listen(listener)
     try:
-        while not stop.is_set():
-            try:
-                connection, _ = listener.accept()
-            except TimeoutError:
-                pool.reap()
-                continue
-            except OSError as exc:
-                if stop.is_set():
-                    break
-                logger.warning("accept failed: %s", exc)
-                continue
-            with connection:
-                pool.hand_over(connection)
+        lobby.serve()
     finally:
         listener.close()
         pool.stop()

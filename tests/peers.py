@@ -43,15 +43,21 @@ def scu(ae_title: str = "TEST_SCU") -> AE:
 
 
 def send_files(
-    port: int, paths: Iterable[Path], called: str = "TEST_SCP", calling: str = "TEST_SCU"
+    port: int,
+    paths: Iterable[Path],
+    called: str = "TEST_SCP",
+    calling: str = "TEST_SCU",
+    source: str | None = None,
 ) -> list[int]:
-    """Send each file over one association, each in its own transfer syntax; return statuses."""
+    """Send each file over one association, each in its own transfer syntax; return statuses.
+    `source`: the local address to connect from (another loopback address than a flood's)."""
     paths = list(paths)
     ae = scu(calling)
     for path in paths:
         meta = dcmread(path, stop_before_pixels=True)
         ae.add_requested_context(meta.SOPClassUID, [transfer_syntax(path)])
-    assoc = ae.associate("127.0.0.1", port, ae_title=called)
+    bind = (source, 0) if source else None
+    assoc = ae.associate("127.0.0.1", port, ae_title=called, bind_address=bind)
     assert assoc.is_established, "association was not accepted"
     try:
         statuses = []
