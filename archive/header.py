@@ -57,6 +57,10 @@ _LAST_GROUP = 0x0020
 _VALID_UID = re.compile(RE_VALID_UID)
 # How much of a large dataset is read for its header: groups up to 0x0020 never need more.
 HEADER_PREFIX = 16 * 2**20
+# The longest instance, series or study UID the index keeps (archive.models.UID_KEPT): PS3.5
+# allows 64 characters, but real senders and anonymisers exceed it.
+UID_KEPT = 255
+_IDENTIFYING_UIDS = ("SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")
 
 
 @dataclass(frozen=True)
@@ -83,6 +87,9 @@ class InstanceHeader:
     series_description: str = ""
     body_part_examined: str = ""
     instance_number: int | None = None
+    # Which of the identifying UIDs break PS3.5 9.1 (letters, leading zeros, too long, ...):
+    # kept verbatim unless storage.strict_uids refuses them.
+    nonconforming_uids: tuple[str, ...] = ()
 
 
 def _stop_after_index_groups(tag: BaseTag, vr: str | None, length: int) -> bool:
@@ -96,11 +103,15 @@ def _syntax(transfer_syntax_uid: str) -> tuple[bool, bool, bool]:
     return syntax.is_deflated, syntax.is_implicit_VR, syntax.is_little_endian
 
 
-def header_read(dataset_bytes: bytes, transfer_syntax_uid: str) -> InstanceHeader:
+def header_read(
+    dataset_bytes: bytes, transfer_syntax_uid: str, *, strict_uids: bool = False
+) -> InstanceHeader:
     """Parse the index attributes of an encoded dataset (no file meta group), or of its first
     HEADER_PREFIX bytes.
 
-    Raises DatasetUnreadable if the bytes cannot be parsed or a required UID is missing or invalid.
+    Raises DatasetUnreadable if the bytes cannot be parsed or a required UID is missing, or
+    unusable (control characters, longer than UID_KEPT); with `strict_uids`, also if one
+    breaks PS3.5's UID syntax (otherwise the header lists it in `nonconforming_uids`).
     """
     deflated, implicit, little = _syntax(transfer_syntax_uid)
     values = None
@@ -108,7 +119,7 @@ def header_read(dataset_bytes: bytes, transfer_syntax_uid: str) -> InstanceHeade
         values = header_scan(dataset_bytes, implicit=implicit)
     if values is None:
         values = _header_parse(dataset_bytes, deflated=deflated, implicit=implicit, little=little)
-    return _header(values)
+    return _header(values, strict_uids=strict_uids)
 
 
 def _header_parse(
@@ -136,13 +147,22 @@ def _header_parse(
     return values
 
 
-def _header(values: dict[str, str]) -> InstanceHeader:
-    for keyword in ("SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"):
+def _header(values: dict[str, str], *, strict_uids: bool) -> InstanceHeader:
+    nonconforming = []
+    for keyword in _IDENTIFYING_UIDS:
         uid = values[keyword]
         if not uid:
             raise DatasetUnreadable(f"{keyword} is missing")
-        if len(uid) > 64 or not _VALID_UID.match(uid):
+        if len(uid) <= 64 and _VALID_UID.match(uid):
+            continue
+        if strict_uids:
             raise DatasetUnreadable(f"{keyword} is not a valid UID: {uid[:80]!r}")
+        # What DCMTK's storescp and Orthanc store too, as long as the index can hold it.
+        if len(uid) > UID_KEPT:
+            raise DatasetUnreadable(f"{keyword} is longer than {UID_KEPT} characters")
+        if not uid.isprintable() or "\\" in uid:
+            raise DatasetUnreadable(f"{keyword} holds control characters or several values")
+        nonconforming.append(keyword)
 
     return InstanceHeader(
         sop_class_uid=values["SOPClassUID"],
@@ -165,6 +185,7 @@ def _header(values: dict[str, str]) -> InstanceHeader:
         series_description=values["SeriesDescription"],
         body_part_examined=values["BodyPartExamined"],
         instance_number=_integer(values["InstanceNumber"]),
+        nonconforming_uids=tuple(nonconforming),
     )
 
 

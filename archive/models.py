@@ -3,13 +3,17 @@
 Field sizes follow the DICOM value representations (PS3.5 6.2): UI 64, LO 64, SH 16, CS 16,
 AE 16, PN 64 per component group (three groups and two separators make 194). Values that break
 those limits are truncated by the ingest service before they reach the database; the stored
-file always keeps the complete value.
+file always keeps the complete value. The exception: study, series and SOP instance UIDs
+identify, so they are kept verbatim, and real senders exceed UI's 64 characters; they get
+UID_KEPT (255; storage.strict_uids refuses what breaks PS3.5 instead).
 """
 
 from typing import Any
 
 from django.db import connections, models
 from django.utils import timezone
+
+from archive.header import UID_KEPT
 
 UI = 64
 LO = 64
@@ -47,7 +51,7 @@ class Patient(models.Model):
 
 class Study(models.Model):
     patient = models.ForeignKey(Patient, on_delete=models.CASCADE, related_name="studies")
-    study_instance_uid = models.CharField("study instance UID", max_length=UI)
+    study_instance_uid = models.CharField("study instance UID", max_length=UID_KEPT)
     study_date = models.DateField(null=True, blank=True)
     study_time = models.TimeField(null=True, blank=True)
     accession_number = models.CharField(max_length=SH, blank=True)
@@ -75,7 +79,7 @@ class Study(models.Model):
 
 class Series(models.Model):
     study = models.ForeignKey(Study, on_delete=models.CASCADE, related_name="series")
-    series_instance_uid = models.CharField("series instance UID", max_length=UI)
+    series_instance_uid = models.CharField("series instance UID", max_length=UID_KEPT)
     modality = models.CharField(max_length=CS, blank=True)
     series_number = models.IntegerField(null=True, blank=True)
     description = models.CharField(max_length=LO, blank=True)
@@ -144,7 +148,7 @@ _PLAIN_TYPES = frozenset((str, int, type(None)))
 
 class Instance(models.Model):
     series = models.ForeignKey(Series, on_delete=models.CASCADE, related_name="instances")
-    sop_instance_uid = models.CharField("SOP instance UID", max_length=UI)
+    sop_instance_uid = models.CharField("SOP instance UID", max_length=UID_KEPT)
     sop_class_uid = models.CharField("SOP class UID", max_length=UI)
     instance_number = models.IntegerField(null=True, blank=True)
     transfer_syntax_uid = models.CharField("transfer syntax UID", max_length=UI)

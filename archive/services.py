@@ -7,6 +7,7 @@ two associations storing the same instance at once cannot both publish; if the c
 the published file is removed again. Store and index never disagree.
 """
 
+import dataclasses
 import datetime as dt
 import hashlib
 import itertools
@@ -41,6 +42,8 @@ class IngestSettings:
     storage: Storage
     naming: str = "hierarchical"
     duplicates: str = "keep"
+    # Refuse UIDs that break PS3.5 (0xC000) instead of storing them under safe names.
+    strict_uids: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "naming", naming_scheme(self.naming))
@@ -58,6 +61,8 @@ class StoreResult:
     outcome: Outcome
     instance_id: int
     path: str
+    # Stored although its instance, series or study UID breaks PS3.5 (see IngestSettings).
+    nonconforming_uids: bool = False
 
 
 def instance_store(
@@ -79,17 +84,52 @@ def instance_store(
     (SOP Class/Instance UID differs from the request's), StorageFailure (file not written),
     IndexFailure (index not committed; nothing left on disk) or DuplicateRejected.
     """
-    header = header_read(_prefix(dataset), transfer_syntax_uid)
+    header = header_read(_prefix(dataset), transfer_syntax_uid, strict_uids=settings.strict_uids)
     if header.sop_class_uid != sop_class_uid:
         raise DatasetMismatch(
             f"SOP Class UID {header.sop_class_uid!r} in the dataset, "
             f"{sop_class_uid!r} in the request"
         )
     if header.sop_instance_uid != sop_instance_uid:
-        raise DatasetMismatch(
-            f"SOP Instance UID {header.sop_instance_uid!r} in the dataset, "
-            f"{sop_instance_uid!r} in the request"
-        )
+        if not _cut_by_sender(header, sop_instance_uid):
+            raise DatasetMismatch(
+                f"SOP Instance UID {header.sop_instance_uid!r} in the dataset, "
+                f"{sop_instance_uid!r} in the request"
+            )
+        sop_instance_uid = header.sop_instance_uid  # the file and the index keep it whole
+    result = _instance_write(
+        header=header,
+        dataset=dataset,
+        transfer_syntax_uid=transfer_syntax_uid,
+        sop_class_uid=sop_class_uid,
+        sop_instance_uid=sop_instance_uid,
+        calling_ae_title=calling_ae_title,
+        remote_address=remote_address,
+        settings=settings,
+    )
+    if header.nonconforming_uids:
+        result = dataclasses.replace(result, nonconforming_uids=True)
+    return result
+
+
+def _cut_by_sender(header: InstanceHeader, requested_uid: str) -> bool:
+    """Whether the request's SOP Instance UID is the dataset's, cut to the 64 characters of
+    PS3.5 by the sender (DCMTK's storescu does so for an over-long UID it was given)."""
+    full = header.sop_instance_uid
+    return "SOPInstanceUID" in header.nonconforming_uids and full[:64] == requested_uid
+
+
+def _instance_write(
+    *,
+    header: InstanceHeader,
+    dataset: bytes | BinaryIO,
+    transfer_syntax_uid: str,
+    sop_class_uid: str,
+    sop_instance_uid: str,
+    calling_ae_title: str,
+    remote_address: str,
+    settings: IngestSettings,
+) -> StoreResult:
     received_at = timezone.now()
     arrival = _Arrival(
         header=header,

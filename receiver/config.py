@@ -30,6 +30,7 @@ DEFAULTS: dict[str, Any] = {
     "synchronous": "normal",
     "naming": "hierarchical",
     "duplicates": "keep",
+    "strict_uids": False,  # True: refuse UIDs that break PS3.5 (0xC000) instead of storing them
     "min_free_mb": 0.0,
     "max_associations": 10,
     "workers": 1,
@@ -81,6 +82,7 @@ FILE_SCHEMA: dict[str, dict[str, tuple[str, str]]] = {
         "directory": ("storage_dir", "path"),
         "naming": ("naming", "str"),
         "duplicates": ("duplicates", "str"),
+        "strict_uids": ("strict_uids", "bool"),
         "min_free_mb": ("min_free_mb", "number"),
     },
     "database": {
@@ -150,6 +152,7 @@ class ReceiverConfig:
     synchronous: str
     naming: str
     duplicates: str
+    strict_uids: bool
     min_free_mb: float
     max_associations: int
     workers: int

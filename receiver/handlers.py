@@ -54,6 +54,7 @@ class AssociationTally:
 
     stored: int = 0
     duplicates: int = 0
+    nonconforming_uids: int = 0  # instances stored with UIDs that break PS3.5
     failed: Counter[int] = field(default_factory=Counter)
     bytes_received: int = 0
     log_id: int | None = None
@@ -65,6 +66,14 @@ class AssociationTally:
 
     def close_log(self, outcome: str) -> None:
         log_id, self.log_id = self.log_id, None  # once only
+        if log_id is not None and self.nonconforming_uids:
+            logger.warning(
+                "Association from %s: %d instance(s) stored with UIDs that break PS3.5 "
+                "(kept verbatim in the index, under safe file names; storage.strict_uids "
+                "refuses them)",
+                self.peer,
+                self.nonconforming_uids,
+            )
         if self.live is not None and log_id is not None:
             self.live.untrack(log_id)
         association_log_close(
@@ -235,6 +244,7 @@ def dataset_store(
         tally.stored += 1
     else:
         tally.duplicates += 1
+    tally.nonconforming_uids += result.nonconforming_uids
     return SUCCESS
 
 

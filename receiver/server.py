@@ -104,7 +104,12 @@ def system_check(config: ReceiverConfig) -> None:
 def ingest_settings(config: ReceiverConfig) -> IngestSettings:
     """The archive's settings for this configuration."""
     storage = Storage(config.storage_dir, min_free_bytes=int(config.min_free_mb * 2**20))
-    return IngestSettings(storage=storage, naming=config.naming, duplicates=config.duplicates)
+    return IngestSettings(
+        storage=storage,
+        naming=config.naming,
+        duplicates=config.duplicates,
+        strict_uids=config.strict_uids,
+    )
 
 
 def _cannot_listen(config: ReceiverConfig, exc: OSError) -> StartupError:

@@ -82,8 +82,25 @@ def test_missing_required_uid_is_unreadable(missing):
 
 
 @pytest.mark.parametrize("uid", ["1.2.abc", "1.02.3", "1." + "2" * 70, "1..2"])
-def test_invalid_uid_is_unreadable(uid):
+def test_invalid_uid_is_unreadable_with_strict_uids(uid):
     with pytest.raises(DatasetUnreadable, match="not a valid UID"):
+        header_read(
+            _encode(_minimal(SeriesInstanceUID=uid)), ExplicitVRLittleEndian, strict_uids=True
+        )
+
+
+@pytest.mark.parametrize("uid", ["1.2.abc", "1.02.3", "1." + "2" * 70, "1..2"])
+def test_invalid_uid_is_kept_verbatim_and_flagged_by_default(uid):
+    header = header_read(_encode(_minimal(SeriesInstanceUID=uid)), ExplicitVRLittleEndian)
+    assert header.series_instance_uid == uid
+    assert header.nonconforming_uids == ("SeriesInstanceUID",)
+
+
+@pytest.mark.parametrize(
+    ("uid", "why"), [("1." + "2" * 300, "longer than 255"), ("1.2\\1.3", "several values")]
+)
+def test_uid_the_index_cannot_hold_is_unreadable_even_when_lenient(uid, why):
+    with pytest.raises(DatasetUnreadable, match=why):
         header_read(_encode(_minimal(SeriesInstanceUID=uid)), ExplicitVRLittleEndian)
 
 

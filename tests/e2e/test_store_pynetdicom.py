@@ -274,11 +274,19 @@ def test_dataset_without_required_uid_cannot_be_understood(scp, storage_dir, mis
     assert stored_files(storage_dir) == []
 
 
-def test_dataset_with_invalid_uid_cannot_be_understood(scp, storage_dir):
+def test_dataset_with_invalid_uid_cannot_be_understood_with_strict_uids(start_scp, storage_dir):
+    server = start_scp(strict_uids=True)
     ds = dcmread(sample_file("CT_small.dcm"))
     ds.StudyInstanceUID = "1.2.abc.4"
-    assert send_dataset(scp.port, ds) == 0xC000
+    assert send_dataset(server.port, ds) == 0xC000
     assert not Instance.objects.exists()
+
+
+def test_dataset_with_invalid_uid_is_stored_verbatim_by_default(scp, storage_dir):
+    ds = dcmread(sample_file("CT_small.dcm"))
+    ds.StudyInstanceUID = "1.2.abc.4"
+    assert send_dataset(scp.port, ds) == 0x0000
+    assert Instance.objects.get().series.study.study_instance_uid == "1.2.abc.4"
 
 
 def test_unparsable_dataset_cannot_be_understood(scp, storage_dir):

@@ -119,3 +119,10 @@ def test_runscp_with_bad_file_exits_non_zero_with_one_line(tmp_path):
     assert result.stderr.strip().splitlines() == [
         f"CommandError: {path}: unknown key server.ae_tittle (known: {known})"
     ]
+
+
+def test_strict_uids_is_off_by_default_and_set_by_file_or_command_line(tmp_path):
+    assert resolve({}).strict_uids is False
+    path = write(tmp_path, "storage: {strict_uids: true}\n")
+    assert resolve({}, path).strict_uids is True
+    assert resolve({"strict_uids": True}).sources["strict_uids"] == "command line"

@@ -32,7 +32,12 @@ _FIELDS = [
     "tls_ca_certificates",
 ]
 # On/off switches: given means on, absent means "not said here" (the file or default decides).
-_SWITCHES = ["require_called_ae_title", "require_known_ae", "tls_require_client_certificate"]
+_SWITCHES = [
+    "require_called_ae_title",
+    "require_known_ae",
+    "tls_require_client_certificate",
+    "strict_uids",
+]
 
 
 class Command(BaseCommand):
@@ -59,6 +64,12 @@ class Command(BaseCommand):
             choices=DUPLICATE_POLICIES,
             help="an instance received again with other content: keep the first copy, "
             "overwrite it, or reject the new one",
+        )
+        parser.add_argument(
+            "--strict-uids",
+            action="store_true",
+            default=None,
+            help="refuse (0xC000) instances whose UIDs break PS3.5 instead of storing them",
         )
         parser.add_argument(
             "--accept",
