@@ -7,12 +7,19 @@ Every run gets fresh directories; peers alternate within each repeat (the CPU sp
 kind of machine drifts), and medians are reported. Peers: ours (full index, durable writes),
 DCMTK storescp (files only), pynetdicom's storescp app (files only) and, when installed,
 Orthanc (SQLite index).
+
+The timed runs use quiet clients (storescu at WARN level): a client logging every C-STORE
+competes with the server for the same cores and pulls every ratio towards 1, where real
+senders do not share the server's CPU. The p50/p99 columns come from a separate, untimed run
+per peer with the clients at INFO level (`--latency-count` instances; 0 skips it).
+docs/performance.md describes the method.
 """
 
 import argparse
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import socket
@@ -266,8 +273,9 @@ def _latencies(log: str) -> list[float]:
     return result
 
 
-def send(server: Server, folders: list[Path], associations: int, log_config: Path) -> Result:
-    """storescu over `associations` parallel associations; all folders are sent once."""
+def send(server: Server, folders: list[Path], associations: int, log_config: Path | None) -> Result:
+    """storescu over `associations` parallel associations; all folders are sent once. With a
+    `log_config` the clients log every C-STORE (for latencies), else only warnings."""
     groups = [folders[i::associations] for i in range(associations)]
     files = [p for folder in folders for p in folder.iterdir()]
     megabytes = sum(p.stat().st_size for p in files) / 2**20
@@ -277,8 +285,7 @@ def send(server: Server, folders: list[Path], associations: int, log_config: Pat
         subprocess.Popen(
             [
                 "storescu",
-                "-lc",
-                str(log_config),
+                *(["-lc", str(log_config)] if log_config else ["-ll", "warn"]),
                 "-aec",
                 server.ae_title,
                 "+sd",
@@ -311,20 +318,26 @@ def send(server: Server, folders: list[Path], associations: int, log_config: Pat
     )
 
 
-def run_once(peer: str, corpus: list[Path], associations: int, base: Path) -> Result:
+def run_once(
+    peer: str, corpus: list[Path], associations: int, base: Path, *, latencies: bool = False
+) -> Result:
+    """One timed run with quiet clients, or (`latencies`) one with clients logging each
+    C-STORE, whose times are kept for the p50/p99 columns and its rate discarded."""
     work = Path(tempfile.mkdtemp(prefix=f"{peer}-", dir=base))
     server = PEERS[peer](work)
     try:
-        log_config = work / "log.cfg"
-        log_config.write_text(LOG_CONFIG)
+        log_config = None
+        if latencies:
+            log_config = work / "log.cfg"
+            log_config.write_text(LOG_CONFIG)
         return send(server, corpus, associations, log_config)
     finally:
         server.stop()
 
 
-def median_result(results: list[Result]) -> Result:
+def median_result(results: list[Result], latencies: list[float]) -> Result:
     best = sorted(results, key=lambda r: r.rate)[len(results) // 2]
-    best.latencies = [lat for r in results for lat in r.latencies]
+    best.latencies = latencies
     return best
 
 
@@ -387,6 +400,12 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=1, help="runscp --workers for ours")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "out")
     parser.add_argument(
+        "--latency-count",
+        type=int,
+        default=300,
+        help="instances of the separate run with logging clients that gives p50/p99 (0: none)",
+    )
+    parser.add_argument(
         "--database-url", help="index ours in this PostgreSQL server (postgres://...), not SQLite"
     )
     args = parser.parse_args()
@@ -414,10 +433,29 @@ def main() -> None:
                     f"stored {result.stored}/{result.instances}",
                     flush=True,
                 )
-    results = {key: median_result(values) for key, values in collected.items()}
+    # Latencies: a separate run, untimed, with storescu logging every C-STORE at INFO level.
+    latencies: dict[tuple[str, int], list[float]] = {}
+    if args.latency_count:
+        small = corpus_write(
+            min(args.latency_count, args.count),
+            args.rows,
+            base / "latency-corpus",
+            max(args.associations),
+        )
+        for associations in args.associations:
+            for peer in peers:
+                result = run_once(peer, small, associations, base, latencies=True)
+                latencies[(peer, associations)] = result.latencies
+        shutil.rmtree(base / "latency-corpus", ignore_errors=True)
+    results = {
+        key: median_result(values, latencies.get(key, [])) for key, values in collected.items()
+    }
     print()
-    print(f"{args.count} CT instances of {args.rows}×{args.rows}, 16 bit; medians of "
-          f"{args.repeat} run(s); storescu with TCP_NODELAY=1")  # fmt: skip
+    print(f"$ {shlex.join([Path(sys.executable).name, *sys.argv])}")
+    print(f"{os.cpu_count()} cores; {args.count} CT instances of {args.rows}×{args.rows}, "
+          f"16 bit; medians of {args.repeat} run(s); storescu with TCP_NODELAY=1, at WARN level "
+          f"for the rates; p50/p99 from a separate run of {min(args.latency_count, args.count)} "
+          "instances with storescu at INFO level")  # fmt: skip
     if skipped:
         print(f"not installed, skipped: {', '.join(skipped)}")
     print(table(results, peers, args.associations))

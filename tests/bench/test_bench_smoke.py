@@ -23,3 +23,8 @@ def test_benchmark_smoke_run_stores_everything_and_prints_the_table(tmp_path):
     for line in result.stdout.splitlines():
         if line.startswith(("| ours", "| dcmtk")):
             assert "| 24/24 |" in line, line
+            # p50 comes from the separate run with clients logging each C-STORE.
+            assert float(line.split("|")[5]) > 0, line
+    # Rates from quiet clients, and what a reader needs to repeat the figures.
+    assert "cores;" in result.stdout and "at WARN level for the rates" in result.stdout
+    assert "$ " in result.stdout and "bench/run.py --count 24" in result.stdout
