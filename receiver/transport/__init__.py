@@ -40,9 +40,16 @@ it was measured to bring.
 Attributes we keep in pynetdicom's objects (through `__dict__`, so that a property or slot of
 the same name in a later version cannot be shadowed silently): `AE._receiver_store`,
 `DULServiceProvider._receiver_fastpath`, `DULServiceProvider._receiver_pipe`,
-`Association._receiver_wake`, `AssociationSocket._pdu_body_next`, `DIMSEMessage._spool`.
-Private attributes we read: `DULServiceProvider._idle_timer`, `_decode_pdu`, `_recv_pdu`,
-`_kill_thread`, `event_queue`, `to_provider_queue`, `Association._accepted_cx`.
+`Association._receiver_wake`, `AssociationSocket._pdu_body_next`, `DIMSEMessage._spool`; and,
+outside this package, `Association.receiver_tally` (receiver.handlers: the association's
+counts). Private attributes we read: `DULServiceProvider._idle_timer`, `_decode_pdu`,
+`_recv_pdu`, `_kill_thread`, `event_queue`, `to_provider_queue`, `Association._accepted_cx`.
+
+Not reach-ins, but worth knowing when upgrading: `receiver.server` builds the server with the
+public `AE.make_server` and never runs its `serve_forever`: `lobby.py` (here) accepts, holds
+each connection until its A-ASSOCIATE-RQ is complete, and hands it to the server's
+`process_request`; it sets socketserver's `request_queue_size` on `ThreadedAssociationServer`.
+`receiver.scp` sets the documented `_config.LOG_HANDLER_LEVEL`.
 
 Each target's shape (signature, the literal sleep value, the 6-byte header read, ...) is
 checked by tests/receiver/test_transport_contract.py, so that an upgrade fails there and not
