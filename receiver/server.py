@@ -7,6 +7,7 @@ import socket
 import ssl
 import threading
 from dataclasses import dataclass
+from typing import Any
 
 from django.conf import settings
 from django.core import checks
@@ -163,7 +164,14 @@ def start(config: ReceiverConfig, ingest: IngestSettings) -> RunningServer:
     except OSError as exc:
         live.stop()
         raise _cannot_listen(config, exc) from None
-    lobby = lobby_build(config, deliver=server.process_request, tls=ssl_context)
+
+    def deliver(connection: socket.socket, address: Any) -> None:
+        server.process_request(connection, address)
+        # What serve_forever() would do after each request: pynetdicom collects the garbage of
+        # ended associations every 60 connections there.
+        server.service_actions()
+
+    lobby = lobby_build(config, deliver=deliver, tls=ssl_context)
     lobby.listen(server.socket)
     lobby.start(name=f"lobby:{config.port}")
     return RunningServer(ae=ae, server=server, config=config, live=live, lobby=lobby)
