@@ -19,13 +19,16 @@ $(BIN)/.installed: requirements.txt requirements-dev.txt
 run: $(BIN)/.installed
 	$(BIN)/python manage.py runscp $(PORT) $(AE_TITLE)
 
-## system-deps: DCMTK's storescu/echoscu/dcmsend (the peers the end-to-end tests talk to) and
-## Chromium with its driver (the browser test)
+## system-deps: DCMTK's storescu/echoscu/dcmsend (the peers the end-to-end tests talk to),
+## Chromium with its driver (the browser test), Orthanc and its PostgreSQL index plugin (the
+## benchmark's PostgreSQL pair, smoke-tested on the suite's PostgreSQL run)
 system-deps:
 	@missing=""; \
 	command -v storescu >/dev/null 2>&1 || missing="$$missing dcmtk"; \
 	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
 	command -v chromedriver >/dev/null 2>&1 || missing="$$missing chromium-driver"; \
+	command -v Orthanc >/dev/null 2>&1 || missing="$$missing orthanc"; \
+	[ -e /usr/share/orthanc/plugins/libOrthancPostgreSQLIndex.so ] || missing="$$missing orthanc-postgresql"; \
 	if [ -n "$$missing" ]; then \
 		echo "Installing Debian packages:$$missing"; \
 		$(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q --no-install-recommends $$missing; \
@@ -57,7 +60,8 @@ clean:
 
 ## bench: the throughput benchmark against DCMTK, pynetdicom and (if installed) Orthanc
 bench: $(BIN)/.installed system-deps
-	$(BIN)/python bench/run.py --count 2000 --rows 64 --associations 1 4 --repeat 3 --workers 2
+	$(BIN)/python bench/run.py --count 2000 --rows 64 --associations 1 4 --repeat 3 --workers 2 \
+		$(if $(PG_URL),--pg-url $(PG_URL))
 
 ## soak: five minutes of steady ingest; fails unless memory, open files and threads stay flat
 SOAK_SECONDS ?= 300

@@ -31,6 +31,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from urllib.parse import urlparse
 
 import psycopg
 
@@ -110,13 +111,13 @@ class Server:
         return total
 
     def stored(self) -> int:
-        if self.name == "ours" and self.database_url:
+        if self.name.startswith("ours") and self.database_url:
             with psycopg.connect(_libpq_url(self.database_url)) as db:
                 return db.execute("SELECT count(*) FROM archive_instance").fetchone()[0]
-        if self.name == "ours":
+        if self.name.startswith("ours"):
             with sqlite3.connect(self.index) as db:
                 return db.execute("SELECT count(*) FROM archive_instance").fetchone()[0]
-        if self.name == "orthanc":
+        if self.name.startswith("orthanc"):
             files = [p for p in self.store.rglob("*") if p.is_file() and "index" not in p.name]
             return len(files)
         return sum(1 for p in self.store.rglob("*") if p.is_file())
@@ -128,6 +129,8 @@ class Server:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
+        if self.database_url:
+            _postgres_drop(self.database_url)
 
 
 OURS_WORKERS = 1
@@ -140,22 +143,40 @@ def _libpq_url(url: str) -> str:
 
 
 def _fresh_postgres(url: str, name: str) -> str:
-    """A new empty database next to the one `url` names; its URL."""
+    """A new empty database next to the one `url` names, private to this run (other runs may
+    share the server); its URL. Dropped when its server stops."""
     server, _, _ = _libpq_url(url).rpartition("/")
+    name = f"{name}_{os.getpid()}"
     with psycopg.connect(f"{server}/postgres", autocommit=True) as db:
         db.execute(f'DROP DATABASE IF EXISTS "{name}"')
         db.execute(f'CREATE DATABASE "{name}"')
     return f"{server}/{name}"
 
 
-def start_ours(work: Path) -> Server:
+def _postgres_drop(url: str) -> None:
+    server, _, name = _libpq_url(url).rpartition("/")
+    with psycopg.connect(f"{server}/postgres", autocommit=True) as db:
+        db.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def _postgres_reachable(url: str) -> bool:
+    server, _, _ = _libpq_url(url).rpartition("/")
+    try:
+        psycopg.connect(f"{server}/postgres", connect_timeout=3).close()
+    except psycopg.Error:
+        return False
+    return True
+
+
+def start_ours(work: Path, *, name: str = "ours", postgres: str | None = None) -> Server:
     port = free_port()
     store, index = work / "store", work / "index.db"
     env = {**os.environ, "LOG_LEVEL": os.environ.get("BENCH_LOG_LEVEL", "WARNING")}
     where = ["--index-db", str(index)]
     database_url = None
-    if OURS_DATABASE_URL:
-        database_url = env["DATABASE_URL"] = _fresh_postgres(OURS_DATABASE_URL, "pacs_bench")
+    postgres = postgres or OURS_DATABASE_URL
+    if postgres:
+        database_url = env["DATABASE_URL"] = _fresh_postgres(postgres, "pacs_bench")
         where = []
     # Warnings and errors stay in the run's directory, for a run that went wrong.
     with (work / "server.log").open("wb") as log:
@@ -166,7 +187,13 @@ def start_ours(work: Path) -> Server:
             cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=log,
         )  # fmt: skip
     wait_port(port, process)
-    return Server("ours", process, port, "BENCH", store, index, database_url)
+    return Server(name, process, port, "BENCH", store, index, database_url)
+
+
+def start_ours_pg(work: Path) -> Server:
+    """Ours with its index in PostgreSQL (--pg-url), next to Orthanc's PostgreSQL plugin."""
+    assert PG_URL is not None
+    return start_ours(work, name="ours-pg", postgres=PG_URL)
 
 
 def start_dcmtk(work: Path) -> Server:
@@ -194,8 +221,9 @@ def start_pynetdicom(work: Path) -> Server:
     return Server("pynetdicom", process, port, "BENCH", store)
 
 
-def start_orthanc(work: Path) -> Server:
+def start_orthanc(work: Path, *, name: str = "orthanc", postgres: str | None = None) -> Server:
     port, http = free_port(), free_port()
+    database_url = None
     store = work / "store"
     config = {
         "Name": "bench",
@@ -211,27 +239,59 @@ def start_orthanc(work: Path) -> Server:
         "StorageCompression": False,
         "Plugins": [],
     }
+    if postgres:
+        # The index in PostgreSQL, the files on disk as with SQLite (the plugin's storage stays
+        # off): the comparison for ours-pg.
+        database_url = _fresh_postgres(postgres, "orthanc_bench")
+        url = urlparse(database_url)
+        config["Plugins"] = [ORTHANC_PG_PLUGIN]
+        config["PostgreSQL"] = {
+            "EnableIndex": True,
+            "EnableStorage": False,
+            "Host": url.hostname or "127.0.0.1",
+            "Port": url.port or 5432,
+            "Database": url.path.lstrip("/"),
+            "Username": url.username or "postgres",
+            "Password": url.password or "",
+            "EnableSsl": False,
+            "Lock": False,
+        }
     path = work / "orthanc.json"
     path.write_text(json.dumps(config))
     process = subprocess.Popen(
         ["Orthanc", str(path)], env=NODELAY, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     wait_port(port, process)
-    return Server("orthanc", process, port, "BENCH", store)
+    return Server(name, process, port, "BENCH", store, database_url=database_url)
 
+
+def start_orthanc_pg(work: Path) -> Server:
+    assert PG_URL is not None
+    return start_orthanc(work, name="orthanc-pg", postgres=PG_URL)
+
+
+ORTHANC_PG_PLUGIN = "/usr/share/orthanc/plugins/libOrthancPostgreSQLIndex.so"
+# postgres://... for the PostgreSQL pair (ours-pg, orthanc-pg); without it they are skipped.
+PG_URL: str | None = None
 
 PEERS = {
     "ours": start_ours,
     "dcmtk": start_dcmtk,
     "pynetdicom": start_pynetdicom,
     "orthanc": start_orthanc,
+    "ours-pg": start_ours_pg,
+    "orthanc-pg": start_orthanc_pg,
 }
 
 
 def available(peer: str) -> bool:
-    return {"dcmtk": "storescp", "orthanc": "Orthanc"}.get(peer) is None or bool(
-        shutil.which({"dcmtk": "storescp", "orthanc": "Orthanc"}[peer])
-    )
+    """Whether a peer can run here; the reason it cannot, printed, otherwise."""
+    if peer in ("ours-pg", "orthanc-pg") and not (PG_URL and _postgres_reachable(PG_URL)):
+        return False
+    if peer == "orthanc-pg" and not Path(ORTHANC_PG_PLUGIN).exists():
+        return False
+    program = {"dcmtk": "storescp", "orthanc": "Orthanc", "orthanc-pg": "Orthanc"}.get(peer)
+    return program is None or bool(shutil.which(program))
 
 
 @dataclass
@@ -408,10 +468,16 @@ def main() -> None:
     parser.add_argument(
         "--database-url", help="index ours in this PostgreSQL server (postgres://...), not SQLite"
     )
+    parser.add_argument(
+        "--pg-url",
+        help="PostgreSQL server (postgres://...) for the pair ours-pg and orthanc-pg "
+        "(Orthanc's PostgreSQL index plugin); without it they are skipped",
+    )
     args = parser.parse_args()
-    global OURS_WORKERS, OURS_DATABASE_URL
+    global OURS_WORKERS, OURS_DATABASE_URL, PG_URL
     OURS_WORKERS = args.workers
     OURS_DATABASE_URL = args.database_url
+    PG_URL = args.pg_url
 
     args.out.mkdir(parents=True, exist_ok=True)
     base = Path(tempfile.mkdtemp(prefix=datetime.now().strftime("%Y%m%d-%H%M%S-"), dir=args.out))
@@ -457,8 +523,24 @@ def main() -> None:
           f"for the rates; p50/p99 from a separate run of {min(args.latency_count, args.count)} "
           "instances with storescu at INFO level")  # fmt: skip
     if skipped:
-        print(f"not installed, skipped: {', '.join(skipped)}")
+        print(f"skipped (not installed, or no reachable --pg-url): {', '.join(skipped)}")
     print(table(results, peers, args.associations))
+    for associations in args.associations:
+        ours_pg, orthanc = (
+            results.get(("ours-pg", associations)),
+            results.get(("orthanc", associations)),
+        )
+        orthanc_pg = results.get(("orthanc-pg", associations))
+        if ours_pg and orthanc:
+            print(
+                f"ours-pg ÷ orthanc (SQLite index) at {associations} association(s): "
+                f"{ours_pg.rate / orthanc.rate:.2f}"
+            )
+        if ours_pg and orthanc_pg:
+            print(
+                f"ours-pg ÷ orthanc-pg at {associations} association(s): "
+                f"{ours_pg.rate / orthanc_pg.rate:.2f}"
+            )
     shutil.rmtree(base / "corpus", ignore_errors=True)
 
 

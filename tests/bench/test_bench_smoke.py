@@ -1,10 +1,13 @@
 """The benchmark itself works: a tiny run against our SCP and DCMTK's (not a timed test)."""
 
+import os
 import subprocess
 import sys
 from pathlib import Path
 
-from tests.peers import dcmtk_tool
+import pytest
+
+from tests.peers import dcmtk_tool, system_tool
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -28,3 +31,31 @@ def test_benchmark_smoke_run_stores_everything_and_prints_the_table(tmp_path):
     # Rates from quiet clients, and what a reader needs to repeat the figures.
     assert "cores;" in result.stdout and "at WARN level for the rates" in result.stdout
     assert "$ " in result.stdout and "bench/run.py --count 24" in result.stdout
+
+
+def test_postgresql_pair_smoke_run_stores_everything(tmp_path):
+    """ours-pg against Orthanc's PostgreSQL index plugin, on the suite's PostgreSQL run."""
+    database_url = os.environ.get("DATABASE_URL", "")
+    if not database_url.startswith(("postgres://", "postgresql://")):
+        pytest.skip("runs with the suite on PostgreSQL (DATABASE_URL=postgres://...)")
+    system_tool("Orthanc", "orthanc")
+    if not Path("/usr/share/orthanc/plugins/libOrthancPostgreSQLIndex.so").exists():
+        message = "Orthanc's PostgreSQL plugin is not installed (Debian package orthanc-postgresql)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "run.py"), "--count", "24", "--repeat", "1",
+         "--associations", "1", "--peers", "ours-pg", "orthanc-pg", "--pg-url", database_url,
+         "--latency-count", "0", "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    rows = [
+        line
+        for line in result.stdout.splitlines()
+        if line.startswith(("| ours-pg", "| orthanc-pg"))
+    ]
+    assert len(rows) == 2, result.stdout
+    assert all("| 24/24 |" in line for line in rows), rows
+    assert "ours-pg ÷ orthanc-pg at 1 association(s)" in result.stdout
