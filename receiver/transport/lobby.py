@@ -50,7 +50,6 @@ PEEK_LIMIT = 64 * 1024
 REPORT_INTERVAL = 10.0
 TICK = 0.5
 _ACCEPT_BATCH = 64
-_FOREVER = float("inf")
 
 FIRST_PDU_TIMEOUT = "first PDU timeout"
 PER_ADDRESS_LIMIT = "per-address limit"
@@ -118,7 +117,6 @@ class DropCounter:
     on_report: Report | None = None
     counts: collections.Counter[str] = field(default_factory=collections.Counter)
     hosts: collections.Counter[str] = field(default_factory=collections.Counter)
-    totals: collections.Counter[str] = field(default_factory=collections.Counter)
     since: float = 0.0
     last_report: float = 0.0
 
@@ -126,7 +124,6 @@ class DropCounter:
         if not self.counts:
             self.since = time.time()
         self.counts[reason] += 1
-        self.totals[reason] += 1
         self.hosts[host] += 1
 
     def flush(self, *, force: bool = False) -> None:
