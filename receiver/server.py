@@ -16,7 +16,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 from archive.exceptions import StorageFailure
 from archive.services import IngestSettings
 from archive.storage import Storage
-from pacsproject.database import use_sqlite_index
+from pacsproject.database import use_database_url, use_sqlite_index
 from receiver import contexts, fastpath, handlers, pdu_guard, reactor, spool, workers
 from receiver.config import ReceiverConfig
 from receiver.live import LiveStatus
@@ -55,6 +55,8 @@ class RunningServer:
 def prepare(config: ReceiverConfig) -> IngestSettings:
     """Choose the database, bring its schema up to date and make the storage ready."""
     try:
+        if config.index_db is None and config.database_url is not None:
+            use_database_url(config.database_url)
         use_sqlite_index(config.index_db, wal_mode=config.wal_mode, synchronous=config.synchronous)
     except OSError as exc:
         raise StartupError(f"cannot create the index directory: {exc.strerror}") from None
