@@ -174,3 +174,24 @@ class Instance(models.Model):
 
     def __str__(self) -> str:
         return self.sop_instance_uid
+
+
+class StorageLocation(models.Model):
+    """Which storage directory this index describes: the identity written in that directory's
+    marker file at first start, and where it was last seen. A receiver whose storage is not
+    this one refuses to start rather than index files into the wrong place
+    (archive.storage_identity)."""
+
+    identity = models.UUIDField()
+    directory = models.CharField(max_length=4096)
+    recorded_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["identity"], name="archive_storagelocation_unique_identity"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.directory} ({self.identity})"

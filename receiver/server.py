@@ -13,12 +13,13 @@ from django.db import DatabaseError, connections
 from pynetdicom import AE
 from pynetdicom.transport import ThreadedAssociationServer
 
-from archive.exceptions import StorageFailure
+from archive.exceptions import StorageFailure, StorageMismatch
 from archive.services import IngestSettings
 from archive.storage import Storage
+from archive.storage_identity import storage_identity_bind
 from pacsproject.database import use_database_url, use_sqlite_index
 from receiver import contexts, fastpath, handlers, pdu_guard, reactor, spool, workers
-from receiver.config import ReceiverConfig
+from receiver.config import ReceiverConfig, database_label
 from receiver.live import LiveStatus
 from receiver.scp import build_ae, tls_context
 
@@ -52,8 +53,9 @@ class RunningServer:
         self.live.stop()
 
 
-def prepare(config: ReceiverConfig) -> IngestSettings:
-    """Choose the database, bring its schema up to date and make the storage ready."""
+def prepare(config: ReceiverConfig) -> tuple[IngestSettings, str]:
+    """Choose the database, bring its schema up to date and make the storage ready; return the
+    archive's settings and what the index said of the storage (logged once listening)."""
     try:
         if config.index_db is None and config.database_url is not None:
             use_database_url(config.database_url)
@@ -67,11 +69,16 @@ def prepare(config: ReceiverConfig) -> IngestSettings:
         raise StartupError(str(exc)) from None
     try:
         call_command("migrate", interactive=False, verbosity=0)
+        found = storage_identity_bind(
+            storage=ingest.storage, index_label=str(config.index_db or database_label())
+        )
     except DatabaseError as exc:
         raise StartupError(f"index database not usable: {exc}") from None
+    except (StorageMismatch, StorageFailure) as exc:
+        raise StartupError(str(exc)) from None
     finally:
         connections.close_all()
-    return ingest
+    return ingest, found[:1].upper() + found[1:]
 
 
 def ingest_settings(config: ReceiverConfig) -> IngestSettings:
@@ -146,7 +153,7 @@ def listen(config: ReceiverConfig) -> socket.socket:
 
 def run(config: ReceiverConfig) -> None:
     """Serve until SIGINT or SIGTERM, then shut down gracefully."""
-    ingest = prepare(config)
+    ingest, storage_found = prepare(config)
     stop = threading.Event()
 
     def request_stop(signum: int, frame: object) -> None:
@@ -158,10 +165,12 @@ def run(config: ReceiverConfig) -> None:
         _check_tls(config)
         listener = listen(config)
         logger.info("Storage SCP started: %s, %d workers", config.describe(), config.workers)
+        logger.info("%s", storage_found)
         workers.serve(config, ingest, listener, config.workers, stop)
     else:
         running = start(config, ingest)
         logger.info("Storage SCP started: %s", config.describe())
+        logger.info("%s", storage_found)
         while not stop.wait(1.0):
             pass
         logger.info(
