@@ -148,6 +148,10 @@ class AssociationLog(models.Model):
     duplicates = models.PositiveIntegerField(default=0)
     # {"0xA700": 2, ...}: failure statuses and how often each was answered.
     failures = models.JSONField(default=dict, blank=True)
+    # What we refused within an accepted association: {"contexts": [{"uid", "name", "why"}],
+    # "requests": {"C-FIND-RQ": 1}} (presentation contexts at negotiation, DIMSE requests for
+    # services we do not provide); empty when nothing was refused.
+    refusals = models.JSONField(default=dict, blank=True)
     bytes_received = models.BigIntegerField(default=0)
     process_id = models.PositiveIntegerField(null=True)
     receiver = models.ForeignKey(

@@ -16,6 +16,26 @@ _RECENTLY = dt.timedelta(hours=24)
 _PROBLEMS_SHOWN = 20
 
 
+# Rejected, aborted or timed out; a failed C-STORE; a request for a service we do not provide;
+# or refused presentation contexts in an association that then delivered nothing (a sender
+# proposing many classes, some refused, that stored what it had is no problem).
+_PROBLEM = (
+    Q(
+        outcome__in=[
+            AssociationLog.REJECTED,
+            AssociationLog.ABORTED,
+            AssociationLog.TIMED_OUT,
+        ]
+    )
+    | ~Q(failures={})
+    | Q(refusals__has_key="requests")
+    | (
+        Q(refusals__has_key="contexts", instances_stored=0, duplicates=0)
+        & ~Q(outcome=AssociationLog.ACCEPTED)
+    )
+)
+
+
 def receiver_status(now: dt.datetime) -> dict[str, Any]:
     """Running receivers, associations in progress (and those whose process died), instances
     per minute over the last hour, recent rejections and failures; JSON-ready."""
@@ -32,7 +52,7 @@ def receiver_status(now: dt.datetime) -> dict[str, Any]:
     per_minute = periods_filled(ingest_by(TruncMinute, since=minutes[0]), minutes)
     problems = (
         AssociationLog.objects.filter(started_at__gte=now - _RECENTLY)
-        .filter(Q(outcome=AssociationLog.REJECTED) | ~Q(failures={}))
+        .filter(_PROBLEM)
         .order_by("-started_at")[:_PROBLEMS_SHOWN]
     )
     return {
