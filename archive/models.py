@@ -11,6 +11,8 @@ from typing import Any
 from django.db import connections, models
 from django.utils import timezone
 
+from archive.person_names import person_name_display
+
 UI = 64
 LO = 64
 SH = 16
@@ -42,7 +44,7 @@ class Patient(models.Model):
         ordering = ["name", "patient_id"]
 
     def __str__(self) -> str:
-        return f"{self.patient_id or '(no ID)'} {self.name}".strip()
+        return f"{self.patient_id or '(no ID)'} {person_name_display(self.name)}".strip()
 
 
 class Study(models.Model):

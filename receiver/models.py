@@ -107,9 +107,16 @@ class ReceiverProcess(models.Model):
     ae_title = models.CharField("AE title", max_length=16)
     port = models.PositiveIntegerField()
     role = models.CharField(max_length=32, blank=True, help_text="single process or worker N")
+    RUNNING = "running"
+    STOPPED = "stopped"  # stopped cleanly (Ctrl-C, SIGTERM)
+    LOST = "lost"  # died without saying so; found by the next receiver to start
+    FAILED = "failed"  # did not start (port in use, ...)
+    ENDS = [(e, e) for e in (RUNNING, STOPPED, LOST, FAILED)]
+
     started_at = models.DateTimeField()
     heartbeat_at = models.DateTimeField()
     stopped_at = models.DateTimeField(null=True, blank=True)
+    end = models.CharField(max_length=8, choices=ENDS, default=RUNNING)
 
     objects = ReceiverProcessQuerySet.as_manager()
 

@@ -132,7 +132,7 @@ def start(config: ReceiverConfig, ingest: IngestSettings) -> RunningServer:
             ssl_context=ssl_context,
         )
     except OSError as exc:
-        live.stop()
+        live.stop(failed=True)
         raise _cannot_listen(config, exc) from None
     return RunningServer(ae=ae, server=server, config=config, live=live)
 

@@ -10,8 +10,9 @@ from django.db.models.functions import TruncMinute
 from archive.statistics import ingest_by, periods_filled, recent_periods
 from receiver.models import AssociationLog, ReceiverProcess
 
-# Processes that stopped within this window are still listed, as down; rejections and failures
-# within it are listed as problems.
+# Processes that stopped within this window are still listed (stopped, or down when they died
+# without saying so); rejections and failures within it are listed as problems. Starts that
+# failed are not listed: their error was the command's output.
 _RECENTLY = dt.timedelta(hours=24)
 _PROBLEMS_SHOWN = 20
 
@@ -42,9 +43,12 @@ def receiver_status(now: dt.datetime) -> dict[str, Any]:
     processes = list(
         ReceiverProcess.objects.filter(
             Q(stopped_at__isnull=True) | Q(stopped_at__gte=now - _RECENTLY)
-        ).order_by("-started_at")[:50]
+        )
+        .exclude(end=ReceiverProcess.FAILED)
+        .order_by("-started_at")[:50]
     )
     alive = {p.pk for p in processes if p.is_alive(now)}
+    processes.sort(key=lambda p: p.pk not in alive)  # running first, then newest first
     in_progress = list(
         AssociationLog.objects.filter(outcome=AssociationLog.ACCEPTED).order_by("started_at")[:200]
     )
@@ -79,7 +83,8 @@ def _process(process: ReceiverProcess, now: dt.datetime, *, alive: bool) -> dict
         "started_at": process.started_at.isoformat(),
         "heartbeat_at": process.heartbeat_at.isoformat(),
         "heartbeat_age": round((now - process.heartbeat_at).total_seconds(), 1),
-        "state": "running" if alive else "down",
+        "state": "running" if alive else "stopped" if process.end == process.STOPPED else "down",
+        "stopped_at": process.stopped_at.isoformat() if process.stopped_at else None,
     }
 
 
@@ -91,7 +96,8 @@ def _association(row: AssociationLog, now: dt.datetime) -> dict[str, Any]:
         "peer": f"{row.peer_address}:{row.peer_port}",
         "started_at": row.started_at.isoformat(),
         "seconds": round((now - row.started_at).total_seconds(), 1),
-        "instances": row.instances_stored + row.duplicates,
+        "stored": row.instances_stored,
+        "duplicates": row.duplicates,
         "failures": sum(row.failures.values()),
         "bytes": row.bytes_received,
         "rate": row.current_rate,
