@@ -385,7 +385,8 @@ def handle_released(event: Event, slots: AssociationSlots) -> None:
 def handle_aborted(event: Event, slots: AssociationSlots) -> None:
     tally = tally_of(event.assoc)
     outcome, why = abort_reason(event.assoc, tally)
-    logger.warning("Association from %s %s (%s): %s", _peer(event), outcome, why, tally.summary())
+    how = why if why.startswith(outcome) else f"{outcome}: {why}"
+    logger.warning("Association from %s %s: %s", _peer(event), how, tally.summary())
     slots.release(event.assoc)
     tally.close_log(outcome, why)
     close_database()
@@ -402,7 +403,7 @@ def association_ended(assoc: object) -> None:
     tally = getattr(assoc, "receiver_tally", None)
     if tally is not None and tally.log_id is not None:
         why = getattr(assoc, "receiver_abort_reason", "") or "connection lost"
-        logger.warning("Association from %s aborted (%s): %s", tally.peer, why, tally.summary())
+        logger.warning("Association from %s aborted: %s: %s", tally.peer, why, tally.summary())
         tally.close_log(AssociationLog.ABORTED, why)
         close_database()
 
