@@ -34,7 +34,7 @@ class IdentityState:
 
     location: StorageLocation | None
     marker: str | None
-    instances: int
+    instances: int  # 0 or 1: whether the index holds any
 
 
 def storage_identity_state(storage: Storage) -> IdentityState:
@@ -43,7 +43,8 @@ def storage_identity_state(storage: Storage) -> IdentityState:
     return IdentityState(
         location=StorageLocation.objects.order_by("pk").first(),
         marker=str(marker["identity"]) if marker else None,
-        instances=Instance.objects.count(),
+        # Only whether there are any: counting a large index would slow every start.
+        instances=int(Instance.objects.exists()),
     )
 
 
@@ -83,15 +84,15 @@ def storage_identity_bind(*, storage: Storage, index_label: str) -> str:
         )
         raise StorageMismatch(
             f"index {index_label} describes storage {location.directory} "
-            f"({_instances(state.instances)}), but storage {root} {why}: set storage.directory "
-            f"back to {location.directory}, or move the files there and run "
-            f"`{_RELOCATE} {root}`"
+            f"({_instances(Instance.objects.count())}), but storage {root} {why}: set "
+            f"storage.directory back to {location.directory}, or move the files to {root} and "
+            f"run `{_RELOCATE} {root}`"
         )
     if state.instances and not _sample_present(storage):
         raise StorageMismatch(
-            f"index {index_label} holds {_instances(state.instances)}, but none of its newest "
-            f"files is in storage {root}: set storage.directory to where they are, or move "
-            f"them here and run `{_RELOCATE} {root}`"
+            f"index {index_label} holds {_instances(Instance.objects.count())}, but none of its "
+            f"newest files is in storage {root}: set storage.directory to where they are, or "
+            f"move them to {root} and run `{_RELOCATE} {root}`"
         )
     identity = uuid.UUID(marker) if marker is not None else uuid.uuid4()
     if marker is None:

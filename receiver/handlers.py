@@ -269,18 +269,13 @@ def handle_echo(event: Event) -> int:
 
 def handle_accepted(event: Event) -> None:
     refusal = tally_of(event.assoc).refusal
-    if refusal:
-        logger.warning(
-            "Association accepted from %s (called %s); %s",
-            _peer(event),
-            event.assoc.acceptor.ae_title,
-            refusal,
-        )
-        return
+    # Senders often propose many classes and use few: refusals are news only when the
+    # association then delivers nothing (handle_released).
     logger.info(
-        "Association accepted from %s (called %s)",
+        "Association accepted from %s (called %s)%s",
         _peer(event),
         event.assoc.acceptor.ae_title,
+        f"; {refusal}" if refusal else "",
     )
 
 
@@ -376,7 +371,14 @@ def handle_rejected(event: Event) -> None:
 
 def handle_released(event: Event, slots: AssociationSlots) -> None:
     tally = tally_of(event.assoc)
-    logger.info("Association from %s released: %s", _peer(event), tally.summary())
+    if tally.refusal and not (tally.stored or tally.duplicates or tally.failed):
+        logger.warning(
+            "Association from %s released having delivered nothing; %s",
+            _peer(event),
+            tally.refusal,
+        )
+    else:
+        logger.info("Association from %s released: %s", _peer(event), tally.summary())
     slots.release(event.assoc)
     tally.close_log(AssociationLog.RELEASED)
     close_database()

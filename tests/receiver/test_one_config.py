@@ -4,6 +4,7 @@ receiver's database and storage directory."""
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -245,3 +246,40 @@ def test_config_option_is_taken_from_any_position():
         "runscp",
         "--check-config",
     ]
+
+
+def test_a_moved_storage_directory_is_refused_until_relocated(site_with_one_instance, tmp_path):
+    """The issue's case through the real commands: storage.directory changed to a new folder
+    (the files copied there without the marker), index kept."""
+    config, env = site_with_one_instance
+    old, new = tmp_path / "data" / "dicom", tmp_path / "moved"
+    shutil.copytree(old, new, ignore=shutil.ignore_patterns(".pacs-storage.json", ".incoming"))
+    config.write_text(config.read_text().replace("../data/dicom", str(new)))
+
+    refused = manage("runscp", env=env)
+    assert refused.returncode != 0
+    line = (refused.stdout + refused.stderr).strip()
+    assert "\n" not in line, line
+    assert f"describes storage {old} (1 instance), but storage {new} has no marker" in line
+    assert f"verifystorage --relocate {new}" in line
+
+    verified = manage("verifystorage", env=env)
+    assert f"warning: storage {new} is not the storage this index describes" in verified.stderr
+    relocated = manage("verifystorage", "--relocate", new, env=env)
+    assert relocated.returncode == 0, relocated.stdout + relocated.stderr
+    assert f"the index's storage is now {new}" in relocated.stdout
+    assert manage("verifystorage", env=env).stderr == ""
+
+    process = subprocess.Popen(
+        [sys.executable, str(ROOT / "manage.py"), "runscp"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    port = int(config.read_text().split("port: ")[1].split(",")[0])
+    wait_listening(port, process)
+    process.send_signal(signal.SIGTERM)
+    output, _ = process.communicate(timeout=30)
+    assert process.returncode == 0, output
+    assert f"Storage {new} is the index's storage" in output
