@@ -356,6 +356,11 @@ def abort_reason(assoc: object, tally: AssociationTally) -> tuple[str, str]:
     if tally.abort_received:
         return AssociationLog.ABORTED, tally.abort_received
     if getattr(assoc, "_sent_abort", False):
+        if tally.unserved:  # pynetdicom aborts on a request it has no service class for
+            return (
+                AssociationLog.ABORTED,
+                "aborted by this receiver after a request it does not serve",
+            )
         return AssociationLog.ABORTED, "aborted by this receiver"
     return AssociationLog.ABORTED, "connection lost"
 
@@ -388,6 +393,8 @@ def handle_aborted(event: Event, slots: AssociationSlots) -> None:
     tally = tally_of(event.assoc)
     outcome, why = abort_reason(event.assoc, tally)
     how = why if why.startswith(outcome) else f"{outcome}: {why}"
+    if tally.refusal and not (tally.stored or tally.duplicates or tally.failed):
+        how = f"{how}; {tally.refusal}"  # why the peer had nothing to send
     logger.warning("Association from %s %s: %s", _peer(event), how, tally.summary())
     slots.release(event.assoc)
     tally.close_log(outcome, why)

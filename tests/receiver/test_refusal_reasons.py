@@ -123,6 +123,8 @@ def test_a_request_for_a_service_we_do_not_provide_is_counted(scp):
     if assoc.is_established:
         assoc.release()
     row = ended_row()
+    assert row.outcome == AssociationLog.ABORTED  # pynetdicom has no service class to answer
+    assert row.reason.startswith("aborted by this receiver after a request it does not serve")
     assert row.refusals["requests"] == {"C-FIND-RQ": 1}
     assert "requests for services not provided: C-FIND-RQ×1" in row.reason
     assert row.reason in problem_reasons()
@@ -178,4 +180,16 @@ def test_shutdown_grace_running_out_is_logged_as_such(start_scp):
     row = ended_row()
     assert row.outcome == AssociationLog.ABORTED
     assert row.reason == "shutdown: still open after the 0.5 s grace period"
+    assert row.reason in problem_reasons()
+
+
+def test_a_pdu_over_the_limit_is_logged_as_such(scp):
+    ae = scu()
+    ae.add_requested_context(CTImageStorage, [ExplicitVRLittleEndian])
+    assoc = ae.associate("127.0.0.1", scp.port, ae_title="TEST_SCP")
+    assert assoc.is_established
+    assoc.dul.socket.send(struct.pack(">BBL", 0x04, 0, 10 * 2**20))  # P-DATA-TF of 10 MB
+    row = ended_row()
+    assert row.outcome == AssociationLog.ABORTED
+    assert row.reason == "PDU of 10485760 bytes announced, over 131072"
     assert row.reason in problem_reasons()
