@@ -165,6 +165,8 @@ class ReceiverConfig:
     tls_ca_certificates: Path | None
     tls_require_client_certificate: bool
     sources: dict[str, str] = field(default_factory=dict, compare=False)
+    # The configuration file the values were read from (DICOM_CONFIG or --config).
+    config_file: Path | None = field(default=None, compare=False)
 
     @property
     def tls(self) -> bool:
@@ -187,9 +189,9 @@ class ReceiverConfig:
 
     def report(self) -> str:
         """Every effective value with where it came from, for `--check-config`."""
-        lines = [f"{'configuration file':32} {self.sources.get('file', '(none)')}"]
+        lines = [f"{'configuration file':32} {self.config_file or '(none)'}"]
         for item in fields(self):
-            if item.name == "sources":
+            if item.name in ("sources", "config_file"):
                 continue
             value = getattr(self, item.name)
             if item.name == "accepted_sop_classes" and value is not None:
@@ -353,7 +355,6 @@ def resolve(command_line: dict[str, Any], config_file: Path | None = None) -> Re
     if config_file is not None:
         layers.append((f"file {config_file}", config_file_read(Path(config_file))))
     layers.append(("command line", {k: v for k, v in command_line.items() if v is not None}))
-    file_named = f"{config_file}" if config_file is not None else "(none)"
 
     merged: dict[str, Any] = {}
     sources: dict[str, str] = {}
@@ -427,7 +428,9 @@ def resolve(command_line: dict[str, Any], config_file: Path | None = None) -> Re
     for key in ("index_db", "tls_certificate", "tls_private_key", "tls_ca_certificates"):
         if merged[key] is not None:
             merged[key] = Path(merged[key]).expanduser().resolve()
-    return ReceiverConfig(**merged, sources={**sources, "file": file_named})
+    return ReceiverConfig(
+        **merged, sources=sources, config_file=Path(config_file) if config_file else None
+    )
 
 
 def _spelling(key: str, source: str) -> str:
