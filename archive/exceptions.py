@@ -23,3 +23,8 @@ class IndexFailure(IngestError):
 
 class DuplicateRejected(IngestError):
     """The instance exists with different content and the duplicate policy is `reject`."""
+
+
+class StorageMismatch(Exception):
+    """The storage directory is not the one the index describes; the message says which index,
+    which storage, and how to proceed."""

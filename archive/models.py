@@ -14,6 +14,7 @@ from django.db import connections, models
 from django.utils import timezone
 
 from archive.header import UID_KEPT
+from archive.person_names import person_name_display
 
 UI = 64
 LO = 64
@@ -46,7 +47,7 @@ class Patient(models.Model):
         ordering = ["name", "patient_id"]
 
     def __str__(self) -> str:
-        return f"{self.patient_id or '(no ID)'} {self.name}".strip()
+        return f"{self.patient_id or '(no ID)'} {person_name_display(self.name)}".strip()
 
 
 class Study(models.Model):
@@ -178,3 +179,24 @@ class Instance(models.Model):
 
     def __str__(self) -> str:
         return self.sop_instance_uid
+
+
+class StorageLocation(models.Model):
+    """Which storage directory this index describes: the identity written in that directory's
+    marker file at first start, and where it was last seen. A receiver whose storage is not
+    this one refuses to start rather than index files into the wrong place
+    (archive.storage_identity)."""
+
+    identity = models.UUIDField()
+    directory = models.CharField(max_length=4096)
+    recorded_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["identity"], name="archive_storagelocation_unique_identity"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.directory} ({self.identity})"

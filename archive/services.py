@@ -32,7 +32,7 @@ from archive.storage import StagedFile, Storage
 logger = logging.getLogger(__name__)
 
 DUPLICATE_POLICIES = ("keep", "overwrite", "reject")
-Outcome = Literal["stored", "identical", "kept", "overwritten"]
+Outcome = Literal["stored", "identical", "kept", "overwritten", "restored"]
 
 
 @dataclass(frozen=True)
@@ -56,7 +56,8 @@ class IngestSettings:
 @dataclass(frozen=True)
 class StoreResult:
     """What happened to a stored instance: `stored` (new), `identical` (same bytes already
-    there), `kept` (different bytes, first copy kept) or `overwritten`."""
+    there), `kept` (different bytes, first copy kept), `overwritten`, or `restored` (the stored
+    file was gone and is written again from the resend)."""
 
     outcome: Outcome
     instance_id: int
@@ -165,9 +166,10 @@ def _instance_write(
                 return _index_new(arrival, staged, storage)
             except IntegrityError as exc:
                 raise IndexFailure(f"index constraint failed: {exc}") from None
-        if result := _resend_without_write(existing, arrival, dataset, settings):
+        result = _resend_settle(existing, arrival, dataset, settings)
+        if isinstance(result, StoreResult):
             return result
-        return _index_overwrite(existing, arrival, staged, storage)
+        return _index_overwrite(existing, arrival, staged, storage, outcome=result)
     finally:
         storage.discard(staged)
 
@@ -239,13 +241,14 @@ def _existing(sop_instance_uid: str) -> _Existing | None:
     return _Existing(*row) if row else None
 
 
-def _resend_without_write(
+def _resend_settle(
     existing: _Existing,
     arrival: _Arrival,
     dataset: bytes | BinaryIO,
     settings: IngestSettings,
-) -> StoreResult | None:
-    """Settle a resend that needs no write; None means: overwrite the stored copy.
+) -> StoreResult | Literal["overwritten", "restored"]:
+    """Settle a resend that needs no write, or say which write it needs: `restored` (the stored
+    file is gone or unreadable: write it again, whatever the duplicate policy) or `overwritten`.
 
     The stored copy's dataset (without its file meta group, which names the sender) is hashed
     here rather than at every ingest: resends are rare, and hashing every dataset twice was a
@@ -254,8 +257,7 @@ def _resend_without_write(
     uid = arrival.header.sop_instance_uid
     stored = _stored_dataset_sha256(settings.storage, existing.path)
     if stored is None:
-        logger.warning("Instance %s received again and its stored file is gone: restored", uid)
-        return None
+        return "restored"  # logged once written (_index_overwrite)
     incoming = hashlib.sha256()
     for chunk in _chunks(dataset):
         incoming.update(chunk)
@@ -268,7 +270,7 @@ def _resend_without_write(
     if settings.duplicates == "reject":
         logger.warning("Instance %s received again with different content: rejected", uid)
         raise DuplicateRejected(f"instance {uid} exists with different content")
-    return None
+    return "overwritten"
 
 
 def _index_new(arrival: _Arrival, staged: StagedFile, storage: Storage) -> StoreResult:
@@ -295,9 +297,15 @@ def _index_new(arrival: _Arrival, staged: StagedFile, storage: Storage) -> Store
 
 
 def _index_overwrite(
-    existing: _Existing, arrival: _Arrival, staged: StagedFile, storage: Storage
+    existing: _Existing,
+    arrival: _Arrival,
+    staged: StagedFile,
+    storage: Storage,
+    *,
+    outcome: Literal["overwritten", "restored"],
 ) -> StoreResult:
-    """Replace the stored copy; the previous file is set aside until the commit succeeds."""
+    """Replace the stored copy, or write it again where it is gone; a previous file is set
+    aside until the commit succeeds."""
     previous = storage.set_aside(existing.path)
     try:
         with index_writer(), transaction.atomic():
@@ -317,8 +325,12 @@ def _index_overwrite(
     if arrival.path != existing.path:
         storage.remove(existing.path)
     storage.drop_aside(previous)
-    logger.warning("Instance %s received again with different content: overwritten", instance)
-    return StoreResult(outcome="overwritten", instance_id=instance.pk, path=arrival.path)
+    uid = arrival.header.sop_instance_uid
+    if outcome == "restored":
+        logger.warning("Instance %s received again and its stored file was gone: restored", uid)
+    else:
+        logger.warning("Instance %s received again with different content: overwritten", uid)
+    return StoreResult(outcome=outcome, instance_id=instance.pk, path=arrival.path)
 
 
 def _instance_fields(arrival: _Arrival, staged: StagedFile) -> dict[str, Any]:

@@ -11,6 +11,7 @@ import contextlib
 import errno
 import hashlib
 import itertools
+import json
 import logging
 import os
 import shutil
@@ -27,6 +28,8 @@ from archive.exceptions import StorageFailure
 logger = logging.getLogger(__name__)
 
 INCOMING = ".incoming"
+# The storage directory's identity, which the index records (archive.storage_identity).
+MARKER = ".pacs-storage.json"
 _staging_names = itertools.count()
 _KNOWN_DIRS_LIMIT = 10_000
 
@@ -280,6 +283,28 @@ class Storage:
         """Whether a stored file is present."""
         return os.path.isfile(self.resolve(relative))
 
+    def marker_read(self) -> dict | None:
+        """The identity marker of this storage directory; None if it has none (or an unreadable
+        one, which counts as none: the index then decides, see archive.storage_identity)."""
+        try:
+            marker = json.loads((self.root / MARKER).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        return marker if isinstance(marker, dict) and "identity" in marker else None
+
+    def marker_write(self, marker: dict) -> None:
+        """Write the identity marker durably (atomically replacing any previous one)."""
+        staging = self.root / f"{MARKER}.{os.getpid()}.tmp"
+        try:
+            staging.write_text(json.dumps(marker, indent=1) + "\n", encoding="utf-8")
+            with open(staging, "rb+") as fh:
+                os.fsync(fh.fileno())
+            os.replace(staging, self.root / MARKER)
+            _fsync_directory(self.root)
+        except OSError as exc:
+            staging.unlink(missing_ok=True)
+            raise _failure(f"write {MARKER} in {self.root}", exc) from exc
+
     def resolve(self, relative: str) -> Path:
         """The absolute path of `relative`, refusing anything that leaves the storage directory."""
         target = os.path.normpath(os.path.join(self._root_text, relative))
@@ -287,6 +312,7 @@ class Storage:
         if not target.startswith(prefix) or target[len(prefix) :].partition(os.sep)[0] in (
             "",
             INCOMING,
+            MARKER,
         ):
             raise StorageFailure(f"refusing path outside the storage directory: {relative!r}")
         return Path(target)

@@ -14,7 +14,7 @@ from django.db import IntegrityError
 from archive.exceptions import DatasetUnreadable
 from archive.models import Instance
 from archive.services import instance_index_file
-from archive.storage import INCOMING, Storage
+from archive.storage import INCOMING, MARKER, Storage
 
 logger = logging.getLogger(__name__)
 
@@ -95,7 +95,8 @@ def storage_verify(
                 logger.warning("Removed the index row of missing file %s", relative)
 
     for path in sorted(storage.root.rglob("*")):
-        if not path.is_file() or path.relative_to(storage.root).parts[0] == INCOMING:
+        top = path.relative_to(storage.root).parts[0]
+        if not path.is_file() or top == INCOMING or top.startswith(MARKER):
             continue
         relative = path.relative_to(storage.root).as_posix()
         if relative in indexed:

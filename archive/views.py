@@ -14,7 +14,7 @@ from django.utils.html import escape
 from archive.charts import bar_list, column_chart
 from archive.exceptions import StorageFailure
 from archive.models import Instance, Series
-from archive.preview import PreviewUnavailable, preview_png
+from archive.preview import MAX_SIDE, PreviewUnavailable, preview_png
 from archive.statistics import (
     DAYS,
     HOURS,
@@ -63,10 +63,15 @@ def dashboard(request: HttpRequest) -> HttpResponse:
     return render(request, "archive/dashboard.html", context)
 
 
+# `?full=1`: the preview at the image's own size (up to this), for the link behind a thumbnail.
+FULL_SIDE = 4096
+
+
 def instance_preview(request: HttpRequest, pk: int) -> HttpResponse:
-    """The instance's middle frame as PNG; `?wc=40&ww=400` sets the window (center, width)."""
+    """The instance's middle frame as PNG, at most 512 pixels a side (`?full=1`: its own size);
+    `?wc=40&ww=400` sets the window (center, width)."""
     instance = get_object_or_404(Instance, pk=pk)
-    return _preview(instance, _window(request))
+    return _preview(instance, _window(request), _side(request))
 
 
 def series_preview(request: HttpRequest, pk: int) -> HttpResponse:
@@ -76,7 +81,7 @@ def series_preview(request: HttpRequest, pk: int) -> HttpResponse:
     count = instances.count()
     if count == 0:
         return _placeholder("no instances")
-    return _preview(instances[count // 2], _window(request))
+    return _preview(instances[count // 2], _window(request), _side(request))
 
 
 def instance_download(request: HttpRequest, pk: int) -> FileResponse:
@@ -111,10 +116,14 @@ def _window(request: HttpRequest) -> tuple[float, float] | None:
         return None
 
 
-def _preview(instance: Instance, window: tuple[float, float] | None) -> HttpResponse:
+def _side(request: HttpRequest) -> int:
+    return FULL_SIDE if request.GET.get("full") == "1" else MAX_SIDE
+
+
+def _preview(instance: Instance, window: tuple[float, float] | None, side: int) -> HttpResponse:
     path = _stored_path(instance)
     try:
-        png = preview_png(path, window=window)
+        png = preview_png(path, window=window, max_side=side)
     except PreviewUnavailable as exc:
         return _placeholder(str(exc).splitlines()[0][:80])
     response = HttpResponse(png, content_type="image/png")

@@ -2,6 +2,12 @@
 
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import environ
+
+# The engines DATABASE_URL and `database.url` may name.
+URL_SCHEMES = ("sqlite", "postgres", "postgresql", "pgsql")
 
 # WAL lets the admin read while the SCP writes; IMMEDIATE takes the write lock at BEGIN so two
 # association threads queue instead of failing with "database is locked" when one upgrades a read
@@ -36,6 +42,32 @@ def sqlite_database(
     }
 
 
+def database_from_url(url: str) -> dict[str, Any]:
+    """A DATABASES entry for `url` (sqlite:////abs/path.db, postgres://user:pw@host/name).
+
+    Raises ValueError naming what is wrong.
+    """
+    scheme = urlsplit(url).scheme
+    if scheme not in URL_SCHEMES:
+        raise ValueError(
+            f"{url_without_password(url)!r} is not a database URL "
+            "(sqlite:////absolute/path.db or postgres://user:password@host:port/name)"
+        )
+    database = environ.Env.db_url_config(url)
+    if not database.get("NAME"):
+        raise ValueError(f"{url_without_password(url)!r} names no database")
+    return with_backend_options(database)
+
+
+def url_without_password(url: str) -> str:
+    """The URL with its password hidden, for logs and `--check-config`."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
 def with_backend_options(database: dict[str, Any]) -> dict[str, Any]:
     """Add our SQLite options to a DATABASES entry parsed from DATABASE_URL."""
     if database.get("ENGINE") == "django.db.backends.sqlite3":
@@ -63,6 +95,16 @@ def use_sqlite_index(
     connections.close_all()
     database.update(sqlite_database(path, wal_mode=wal_mode, synchronous=synchronous))
     # A wrapper built for the previous engine must not be reused.
+    del connections["default"]
+
+
+def use_database_url(url: str) -> None:
+    """Point the default database at `url` (a `database.url` of a configuration file the
+    settings did not read: `call_command("runscp", config=...)`)."""
+    from django.db import connections
+
+    connections.close_all()
+    connections.settings["default"].update(database_from_url(url))
     del connections["default"]
 
 

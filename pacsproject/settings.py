@@ -1,18 +1,22 @@
-"""Settings for the receiver and its admin, read from the environment (django-environ).
+"""Settings for the receiver and its admin, read from the configuration file named by
+DICOM_CONFIG (pacsproject.site_config) and from the environment (django-environ).
 
 Defaults run a local receiver out of the box (SQLite index `./pacs.db`, files in `./received`);
-production sets SECRET_KEY, ALLOWED_HOSTS and, to scale out, DATABASE_URL.
+production sets DICOM_CONFIG, SECRET_KEY and ALLOWED_HOSTS.
 """
 
 from pathlib import Path
 
 import environ
 
-from pacsproject.database import with_backend_options
+from pacsproject.site_config import site_config_read
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 env = environ.Env()
+# The one configuration file (runscp, every other command, gunicorn): database, storage, AE.
+SITE_CONFIG = site_config_read(env, base_dir=BASE_DIR)
+DICOM_CONFIG = SITE_CONFIG.path
 
 DEBUG = env.bool("DEBUG", default=False)
 # Without SECRET_KEY a development key is used, which `check --deploy` reports (its prefix).
@@ -79,11 +83,7 @@ TEMPLATES = [
 
 WSGI_APPLICATION = "pacsproject.wsgi.application"
 
-DATABASES = {
-    "default": with_backend_options(
-        env.db("DATABASE_URL", default=f"sqlite:///{BASE_DIR / 'pacs.db'}")
-    )
-}
+DATABASES = {"default": SITE_CONFIG.database}
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # A file, not Django's in-memory default: the tests' SCP threads each open a connection, and
     # WAL and busy timeouts work only on a file.
@@ -108,10 +108,12 @@ STATIC_ROOT = BASE_DIR / "staticfiles"
 # folders when `collectstatic` has not been run, so a fresh clone works as it is.
 WHITENOISE_USE_FINDERS = True
 
-# Where received instances are written; `runscp --storage-dir` overrides it.
-DICOM_STORAGE_DIR = Path(env.str("DICOM_STORAGE_DIR", default=str(BASE_DIR / "received")))
+# Where received instances are written (storage.directory, DICOM_STORAGE_DIR); `runscp
+# --storage-dir` overrides it.
+DICOM_STORAGE_DIR = SITE_CONFIG.storage_dir
 # What to do when an instance arrives again with different bytes: keep, overwrite or reject.
-DICOM_DUPLICATES = env.str("DICOM_DUPLICATES", default="keep")
+DICOM_DUPLICATES = SITE_CONFIG.duplicates
+DICOM_AE_TITLE = SITE_CONFIG.ae_title
 
 # Seconds between two heartbeats of each receiver process (live status); three missed beats
 # and the process is shown as down.
@@ -132,6 +134,9 @@ LOGGING = {
     "loggers": {
         "receiver": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
         "archive": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
+        # Refused requests (a Host header not in ALLOWED_HOSTS, a bad CSRF token): Django's
+        # own handler shows them only with DEBUG on, and a 400 must be explained in the log.
+        "django.security": {"handlers": ["console"], "level": "WARNING", "propagate": False},
         # pynetdicom logs each PDU and DIMSE message; we log one line per association.
         "pynetdicom": {"handlers": ["console"], "level": "WARNING", "propagate": False},
     },

@@ -3,6 +3,7 @@
 
 from django.contrib import admin
 from django.urls import path
+from django.views.generic import RedirectView
 
 from archive import views as archive_views
 from receiver import views as receiver_views
@@ -13,6 +14,8 @@ def staff(view):
 
 
 urlpatterns = [
+    # No public site: the root leads to the dashboard (through the admin's login).
+    path("", RedirectView.as_view(pattern_name="archive-dashboard"), name="home"),
     path("admin/dashboard/", staff(archive_views.dashboard), name="archive-dashboard"),
     path("admin/status/", staff(receiver_views.status_page), name="receiver-status"),
     path("admin/status.json", staff(receiver_views.status_json), name="receiver-status-json"),

@@ -1,7 +1,40 @@
-from django.contrib import admin
-from django.http import HttpRequest
+from typing import Any
 
+from django.conf import settings
+from django.contrib import admin
+from django.http import HttpRequest, HttpResponse
+
+from receiver.config import ConfigError, config_file_read
 from receiver.models import AllowedAE, AssociationLog, ReceiverProcess, SOPClassRule
+from receiver.sop_classes import sop_classes_parse
+
+
+def file_rules() -> dict[str, Any]:
+    """The access rules of the configuration file (DICOM_CONFIG), shown read-only beside the
+    admin's own: who may send and which storage classes are accepted."""
+    path = settings.DICOM_CONFIG
+    if path is None:
+        return {"path": None, "allowed_aes": (), "accepted_sop_classes": None}
+    try:
+        values = config_file_read(path)
+    except ConfigError as exc:
+        return {"path": path, "error": str(exc)}
+    accepted = values.get("accepted_sop_classes")
+    if accepted is not None:
+        accepted = [(entry, _class_names(entry)) for entry in accepted]
+    return {
+        "path": path,
+        "require_known_ae": values.get("require_known_ae"),
+        "allowed_aes": values.get("allowed_aes", ()),
+        "accepted_sop_classes": accepted,
+    }
+
+
+def _class_names(entry: str) -> list[str]:
+    try:
+        return [uid.name for uid in sop_classes_parse([entry])]
+    except ValueError as exc:
+        return [f"({exc})"]
 
 
 @admin.register(AllowedAE)
@@ -11,12 +44,24 @@ class AllowedAEAdmin(admin.ModelAdmin):
     list_filter = ["enabled"]
     search_fields = ["ae_title", "host", "description"]
 
+    def changelist_view(
+        self, request: HttpRequest, extra_context: dict | None = None
+    ) -> HttpResponse:
+        context = {**(extra_context or {}), "file_rules": file_rules()}
+        return super().changelist_view(request, context)
+
 
 @admin.register(SOPClassRule)
 class SOPClassRuleAdmin(admin.ModelAdmin):
     list_display = ["sop_classes", "action", "description", "enabled"]
     list_editable = ["enabled"]
     list_filter = ["action", "enabled"]
+
+    def changelist_view(
+        self, request: HttpRequest, extra_context: dict | None = None
+    ) -> HttpResponse:
+        context = {**(extra_context or {}), "file_rules": file_rules()}
+        return super().changelist_view(request, context)
 
 
 @admin.register(AssociationLog)
@@ -67,8 +112,9 @@ class ReceiverProcessAdmin(admin.ModelAdmin):
         "started_at",
         "heartbeat_at",
         "stopped_at",
+        "end",
     ]
-    list_filter = ["host", "ae_title"]
+    list_filter = ["end", "host", "ae_title"]
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False

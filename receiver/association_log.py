@@ -13,6 +13,9 @@ from receiver.models import AssociationLog
 
 logger = logging.getLogger(__name__)
 
+# A sender may propose over a hundred contexts; the first ones tell the story.
+_CONTEXTS_KEPT = 64
+
 
 def association_log_open(
     *,
@@ -21,9 +24,14 @@ def association_log_open(
     peer_address: str,
     peer_port: int | None,
     rejected_because: str = "",
+    reason: str = "",
+    refused_contexts: list[dict[str, str]] | None = None,
     receiver_id: int | None = None,
 ) -> int | None:
-    """Record an association attempt; return the row's id (None if the log is unavailable)."""
+    """Record an association attempt; return the row's id (None if the log is unavailable).
+
+    `rejected_because` rejects it; otherwise `reason` and `refused_contexts` say which
+    proposed presentation contexts were refused and why."""
     now = timezone.now()
     try:
         row = AssociationLog.objects.create(
@@ -34,7 +42,8 @@ def association_log_open(
             peer_address=peer_address[:64],
             peer_port=peer_port,
             outcome=AssociationLog.REJECTED if rejected_because else AssociationLog.ACCEPTED,
-            reason=rejected_because[:255],
+            reason=(rejected_because or reason)[:255],
+            refusals={"contexts": refused_contexts[:_CONTEXTS_KEPT]} if refused_contexts else {},
             process_id=os.getpid(),
             receiver_id=receiver_id,
         )
@@ -79,11 +88,23 @@ def association_log_close(
     duplicates: int,
     failures: dict[str, int],
     bytes_received: int,
+    reason: str | None = None,
+    unserved_requests: dict[str, int] | None = None,
 ) -> None:
-    """Record how an accepted association ended (only the first call for a row counts)."""
+    """Record how an accepted association ended (only the first call for a row counts):
+    `reason` (why it was aborted, with what was refused; None keeps the reason recorded at
+    the start), and requests for services we do not provide."""
     if row_id is None:
         return
+    changes: dict[str, object] = {}
+    if reason is not None:
+        changes["reason"] = reason[:255]
     try:
+        if unserved_requests:
+            refusals = (
+                AssociationLog.objects.filter(pk=row_id).values_list("refusals", flat=True).first()
+            )
+            changes["refusals"] = {**(refusals or {}), "requests": unserved_requests}
         AssociationLog.objects.filter(pk=row_id, outcome=AssociationLog.ACCEPTED).update(
             ended_at=timezone.now(),
             outcome=outcome,
@@ -91,6 +112,7 @@ def association_log_close(
             duplicates=duplicates,
             failures=failures,
             bytes_received=bytes_received,
+            **changes,
         )
     except DatabaseError as exc:
         logger.error("Association log not updated: %s", exc)

@@ -2,6 +2,9 @@
 
 Precedence: command line > configuration file > environment > defaults. `resolve` returns the
 configuration with the source of every value, which `runscp --check-config` prints.
+
+The settings read the same file when they load (pacsproject.site_config), so this module must
+not import Django models at import time: the settings import it before the apps are ready.
 """
 
 import ipaddress
@@ -16,16 +19,16 @@ from django.conf import settings
 from pydicom.uid import UID
 
 from archive.naming import naming_scheme
-from archive.services import DUPLICATE_POLICIES
-from pacsproject.database import SYNCHRONOUS
+from pacsproject.database import SYNCHRONOUS, database_from_url, url_without_password
 from receiver.sop_classes import sop_classes_parse
 
 DEFAULTS: dict[str, Any] = {
     "port": 11112,
-    "ae_title": "PACS_RECEIVER",
+    "ae_title": "MY_PACS",
     "bind": "",
     "storage_dir": None,  # settings.DICOM_STORAGE_DIR
     "index_db": None,  # the database of DATABASE_URL
+    "database_url": None,  # read by the settings (pacsproject.site_config)
     "wal_mode": True,
     "synchronous": "normal",
     "naming": "hierarchical",
@@ -87,6 +90,7 @@ FILE_SCHEMA: dict[str, dict[str, tuple[str, str]]] = {
     },
     "database": {
         "path": ("index_db", "path"),
+        "url": ("database_url", "str"),
         "wal_mode": ("wal_mode", "bool"),
         "synchronous": ("synchronous", "str"),
     },
@@ -148,6 +152,7 @@ class ReceiverConfig:
     bind: str
     storage_dir: Path
     index_db: Path | None
+    database_url: str | None
     wal_mode: bool
     synchronous: str
     naming: str
@@ -173,6 +178,8 @@ class ReceiverConfig:
     tls_ca_certificates: Path | None
     tls_require_client_certificate: bool
     sources: dict[str, str] = field(default_factory=dict, compare=False)
+    # The configuration file the values were read from (DICOM_CONFIG or --config).
+    config_file: Path | None = field(default=None, compare=False)
 
     @property
     def tls(self) -> bool:
@@ -195,9 +202,9 @@ class ReceiverConfig:
 
     def report(self) -> str:
         """Every effective value with where it came from, for `--check-config`."""
-        lines = []
+        lines = [f"{'configuration file':32} {self.config_file or '(none)'}"]
         for item in fields(self):
-            if item.name == "sources":
+            if item.name in ("sources", "config_file"):
                 continue
             value = getattr(self, item.name)
             if item.name == "accepted_sop_classes" and value is not None:
@@ -206,6 +213,10 @@ class ReceiverConfig:
                 value = ", ".join(f"{p.ae_title}@{p.host or '*'}" for p in value) or "(none)"
             elif item.name == "index_db" and value is None:
                 value = database_label()
+                if self.database_url is None and "DATABASE_URL" in os.environ:
+                    value = f"{value}  [environment DATABASE_URL]"
+            elif item.name == "database_url" and value is not None:
+                value = url_without_password(value)
             elif item.name == "bind" and not value:
                 value = "(all interfaces)"
             lines.append(f"{item.name:32} {value}  [{self.sources.get(item.name, 'default')}]")
@@ -314,11 +325,16 @@ def _typed(value: Any, kind: str, where: str, base: Path) -> Any:
 def _peer_entry(entry: Any, where: str) -> AllowedPeer:
     if isinstance(entry, str):
         entry = {"ae_title": entry}
-    if not isinstance(entry, dict) or "ae_title" not in entry:
+    if not isinstance(entry, dict):
         raise ConfigError(f"{where}: expected an entry with ae_title (and optional host)")
     unknown = set(entry) - {"ae_title", "host", "description"}
     if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}")
+        raise ConfigError(
+            f"{where}: unknown key(s) {', '.join(sorted(map(str, unknown)))} "
+            "(known: ae_title, host, description)"
+        )
+    if "ae_title" not in entry:
+        raise ConfigError(f"{where}: ae_title is missing")
     try:
         title = ae_title_valid(entry["ae_title"])
     except ConfigError as exc:
@@ -344,6 +360,9 @@ def _environment() -> dict[str, Any]:
 
 def resolve(command_line: dict[str, Any], config_file: Path | None = None) -> ReceiverConfig:
     """Merge command line (None = not given) > file > environment > defaults, and validate."""
+    # Imported here: the settings import this module before the models can be (site_config).
+    from archive.services import DUPLICATE_POLICIES
+
     layers: list[tuple[str, dict[str, Any]]] = [("default", DEFAULTS)]
     layers.append(("environment", _environment()))
     if config_file is not None:
@@ -418,13 +437,22 @@ def resolve(command_line: dict[str, Any], config_file: Path | None = None) -> Re
             raise fail("accepted_sop_classes", "names no storage class")
     merged["allowed_aes"] = tuple(merged["allowed_aes"])
     _check_tls(merged, fail)
+    if merged["database_url"] is not None:
+        try:
+            database_from_url(merged["database_url"])
+        except ValueError as exc:
+            raise fail("database_url", str(exc)) from None
+        if merged["index_db"] is not None and sources["index_db"] == sources["database_url"]:
+            raise fail("database_url", "give database.path or database.url, not both")
 
     merged["storage_dir"] = Path(merged["storage_dir"] or settings.DICOM_STORAGE_DIR)
     merged["storage_dir"] = merged["storage_dir"].expanduser().resolve()
     for key in ("index_db", "tls_certificate", "tls_private_key", "tls_ca_certificates"):
         if merged[key] is not None:
             merged[key] = Path(merged[key]).expanduser().resolve()
-    return ReceiverConfig(**merged, sources=sources)
+    return ReceiverConfig(
+        **merged, sources=sources, config_file=Path(config_file) if config_file else None
+    )
 
 
 def _spelling(key: str, source: str) -> str:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from django.db import connection
 from pynetdicom.association import Association
 from pynetdicom.events import Event
-from pynetdicom.sop_class import Verification
+from pynetdicom.pdu_primitives import A_ABORT, A_P_ABORT
 
 from archive.exceptions import (
     DatasetMismatch,
@@ -23,12 +23,13 @@ from archive.exceptions import (
     StorageFailure,
 )
 from archive.services import IngestSettings, instance_store
-from receiver.access import LOCAL_LIMIT_EXCEEDED, Decision, association_decide
+from receiver.access import LOCAL_LIMIT_EXCEEDED, Decision, association_request_decide
 from receiver.association_log import association_log_close, association_log_open
 from receiver.config import ReceiverConfig
 from receiver.limits import AssociationSlots
 from receiver.live import LiveStatus
 from receiver.models import AssociationLog
+from receiver.sop_classes import storage_sop_classes
 from receiver.transport.spool import SpoolBuffer
 
 logger = logging.getLogger(__name__)
@@ -63,8 +64,14 @@ class AssociationTally:
     # silence was the timeout (pynetdicom's idle timer restarts when the peer then hangs up).
     last_activity: float = field(default_factory=time.monotonic)
     live: LiveStatus | None = None
+    # What negotiation refused (Decision.refusal_summary), kept in the log's reason.
+    refusal: str = ""
+    # The A-ABORT or A-P-ABORT received, as handle_acse_received saw it go by.
+    abort_received: str = ""
+    # DIMSE requests for services we do not provide, by message type.
+    unserved: Counter[str] = field(default_factory=Counter)
 
-    def close_log(self, outcome: str) -> None:
+    def close_log(self, outcome: str, why: str = "") -> None:
         log_id, self.log_id = self.log_id, None  # once only
         if log_id is not None and self.nonconforming_uids:
             logger.warning(
@@ -76,6 +83,12 @@ class AssociationTally:
             )
         if self.live is not None and log_id is not None:
             self.live.untrack(log_id)
+        unserved = ", ".join(f"{name}×{n}" for name, n in sorted(self.unserved.items()))
+        reasons = [
+            why,
+            f"requests for services not provided: {unserved}" if unserved else "",
+            self.refusal,
+        ]
         association_log_close(
             log_id,
             outcome=outcome,
@@ -83,6 +96,8 @@ class AssociationTally:
             duplicates=self.duplicates,
             failures=self.failures_json(),
             bytes_received=self.bytes_received,
+            reason="; ".join(r for r in reasons if r),
+            unserved_requests=dict(self.unserved),
         )
 
     def failures_json(self) -> dict[str, int]:
@@ -126,34 +141,42 @@ _REJECT_REASONS = {
 }
 
 
+_STORAGE_CLASSES = frozenset(str(uid) for uid in storage_sop_classes())
+
+
 def handle_requested(
     event: Event, config: ReceiverConfig, slots: AssociationSlots, live: LiveStatus | None
 ) -> None:
-    """EVT_REQUESTED: apply access control and the association limit before negotiation.
+    """EVT_REQUESTED: apply the access decision (receiver.access) before negotiation.
 
-    Rejects with A-ASSOCIATE-RJ: permanent, reason 3 for a calling AE not allowed from this
-    host; permanent, reason 7 for a wrong called AE title; transient, local limit exceeded when
-    all places are taken. Otherwise narrows the presentation contexts we will accept to the
-    storage classes the configuration and the admin rules allow (others are rejected with
-    "abstract syntax not supported"; Verification always stays).
+    Rejects with A-ASSOCIATE-RJ as the decision says (permanent, reason 3 or 7; transient when
+    the rules are unavailable), or transient, local limit exceeded, when all places are taken.
+    Otherwise removes the refused abstract syntaxes from what we accept, so that pynetdicom
+    answers their contexts with "abstract syntax not supported", and records why.
     """
     assoc = event.assoc
-    request = assoc.requestor.primitive
-    decision = association_decide(
+    requestor = assoc.requestor
+    request = requestor.primitive
+    supported = assoc.acceptor.supported_contexts
+    decision = association_request_decide(
         config=config,
         calling_ae=request.calling_ae_title,
         called_ae=request.called_ae_title,
-        address=assoc.requestor.address,
+        address=requestor.address,
+        proposed=[cx.abstract_syntax for cx in request.presentation_context_definition_list],
+        served={cx.abstract_syntax for cx in supported},
+        storage_classes=_STORAGE_CLASSES,
     )
     if decision.rejection is None and not slots.acquire(assoc):
         decision = Decision(LOCAL_LIMIT_EXCEEDED, f"all {slots.limit} association places are taken")
-    requestor = assoc.requestor
     log_id = association_log_open(
         calling_ae_title=request.calling_ae_title,
         called_ae_title=request.called_ae_title,
         peer_address=requestor.address,
         peer_port=requestor.port,
         rejected_because=decision.why if decision.rejection is not None else "",
+        reason=decision.refusal_summary(),
+        refused_contexts=[r.as_json() for r in decision.refused],
         receiver_id=live.process_id if live is not None else None,
     )
     if decision.rejection is not None:
@@ -165,15 +188,15 @@ def handle_requested(
     tally = tally_of(assoc)
     tally.log_id = log_id
     tally.peer = _peer(event)
+    tally.refusal = decision.refusal_summary()
     if live is not None and log_id is not None:
         tally.live = live
         live.track(log_id, tally)
-    accepted = decision.sop_classes
-    assoc.acceptor.supported_contexts = [
-        cx
-        for cx in assoc.acceptor.supported_contexts
-        if cx.abstract_syntax == Verification or cx.abstract_syntax in accepted
-    ]
+    if decision.refused:
+        refused = decision.refused_uids
+        assoc.acceptor.supported_contexts = [
+            cx for cx in supported if cx.abstract_syntax not in refused
+        ]
 
 
 def handle_store(event: Event, ingest: IngestSettings) -> int:
@@ -255,11 +278,101 @@ def handle_echo(event: Event) -> int:
 
 
 def handle_accepted(event: Event) -> None:
+    refusal = tally_of(event.assoc).refusal
+    # Senders often propose many classes and use few: refusals are news only when the
+    # association then delivers nothing (handle_released).
     logger.info(
-        "Association accepted from %s (called %s)",
+        "Association accepted from %s (called %s)%s",
         _peer(event),
         event.assoc.acceptor.ae_title,
+        f"; {refusal}" if refusal else "",
     )
+
+
+# DIMSE requests and the intervention events that serve them (pynetdicom.evt).
+_SERVICE_EVENTS = {
+    "EVT_C_ECHO": ("C_ECHO_RQ",),
+    "EVT_C_STORE": ("C_STORE_RQ",),
+    "EVT_C_FIND": ("C_FIND_RQ", "C_CANCEL_RQ"),
+    "EVT_C_GET": ("C_GET_RQ", "C_CANCEL_RQ"),
+    "EVT_C_MOVE": ("C_MOVE_RQ", "C_CANCEL_RQ"),
+    "EVT_N_ACTION": ("N_ACTION_RQ",),
+    "EVT_N_CREATE": ("N_CREATE_RQ",),
+    "EVT_N_DELETE": ("N_DELETE_RQ",),
+    "EVT_N_EVENT_REPORT": ("N_EVENT_REPORT_RQ",),
+    "EVT_N_GET": ("N_GET_RQ",),
+    "EVT_N_SET": ("N_SET_RQ",),
+}
+
+
+def requests_served(event_handlers: list) -> frozenset[str]:
+    """The DIMSE request types the AE's handler list serves (e.g. "C_STORE_RQ")."""
+    served: set[str] = set()
+    for binding in event_handlers:
+        served.update(_SERVICE_EVENTS.get(binding[0].name, ()))
+    return frozenset(served)
+
+
+def handle_dimse_received(event: Event, served: frozenset[str]) -> None:
+    """EVT_DIMSE_RECV (messages pynetdicom decodes; the fast path's C-STOREs never come here):
+    count and log a request for a service we do not provide."""
+    kind = type(event.message).__name__
+    if not kind.endswith("_RQ") or kind in served:
+        return
+    name = kind.replace("_", "-")
+    tally = tally_of(event.assoc)
+    tally.unserved[name] += 1
+    if tally.unserved[name] == 1:
+        logger.warning("%s from %s: a service this receiver does not provide", name, tally.peer)
+
+
+# A-P-ABORT provider reasons (PS3.8 9.3.8), as our DICOM layer detected the peer's error.
+_PROVIDER_REASONS = {
+    0x01: "unrecognised PDU",
+    0x02: "unexpected PDU",
+    0x04: "unrecognised PDU parameter",
+    0x05: "unexpected PDU parameter",
+    0x06: "invalid PDU parameter value",
+}
+
+
+def handle_acse_received(event: Event) -> None:
+    """EVT_ACSE_RECV: note an abort as it arrives (pynetdicom consumes the primitive before
+    EVT_ABORTED, which then cannot tell a peer's A-ABORT from a broken connection)."""
+    primitive = event.primitive
+    if isinstance(primitive, A_ABORT):
+        source = getattr(primitive, "abort_source", None)
+        who = "the peer's DICOM layer" if source == 0x02 else "the peer"
+        tally_of(event.assoc).abort_received = f"aborted by {who} (A-ABORT)"
+    elif isinstance(primitive, A_P_ABORT):
+        reason = getattr(primitive, "provider_reason", None)
+        tally_of(event.assoc).abort_received = (
+            "the peer closed the connection without release"
+            if reason in (None, 0x00)
+            else f"protocol error from the peer ({_PROVIDER_REASONS.get(reason, reason)}): aborted"
+        )
+
+
+def abort_reason(assoc: object, tally: AssociationTally) -> tuple[str, str]:
+    """The outcome of an aborted association and why, for its log row: our own reason where
+    we aborted it (`receiver_abort_reason`: shutdown grace, framing error, PDU too long), the
+    network timeout, or what the peer sent."""
+    explicit = getattr(assoc, "receiver_abort_reason", "")
+    if explicit:
+        return AssociationLog.ABORTED, explicit
+    timeout = getattr(assoc, "network_timeout", None)
+    if timeout is not None and time.monotonic() - tally.last_activity >= timeout - 0.05:
+        return AssociationLog.TIMED_OUT, f"nothing received for {timeout:g} s (network timeout)"
+    if tally.abort_received:
+        return AssociationLog.ABORTED, tally.abort_received
+    if getattr(assoc, "_sent_abort", False):
+        if tally.unserved:  # pynetdicom aborts on a request it has no service class for
+            return (
+                AssociationLog.ABORTED,
+                "aborted by this receiver after a request it does not serve",
+            )
+        return AssociationLog.ABORTED, "aborted by this receiver"
+    return AssociationLog.ABORTED, "connection lost"
 
 
 def handle_rejected(event: Event) -> None:
@@ -273,7 +386,14 @@ def handle_rejected(event: Event) -> None:
 
 def handle_released(event: Event, slots: AssociationSlots) -> None:
     tally = tally_of(event.assoc)
-    logger.info("Association from %s released: %s", _peer(event), tally.summary())
+    if tally.refusal and not (tally.stored or tally.duplicates or tally.failed):
+        logger.warning(
+            "Association from %s released having delivered nothing; %s",
+            _peer(event),
+            tally.refusal,
+        )
+    else:
+        logger.info("Association from %s released: %s", _peer(event), tally.summary())
     slots.release(event.assoc)
     tally.close_log(AssociationLog.RELEASED)
     close_database()
@@ -281,12 +401,13 @@ def handle_released(event: Event, slots: AssociationSlots) -> None:
 
 def handle_aborted(event: Event, slots: AssociationSlots) -> None:
     tally = tally_of(event.assoc)
-    timeout = event.assoc.network_timeout
-    timed_out = timeout is not None and time.monotonic() - tally.last_activity >= timeout - 0.05
-    how = "timed out (network timeout)" if timed_out else "aborted"
-    logger.info("Association from %s %s: %s", _peer(event), how, tally.summary())
+    outcome, why = abort_reason(event.assoc, tally)
+    how = why if why.startswith(outcome) else f"{outcome}: {why}"
+    if tally.refusal and not (tally.stored or tally.duplicates or tally.failed):
+        how = f"{how}; {tally.refusal}"  # why the peer had nothing to send
+    logger.warning("Association from %s %s: %s", _peer(event), how, tally.summary())
     slots.release(event.assoc)
-    tally.close_log(AssociationLog.TIMED_OUT if timed_out else AssociationLog.ABORTED)
+    tally.close_log(outcome, why)
     close_database()
 
 
@@ -300,8 +421,9 @@ def association_ended(assoc: object) -> None:
     log row of an association whose connection simply dropped (no release, no abort event)."""
     tally = getattr(assoc, "receiver_tally", None)
     if tally is not None and tally.log_id is not None:
-        logger.info("Association from %s lost its connection: %s", tally.peer, tally.summary())
-        tally.close_log(AssociationLog.ABORTED)
+        why = getattr(assoc, "receiver_abort_reason", "") or "connection lost"
+        logger.warning("Association from %s aborted: %s: %s", tally.peer, why, tally.summary())
+        tally.close_log(AssociationLog.ABORTED, why)
         close_database()
 
 

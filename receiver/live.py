@@ -65,15 +65,18 @@ class LiveStatus:
         self._thread = threading.Thread(target=self._run, name="heartbeat", daemon=True)
         self._thread.start()
 
-    def stop(self) -> None:
-        """Stop the heartbeat and record the process as stopped."""
+    def stop(self, *, failed: bool = False) -> None:
+        """Stop the heartbeat and record the process as stopped (or as a start that failed)."""
         self._stopping.set()
         if self._thread is not None:
             self._thread.join(timeout=10)
         if self.process_id is None:
             return
         try:
-            ReceiverProcess.objects.filter(pk=self.process_id).update(stopped_at=timezone.now())
+            ReceiverProcess.objects.filter(pk=self.process_id).update(
+                stopped_at=timezone.now(),
+                end=ReceiverProcess.FAILED if failed else ReceiverProcess.STOPPED,
+            )
         except DatabaseError as exc:
             logger.error("Live status not updated: %s", exc)
         finally:
@@ -129,7 +132,9 @@ def _reap(now: dt.datetime) -> None:
     for row in ReceiverProcess.objects.filter(stopped_at__isnull=True):
         same_host_gone = row.host == host and not pid_alive(row.pid)
         if same_host_gone or row.heartbeat_at < heartbeat_deadline(now):
-            ReceiverProcess.objects.filter(pk=row.pk).update(stopped_at=row.heartbeat_at)
+            ReceiverProcess.objects.filter(pk=row.pk).update(
+                stopped_at=row.heartbeat_at, end=ReceiverProcess.LOST
+            )
             dead.append(row.pk)
     if dead:
         AssociationLog.objects.filter(outcome=AssociationLog.ACCEPTED, receiver__in=dead).update(

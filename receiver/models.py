@@ -107,9 +107,16 @@ class ReceiverProcess(models.Model):
     ae_title = models.CharField("AE title", max_length=16)
     port = models.PositiveIntegerField()
     role = models.CharField(max_length=32, blank=True, help_text="single process or worker N")
+    RUNNING = "running"
+    STOPPED = "stopped"  # stopped cleanly (Ctrl-C, SIGTERM)
+    LOST = "lost"  # died without saying so; found by the next receiver to start
+    FAILED = "failed"  # did not start (port in use, ...)
+    ENDS = [(e, e) for e in (RUNNING, STOPPED, LOST, FAILED)]
+
     started_at = models.DateTimeField()
     heartbeat_at = models.DateTimeField()
     stopped_at = models.DateTimeField(null=True, blank=True)
+    end = models.CharField(max_length=8, choices=ENDS, default=RUNNING)
 
     objects = ReceiverProcessQuerySet.as_manager()
 
@@ -152,6 +159,10 @@ class AssociationLog(models.Model):
     # {"0xA700": 2, ...}: failure statuses and how often each was answered; for DROPPED rows,
     # {"first PDU timeout": 9, ...}: connections dropped by reason.
     failures = models.JSONField(default=dict, blank=True)
+    # What we refused within an accepted association: {"contexts": [{"uid", "name", "why"}],
+    # "requests": {"C-FIND-RQ": 1}} (presentation contexts at negotiation, DIMSE requests for
+    # services we do not provide); empty when nothing was refused.
+    refusals = models.JSONField(default=dict, blank=True)
     bytes_received = models.BigIntegerField(default=0)
     process_id = models.PositiveIntegerField(null=True)
     receiver = models.ForeignKey(

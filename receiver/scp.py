@@ -18,6 +18,7 @@ from archive.part10 import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from archive.services import IngestSettings
 from receiver import handlers, transport
 from receiver.config import ReceiverConfig
+from receiver.handlers import requests_served
 from receiver.limits import AssociationSlots
 from receiver.live import LiveStatus
 from receiver.sop_classes import storage_sop_classes
@@ -101,6 +102,11 @@ def build_ae(
         (evt.EVT_RELEASED, handlers.handle_released, [slots]),
         (evt.EVT_ABORTED, handlers.handle_aborted, [slots]),
         (evt.EVT_CONN_CLOSE, handlers.handle_connection_closed, [slots]),
+    ]
+    # Notifications that tell why an association ends or what it asked that we do not serve.
+    event_handlers += [
+        (evt.EVT_ACSE_RECV, handlers.handle_acse_received),
+        (evt.EVT_DIMSE_RECV, handlers.handle_dimse_received, [requests_served(event_handlers)]),
     ]
     return ae, event_handlers
 

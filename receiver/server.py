@@ -16,13 +16,14 @@ from django.db import DatabaseError, connections
 from pynetdicom import AE
 from pynetdicom.transport import ThreadedAssociationServer
 
-from archive.exceptions import StorageFailure
+from archive.exceptions import StorageFailure, StorageMismatch
 from archive.services import IngestSettings
 from archive.storage import Storage
-from pacsproject.database import use_sqlite_index
+from archive.storage_identity import storage_identity_bind
+from pacsproject.database import use_database_url, use_sqlite_index
 from receiver import workers
 from receiver.checks import checking
-from receiver.config import ReceiverConfig
+from receiver.config import ReceiverConfig, database_label
 from receiver.connections import lobby_build
 from receiver.live import LiveStatus
 from receiver.scp import build_ae, tls_context
@@ -60,10 +61,13 @@ class RunningServer:
         self.live.stop()
 
 
-def prepare(config: ReceiverConfig) -> IngestSettings:
+def prepare(config: ReceiverConfig) -> tuple[IngestSettings, str]:
     """Choose the database, run the system checks, bring the schema up to date and make the
-    storage ready."""
+    storage ready; return the archive's settings and what the index said of the storage (logged
+    once listening)."""
     try:
+        if config.index_db is None and config.database_url is not None:
+            use_database_url(config.database_url)
         use_sqlite_index(config.index_db, wal_mode=config.wal_mode, synchronous=config.synchronous)
     except OSError as exc:
         raise StartupError(f"cannot create the index directory: {exc.strerror}") from None
@@ -75,11 +79,16 @@ def prepare(config: ReceiverConfig) -> IngestSettings:
         raise StartupError(str(exc)) from None
     try:
         call_command("migrate", interactive=False, verbosity=0)
+        found = storage_identity_bind(
+            storage=ingest.storage, index_label=str(config.index_db or database_label())
+        )
     except DatabaseError as exc:
         raise StartupError(f"index database not usable: {exc}") from None
+    except (StorageMismatch, StorageFailure) as exc:
+        raise StartupError(str(exc)) from None
     finally:
         connections.close_all()
-    return ingest
+    return ingest, found[:1].upper() + found[1:]
 
 
 def system_check(config: ReceiverConfig) -> None:
@@ -162,7 +171,7 @@ def start(config: ReceiverConfig, ingest: IngestSettings) -> RunningServer:
             server_class=ThreadedAssociationServer,
         )
     except OSError as exc:
-        live.stop()
+        live.stop(failed=True)
         raise _cannot_listen(config, exc) from None
 
     def deliver(connection: socket.socket, address: Any) -> None:
@@ -193,7 +202,7 @@ def listen(config: ReceiverConfig) -> socket.socket:
 
 def run(config: ReceiverConfig) -> None:
     """Serve until SIGINT or SIGTERM, then shut down gracefully."""
-    ingest = prepare(config)
+    ingest, storage_found = prepare(config)
     stop = threading.Event()
 
     def request_stop(signum: int, frame: object) -> None:
@@ -206,10 +215,12 @@ def run(config: ReceiverConfig) -> None:
         _check_tls(config)
         listener = listen(config)
         logger.info("Storage SCP started: %s, %d workers", config.describe(), config.workers)
+        logger.info("%s", storage_found)
         workers.serve(config, ingest, listener, config.workers, stop)
     else:
         running = start(config, ingest)
         logger.info("Storage SCP started: %s", config.describe())
+        logger.info("%s", storage_found)
         while not stop.wait(1.0):
             pass
         logger.info(

@@ -10,10 +10,31 @@ from django.db.models.functions import TruncMinute
 from archive.statistics import ingest_by, periods_filled, recent_periods
 from receiver.models import AssociationLog, ReceiverProcess
 
-# Processes that stopped within this window are still listed, as down; rejections and failures
-# within it are listed as problems.
+# Processes that stopped within this window are still listed (stopped, or down when they died
+# without saying so); rejections and failures within it are listed as problems. Starts that
+# failed are not listed: their error was the command's output.
 _RECENTLY = dt.timedelta(hours=24)
 _PROBLEMS_SHOWN = 20
+
+
+# Rejected, aborted or timed out; a failed C-STORE; a request for a service we do not provide;
+# or refused presentation contexts in an association that then delivered nothing (a sender
+# proposing many classes, some refused, that stored what it had is no problem).
+_PROBLEM = (
+    Q(
+        outcome__in=[
+            AssociationLog.REJECTED,
+            AssociationLog.ABORTED,
+            AssociationLog.TIMED_OUT,
+        ]
+    )
+    | ~Q(failures={})
+    | Q(refusals__has_key="requests")
+    | (
+        Q(refusals__has_key="contexts", instances_stored=0, duplicates=0)
+        & ~Q(outcome=AssociationLog.ACCEPTED)
+    )
+)
 
 
 def receiver_status(now: dt.datetime) -> dict[str, Any]:
@@ -22,9 +43,12 @@ def receiver_status(now: dt.datetime) -> dict[str, Any]:
     processes = list(
         ReceiverProcess.objects.filter(
             Q(stopped_at__isnull=True) | Q(stopped_at__gte=now - _RECENTLY)
-        ).order_by("-started_at")[:50]
+        )
+        .exclude(end=ReceiverProcess.FAILED)
+        .order_by("-started_at")[:50]
     )
     alive = {p.pk for p in processes if p.is_alive(now)}
+    processes.sort(key=lambda p: p.pk not in alive)  # running first, then newest first
     in_progress = list(
         AssociationLog.objects.filter(outcome=AssociationLog.ACCEPTED).order_by("started_at")[:200]
     )
@@ -32,7 +56,7 @@ def receiver_status(now: dt.datetime) -> dict[str, Any]:
     per_minute = periods_filled(ingest_by(TruncMinute, since=minutes[0]), minutes)
     problems = (
         AssociationLog.objects.filter(started_at__gte=now - _RECENTLY)
-        .filter(Q(outcome=AssociationLog.REJECTED) | ~Q(failures={}))
+        .filter(_PROBLEM)
         .order_by("-started_at")[:_PROBLEMS_SHOWN]
     )
     return {
@@ -59,7 +83,8 @@ def _process(process: ReceiverProcess, now: dt.datetime, *, alive: bool) -> dict
         "started_at": process.started_at.isoformat(),
         "heartbeat_at": process.heartbeat_at.isoformat(),
         "heartbeat_age": round((now - process.heartbeat_at).total_seconds(), 1),
-        "state": "running" if alive else "down",
+        "state": "running" if alive else "stopped" if process.end == process.STOPPED else "down",
+        "stopped_at": process.stopped_at.isoformat() if process.stopped_at else None,
     }
 
 
@@ -71,7 +96,8 @@ def _association(row: AssociationLog, now: dt.datetime) -> dict[str, Any]:
         "peer": f"{row.peer_address}:{row.peer_port}",
         "started_at": row.started_at.isoformat(),
         "seconds": round((now - row.started_at).total_seconds(), 1),
-        "instances": row.instances_stored + row.duplicates,
+        "stored": row.instances_stored,
+        "duplicates": row.duplicates,
         "failures": sum(row.failures.values()),
         "bytes": row.bytes_received,
         "rate": row.current_rate,

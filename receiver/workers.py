@@ -98,6 +98,7 @@ def drain(ae: Any, grace: float) -> None:
         time.sleep(0.05)
     remaining = ae.active_associations
     for assoc in remaining:
+        assoc.receiver_abort_reason = f"shutdown: still open after the {grace:g} s grace period"
         assoc.abort()
     if remaining:
         logger.warning("Aborted %d association(s) open after the grace period", len(remaining))

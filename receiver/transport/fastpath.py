@@ -144,6 +144,7 @@ def _pdu_read(dul: Any, store: Store) -> None:
         forward = receiver.pdu_receive(memoryview(body))
     except ProtocolError as exc:
         logger.warning("Aborting association from %s: %s", dul.assoc.requestor.address, exc)
+        dul.assoc.receiver_abort_reason = f"broken framing from the peer: {exc}"  # its log row
         receiver.interrupt()
         dul.event_queue.put("Evt19")  # invalid PDU: the state machine sends the A-ABORT
         return

@@ -63,6 +63,7 @@ def pdu_check(sock: Any, pdu_type: int, length: int) -> None:
         length,
         limit,
     )
+    sock.assoc.receiver_abort_reason = f"PDU of {length} bytes announced, over {limit}"
     with contextlib.suppress(OSError):
         sock.socket.sendall(_A_ABORT)
     raise PDUTooLong(f"PDU of {length} bytes refused")

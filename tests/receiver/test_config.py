@@ -75,6 +75,10 @@ def test_accept_takes_modalities_names_and_uids():
         ("accepted_sop_classes: CT\n", "accepted_sop_classes: expected a list"),
         ("access: {allowed_aes: [{ae_title: 'A\\\\B'}]}\n", "allowed_aes[0].ae_title"),
         ("access: {allowed_aes: [{ae_title: OK, port: 4}]}\n", "unknown key(s) port"),
+        (
+            "access: {allowed_aes: [{ae_tilte: CT_SCANNER}]}\n",
+            "access.allowed_aes[0]: unknown key(s) ae_tilte (known: ae_title, host, description)",
+        ),
         ("timeouts: {dimse: -1}\n", "timeouts.dimse: must be a positive number"),
         ("tls: {certificate: missing.pem, private_key: missing.key}\n", "not a readable file"),
         ("tls: {certificate: a.pem}\n", "needs both a certificate and a private key"),
@@ -126,3 +130,19 @@ def test_strict_uids_is_off_by_default_and_set_by_file_or_command_line(tmp_path)
     path = write(tmp_path, "storage: {strict_uids: true}\n")
     assert resolve({}, path).strict_uids is True
     assert resolve({"strict_uids": True}).sources["strict_uids"] == "command line"
+
+
+def test_examples_and_default_ae_title_agree():
+    """README, store_scp.yaml, `runscp --help` and the default all say MY_PACS."""
+    assert resolve({}).ae_title == "MY_PACS"
+    assert resolve({}, ROOT / "store_scp.yaml").ae_title == "MY_PACS"
+    readme = (ROOT / "README.md").read_text()
+    assert "PACS_RECEIVER" not in readme and "| 11112, `MY_PACS` |" in readme
+    help_text = subprocess.run(
+        [sys.executable, str(ROOT / "manage.py"), "runscp", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert "our AE title (MY_PACS)" in help_text
+    assert "--config" in help_text

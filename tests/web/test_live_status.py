@@ -48,7 +48,7 @@ def test_status_shows_the_running_receiver_and_a_live_association(
 
         def progress_shown() -> bool:
             active = _status(admin_client)["associations"]
-            return len(active) == 1 and active[0]["instances"] == 3
+            return len(active) == 1 and active[0]["stored"] == 3
 
         assert eventually(progress_shown), _status(admin_client)
         [active] = _status(admin_client)["associations"]

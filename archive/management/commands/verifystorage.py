@@ -7,8 +7,10 @@ from typing import Any
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from archive.exceptions import StorageFailure, StorageMismatch
 from archive.storage import Storage
-from archive.verification import storage_verify
+from archive.storage_identity import storage_identity_problem, storage_relocate
+from archive.verification import VerificationReport, storage_verify
 from pacsproject.database import use_index_file_option
 
 
@@ -24,10 +26,17 @@ class Command(BaseCommand):
             action="store_true",
             help="index orphan files that are valid DICOM; remove rows whose file is gone",
         )
+        parser.add_argument(
+            "--relocate",
+            type=Path,
+            metavar="NEW_DIR",
+            help="the files were moved to NEW_DIR: check they are all there, then record NEW_DIR "
+            "as the index's storage (set storage.directory to it before the next start)",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         use_index_file_option(options["index_db"])
-        root = options["storage_dir"] or settings.DICOM_STORAGE_DIR
+        root = options["relocate"] or options["storage_dir"] or settings.DICOM_STORAGE_DIR
         if not Path(root).is_dir():
             raise CommandError(f"storage directory {root} does not exist")
         storage = Storage(root)
@@ -41,9 +50,34 @@ class Command(BaseCommand):
                 if done == total:
                     sys.stderr.write("\n")
 
+        if options["relocate"]:
+            if options["repair"]:
+                raise CommandError("--relocate and --repair: relocate first, then repair")
+            try:
+                report = storage_relocate(
+                    storage=storage, check_hashes=not options["quick"], progress=progress
+                )
+            except (StorageMismatch, StorageFailure) as exc:
+                if hasattr(exc, "report"):
+                    self._list(exc.report)
+                raise CommandError(str(exc)) from None
+            self._list(report)
+            self.stdout.write(
+                f"relocated: the index's storage is now {storage.root}; "
+                "set storage.directory to it before the next start"
+            )
+            return
+        problem = storage_identity_problem(storage)
+        if problem:
+            self.stderr.write(f"warning: {problem}")
         report = storage_verify(
             storage, check_hashes=not options["quick"], repair=options["repair"], progress=progress
         )
+        self._list(report)
+        if not report.consistent:
+            sys.exit(1)
+
+    def _list(self, report: VerificationReport) -> None:
         for label, paths in (
             ("missing", report.missing),
             ("size mismatch", report.size_mismatch),
@@ -56,5 +90,3 @@ class Command(BaseCommand):
             if len(paths) > 50:
                 self.stdout.write(f"{label}: ... and {len(paths) - 50} more")
         self.stdout.write(report.summary())
-        if not report.consistent:
-            sys.exit(1)

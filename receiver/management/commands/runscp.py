@@ -3,6 +3,7 @@
 from pathlib import Path
 from typing import Any
 
+from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from archive.naming import NAMING_ALIASES, NAMING_SCHEMES
@@ -48,8 +49,13 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("port", nargs="?", type=int, help="TCP port to listen on (11112)")
-        parser.add_argument("ae_title", nargs="?", help="our AE title (PACS_RECEIVER)")
-        parser.add_argument("--config", type=Path, help="YAML configuration file")
+        parser.add_argument("ae_title", nargs="?", help="our AE title (MY_PACS)")
+        parser.add_argument(
+            "--config",
+            type=Path,
+            help="YAML configuration file (DICOM_CONFIG); `manage.py --config FILE` names it "
+            "for every command",
+        )
         parser.add_argument(
             "--check-config",
             action="store_true",
@@ -95,7 +101,7 @@ class Command(BaseCommand):
         command_line = {name: options[name] for name in [*_FIELDS, *_SWITCHES]}
         command_line["accepted_sop_classes"] = options["accept"]
         try:
-            config = resolve(command_line, options["config"])
+            config = resolve(command_line, options["config"] or settings.DICOM_CONFIG)
             if options["check_config"]:
                 self.stdout.write(config.report())
                 self.stdout.write("configuration is valid")

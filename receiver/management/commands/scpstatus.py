@@ -63,7 +63,11 @@ def status_text(status: dict[str, Any]) -> str:
         lines.append(
             f"  {r['state']:8} {r['ae_title']:16} port {r['port']:<5} {r['host']} pid {r['pid']}"
             f" ({r['role']}), started {_local(r['started_at'])},"
-            f" heartbeat {r['heartbeat_age']:.0f} s ago"
+            + (
+                f" stopped {_local(r['stopped_at'])}"
+                if r["state"] == "stopped"
+                else f" heartbeat {r['heartbeat_age']:.0f} s ago"
+            )
         )
     lines += ["", "Associations in progress:"]
     if not status["associations"]:
@@ -71,13 +75,14 @@ def status_text(status: dict[str, Any]) -> str:
     for a in status["associations"]:
         lines.append(
             f"  {a['calling_ae_title']:16} -> {a['called_ae_title']:16} {a['peer']:21}"
-            f" {a['seconds']:7.0f} s  {a['instances']:7d} instances  {a['failures']} failed"
-            f"  {a['bytes']} bytes  {a['rate']:.1f}/s"
+            f" {a['seconds']:7.0f} s  {a['stored']:7d} stored  {a['duplicates']} duplicate(s)"
+            f"  {a['failures']} failed  {a['bytes']} bytes  {a['rate']:.1f}/s"
         )
     for a in status["gone"]:
         lines.append(
             f"  (receiver down) {a['calling_ae_title']:16} {a['peer']:21}"
-            f" started {_local(a['started_at'])}, {a['instances']} instances"
+            f" started {_local(a['started_at'])}, {a['stored']} stored,"
+            f" {a['duplicates']} duplicate(s)"
         )
     counts = [m["instances"] for m in status["per_minute"]]
     peak = max(counts, default=0)

@@ -88,16 +88,17 @@
     document.getElementById("status-updated").textContent = "Updated " + when(status.now);
     fillTable("receivers", status.receivers, [
       (r) => r.state, (r) => r.ae_title, (r) => r.port, (r) => r.host, (r) => r.pid, (r) => r.role,
-      (r) => when(r.started_at), (r) => r.heartbeat_age + " s ago",
+      (r) => when(r.started_at),
+      (r) => (r.state === "stopped" ? "stopped " + when(r.stopped_at) : r.heartbeat_age + " s ago"),
     ], "No receiver has run in the last 24 hours.");
     fillTable("associations", status.associations, [
       (a) => a.calling_ae_title, (a) => a.called_ae_title, (a) => a.peer, (a) => duration(a.seconds),
-      (a) => a.instances, (a) => a.failures, (a) => a.bytes, (a) => a.rate,
+      (a) => a.stored, (a) => a.duplicates, (a) => a.failures, (a) => a.bytes, (a) => a.rate,
     ], "None.");
     document.getElementById("gone-module").hidden = status.gone.length === 0;
     fillTable("gone", status.gone, [
       (a) => a.calling_ae_title, (a) => a.called_ae_title, (a) => a.peer, (a) => when(a.started_at),
-      (a) => a.instances,
+      (a) => a.stored + a.duplicates,
     ], "None.");
     document.getElementById("per-minute").replaceChildren(chart(status.per_minute));
     fillTable("problems", status.problems, [
