@@ -112,6 +112,9 @@ WHITENOISE_USE_FINDERS = True
 DICOM_STORAGE_DIR = Path(env.str("DICOM_STORAGE_DIR", default=str(BASE_DIR / "received")))
 # What to do when an instance arrives again with different bytes: keep, overwrite or reject.
 DICOM_DUPLICATES = env.str("DICOM_DUPLICATES", default="keep")
+# Seconds without a new instance before a series or study is announced stable (runscp's
+# --stable-age and storage.stable_age override it; `announce_stable` reads it).
+DICOM_STABLE_AGE = env.float("DICOM_STABLE_AGE", default=60.0)
 
 # Seconds between two heartbeats of each receiver process (live status); three missed beats
 # and the process is shown as down.

@@ -6,6 +6,7 @@ import signal
 import socket
 import ssl
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from django.core.management import call_command
@@ -17,7 +18,7 @@ from archive.exceptions import StorageFailure
 from archive.services import IngestSettings
 from archive.storage import Storage
 from pacsproject.database import use_sqlite_index
-from receiver import contexts, fastpath, handlers, pdu_guard, reactor, spool, workers
+from receiver import announcements, contexts, fastpath, handlers, pdu_guard, reactor, spool, workers
 from receiver.config import ReceiverConfig
 from receiver.live import LiveStatus
 from receiver.scp import build_ae, tls_context
@@ -36,6 +37,7 @@ class RunningServer:
     config: ReceiverConfig
     live: LiveStatus
     stopped: bool = False
+    stop_announcements: Callable[[], None] | None = None
 
     @property
     def port(self) -> int:
@@ -49,6 +51,8 @@ class RunningServer:
         self.server.shutdown()
         workers.drain(self.ae, self.config.shutdown_grace if grace is None else grace)
         self.ae.shutdown()
+        if self.stop_announcements is not None:
+            self.stop_announcements()
         self.live.stop()
 
 
@@ -125,7 +129,13 @@ def start(config: ReceiverConfig, ingest: IngestSettings) -> RunningServer:
     except OSError as exc:
         live.stop()
         raise _cannot_listen(config, exc) from None
-    return RunningServer(ae=ae, server=server, config=config, live=live)
+    return RunningServer(
+        ae=ae,
+        server=server,
+        config=config,
+        live=live,
+        stop_announcements=announcements.announcements_start(config),
+    )
 
 
 def listen(config: ReceiverConfig) -> socket.socket:

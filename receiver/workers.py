@@ -21,7 +21,7 @@ from typing import Any
 from django.db import connections
 
 from archive.services import IngestSettings
-from receiver import contexts, fastpath, handlers, pdu_guard, reactor, spool
+from receiver import announcements, contexts, fastpath, handlers, pdu_guard, reactor, spool
 from receiver.config import ReceiverConfig
 from receiver.limits import AssociationSlots
 from receiver.live import LiveStatus
@@ -51,6 +51,7 @@ def _worker(
     server = ae.make_server(("127.0.0.1", 0), evt_handlers=event_handlers)
     server.socket.close()
     live.start()
+    stop_announcements = announcements.announcements_start(config)
     channel.settimeout(0.5)
     while not stopping.is_set():
         try:
@@ -75,6 +76,7 @@ def _worker(
             continue
         server.process_request(connection, address)
     drain(ae, config.shutdown_grace)
+    stop_announcements()
     live.stop()
     os._exit(0)
 
