@@ -31,7 +31,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from django.db import DEFAULT_DB_ALIAS, DatabaseError, connections, models, transaction
 from django.db.models.functions import Coalesce, Greatest
@@ -124,23 +124,30 @@ _SERIES = _Level(Series, "series", ("study__patient",), series_stable_in_transac
 _STUDY = _Level(Study, "study", ("patient",), study_stable_in_transaction, study_stable)
 
 
-def stable_announce(*, ages: StableAges, using: str = DEFAULT_DB_ALIAS) -> int:
+class Announced(NamedTuple):
+    series: int
+    studies: int
+
+
+def stable_announce(*, ages: StableAges, using: str = DEFAULT_DB_ALIAS) -> Announced:
     """Claim every series, then every study, quiet for its stable age and not yet announced;
-    send their signals. Returns how many were announced.
+    send their signals. Returns how many of each were announced.
 
     Raises DatabaseError (index unavailable), IndexFailure (SQLite writer lock not free) or
     what an in-transaction receiver raised; the claim in progress is then rolled back, and
     what it held is claimed again by the next call.
     """
-    announced = 0
+    counts = []
     for level, age in ((_SERIES, ages.series), (_STUDY, ages.study)):
+        count = 0
         while True:
             claimed = _claim(level, age, using)
             _announce(level, claimed)
-            announced += len(claimed)
+            count += len(claimed)
             if len(claimed) < CLAIM_BATCH:
                 break
-    return announced
+        counts.append(count)
+    return Announced(*counts)
 
 
 def _claim(level: _Level, age: float, using: str) -> list[tuple[Any, bool]]:
@@ -219,9 +226,10 @@ class StabilitySweeper:
 
 
 def stable_sweep_once(*, ages: StableAges, using: str = DEFAULT_DB_ALIAS) -> int:
-    """One `stable_announce` that logs failures instead of raising (for loops)."""
+    """One `stable_announce` that logs failures instead of raising (for loops); returns how
+    many series and studies it announced."""
     try:
-        return stable_announce(ages=ages, using=using)
+        return sum(stable_announce(ages=ages, using=using))
     except DatabaseError as exc:
         logger.warning("Stability sweep failed, retried at the next one: %s", exc)
         connections[using].close()  # a broken connection is replaced at the next sweep

@@ -47,8 +47,8 @@ class Command(BaseCommand):
         except ValueError as exc:
             raise CommandError(f"--stable-age: {exc}") from None
         if not options["watch"]:
-            count = stable_announce(ages=ages, using=using)
-            self.stdout.write(f"{count} announced")
+            announced = stable_announce(ages=ages, using=using)
+            self.stdout.write(f"{announced.series} series, {announced.studies} studies announced")
             return
         stop = threading.Event()
         signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
