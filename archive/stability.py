@@ -162,7 +162,13 @@ def _claim(level: _Level, age: float, using: str) -> list[tuple[Any, bool]]:
     with index_writer(using=using), transaction.atomic(using=using):
         rows = due.select_related(*level.related).order_by("last_received_at")
         if connection.features.has_select_for_update_skip_locked:
-            rows = rows.select_for_update(skip_locked=True, of=("self",))
+            # NO KEY UPDATE where there is one: ingest inserting a child row (which takes a key
+            # share lock on its parent) neither waits for a claim nor makes it skip the row.
+            rows = rows.select_for_update(
+                skip_locked=True,
+                of=("self",),
+                no_key=connection.features.has_select_for_no_key_update,
+            )
         claimed = [(row, row.stable_announced_at is not None) for row in rows[:CLAIM_BATCH]]
         if not claimed:
             return []

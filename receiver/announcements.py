@@ -7,11 +7,14 @@ or in a separate `manage.py announce_stable --watch`. `announce_stable: false` l
 the latter. Signal receivers are the apps' own code, loaded through INSTALLED_APPS as usual.
 """
 
+import logging
 from collections.abc import Callable
 
 from archive.events import dispatcher_flush
 from archive.stability import StabilitySweeper, StableAges
 from receiver.config import ReceiverConfig
+
+logger = logging.getLogger(__name__)
 
 
 def announcements_start(config: ReceiverConfig) -> Callable[[], None]:
@@ -21,6 +24,11 @@ def announcements_start(config: ReceiverConfig) -> Callable[[], None]:
         ages = StableAges(series=config.series_stable_age, study=config.study_stable_age)
         sweeper = StabilitySweeper(ages)
         sweeper.start()
+        logger.info(
+            "Announcing stable series after %g s and studies after %g s without a new instance",
+            ages.series,
+            ages.study,
+        )
 
     def stop() -> None:
         if sweeper is not None:
