@@ -136,6 +136,9 @@ def test_wheel_installs_into_a_fresh_environment_and_serves_another_project(tmp_
     assert receiver.returncode == 0, output
     index = site / "pacs.db"
     assert index.is_file() and len(list((site / "received").rglob("*.dcm"))) == 2
+    # The project's settings serve other commands (the admin, gunicorn) from the install.
+    _run(venv / "bin" / "django-admin", "check", "--settings", "pacsproject.settings",
+         cwd=site, env={**env, "DATABASE_URL": f"sqlite:///{index}"})  # fmt: skip
 
     # The research project next to it: its own database, the index as a second one.
     project = tmp_path / "research"
