@@ -167,3 +167,35 @@ def test_study_stable_fires_once_across_two_receiver_nodes_on_postgresql(
         outputs = [stop(process) for process in processes]
     for code, output in outputs:
         assert code == 0, output
+
+
+def test_a_quiet_period_that_spans_a_restart_is_announced_once_after_it(tmp_path):
+    index = tmp_path / "index.db"
+    port = free_port()
+    options = (
+        port, "MY_PACS", "--bind", "127.0.0.1", "--stable-age", "5",
+        "--storage-dir", tmp_path / "received", "--index-db", index,
+    )  # fmt: skip
+    (tmp_path / "study").mkdir()
+    (paths,) = write_study(tmp_path / "study", series=1, per_series=2)
+
+    def arrivals() -> list[tuple]:
+        with sqlite3.connect(index) as db:
+            return db.execute("SELECT updated, instances FROM stable_log_studyarrival").fetchall()
+
+    process = runscp(*options, env=RECEIVER_ENV)
+    wait_listening(port, process)
+    storescu(port, paths)
+    code, output = stop(process)  # long before the study is quiet for 5 s
+    assert code == 0, output
+    assert arrivals() == []
+
+    process = runscp(*options, env=RECEIVER_ENV)
+    try:
+        wait_listening(port, process)
+        assert eventually(lambda: len(arrivals()) == 1, timeout=ANNOUNCED_WITHIN)
+        time.sleep(3)
+        assert arrivals() == [(0, 2)]
+    finally:
+        code, output = stop(process)
+    assert code == 0, output
