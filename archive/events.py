@@ -32,7 +32,7 @@ _queue: queue.Queue[tuple[int, bool, str]] = queue.Queue(MAX_PENDING)
 _thread: threading.Thread | None = None
 _start_lock = threading.Lock()
 _dropped = 0
-_dropped_warned_at = 0.0
+_dropped_warned_at = -_DROP_WARNING_EVERY
 
 
 def instance_stored_enqueue(*, instance_id: int, created: bool, outcome: str) -> None:
@@ -92,6 +92,8 @@ def _run() -> None:
 
 
 def _send(instance_id: int, created: bool, outcome: str) -> None:
+    if not instance_stored.receivers:
+        return  # disconnected since
     instance = (
         Instance.objects.select_related("series__study__patient").filter(pk=instance_id).first()
     )

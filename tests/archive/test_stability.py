@@ -2,18 +2,22 @@
 SCP's dispatcher and sweeper threads after real C-STOREs (pynetdicom as the sender)."""
 
 import copy
+import datetime as dt
 import logging
 import threading
 import time
 
 import pytest
+from django.db import connections
 from django.test import override_settings
+from django.utils import timezone
 from pydicom import dcmread
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from pynetdicom.sop_class import CTImageStorage
 
-from archive.events import dispatcher_flush
-from archive.models import Instance, Series, Study
+from archive import events
+from archive.events import MAX_PENDING, dispatcher_flush, instance_stored_enqueue
+from archive.models import Instance, Patient, Series, Study
 from archive.routers import ArchiveReadOnly, ArchiveRouter
 from archive.signals import (
     instance_stored,
@@ -21,7 +25,7 @@ from archive.signals import (
     series_stable,
     study_stable,
 )
-from archive.stability import SLACK
+from archive.stability import CLAIM_BATCH, SLACK, StableAges, stable_announce
 from tests.conftest import sample_file
 from tests.peers import eventually, scu
 
@@ -210,3 +214,52 @@ def test_the_router_sends_reads_to_the_index_and_refuses_writes():
     with override_settings(ARCHIVE_DATABASE="pacs", ARCHIVE_WRITABLE=True):
         assert router.db_for_write(Study) == "pacs"
         assert router.allow_migrate("pacs", "archive") is True
+
+
+def test_concurrent_sweepers_announce_each_study_exactly_once(transactional_db):
+    patient = Patient.objects.create(patient_id="P1")
+    quiet_since = timezone.now() - dt.timedelta(seconds=120)
+    uids = [f"1.2.826.0.1.3680043.9.7.{n}" for n in range(CLAIM_BATCH * 3 + 7)]
+    Study.objects.bulk_create(
+        Study(patient=patient, study_instance_uid=uid, last_received_at=quiet_since) for uid in uids
+    )
+    start = threading.Barrier(4)
+
+    def sweep() -> None:
+        start.wait()
+        try:
+            stable_announce(ages=StableAges(series=60, study=60))
+        finally:
+            connections.close_all()
+
+    with Recorder(study_stable) as announced:
+        sweepers = [threading.Thread(target=sweep) for _ in range(4)]
+        for sweeper in sweepers:
+            sweeper.start()
+        for sweeper in sweepers:
+            sweeper.join()
+    assert sorted(call["study"].study_instance_uid for call in announced.calls) == sorted(uids)
+    assert not Study.objects.filter(stable=False).exists()
+
+
+def test_a_full_instance_stored_queue_drops_new_events_and_says_so(start_scp, caplog):
+    scp = start_scp(stable_age=60)
+    (ds,) = make_study(series=1, per_series=1)
+    assert send(scp.port, [ds]) == [0]
+    instance_id = Instance.objects.get().pk
+    release = threading.Event()
+    dropped_before = events._dropped
+    with (
+        Recorder(instance_stored, action=lambda **kwargs: release.wait(30)) as stored,
+        caplog.at_level(logging.WARNING, logger="archive.events"),
+    ):
+        instance_stored_enqueue(instance_id=instance_id, created=True, outcome="stored")
+        assert eventually(lambda: len(stored.calls) == 1)  # the receiver is stuck in it
+        started = time.monotonic()
+        for _ in range(MAX_PENDING + 5):
+            instance_stored_enqueue(instance_id=instance_id, created=False, outcome="identical")
+        assert time.monotonic() - started < 2  # never waits for the receiver
+    release.set()
+    assert events._dropped - dropped_before == 5
+    assert any("dropped" in record.getMessage() for record in caplog.records)
+    assert dispatcher_flush(timeout=30)
