@@ -255,9 +255,11 @@ def _index_new(arrival: _Arrival, staged: StagedFile, storage: Storage) -> Store
             instance_id = Instance.objects.insert(
                 series=series_id, **_instance_fields(arrival, staged)
             )
-            # Stability's reception time, at most once a second per series (archive.stability).
+            # Stability's reception time, at most once a second per series (archive.stability):
+            # now, not when the instance began to arrive, which for a large one is long before
+            # it commits.
             if series_touch_due(series_id):
-                touched = series_touch(series_id=series_id, received_at=arrival.received_at)
+                touched = series_touch(series_id=series_id, received_at=timezone.now())
             if hooked:
                 _send_in_transaction(instance_id, series_id, created=True)
             published = storage.publish(staged, arrival.path, durable=False)
@@ -299,7 +301,7 @@ def _index_overwrite(
             for field, value in _instance_fields(arrival, staged).items():
                 setattr(instance, field, value)
             instance.save()
-            touched = series_touch(series_id=instance.series_id, received_at=arrival.received_at)
+            touched = series_touch(series_id=instance.series_id, received_at=timezone.now())
             if instance_stored_in_transaction.receivers:
                 _send_in_transaction(instance.pk, instance.series_id, created=False)
             storage.publish(staged, arrival.path)

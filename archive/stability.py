@@ -7,7 +7,9 @@ process memory, so it is exact with several worker processes, across a restart a
 several receiver nodes on one PostgreSQL database.
 
 Ingest (`series_touch`) sets `last_received_at` and clears `stable` on the series and its study
-in the instance's own transaction, so the time is committed exactly when the instance is.
+in the instance's own transaction, so the time is committed exactly when the instance is; it
+is taken in that transaction, not when the instance began to arrive (a large one takes
+seconds to receive and stage).
 To keep that off the C-STORE hot path, a process writes it for a series at most once every
 TOUCH_INTERVAL seconds; the recorded time may therefore trail the last committed instance by
 up to TOUCH_INTERVAL (plus a transaction's duration), and the sweeper waits SLACK seconds more
