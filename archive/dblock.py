@@ -33,12 +33,12 @@ def _lock_file(database: str) -> int:
 
 
 @contextmanager
-def index_writer() -> Iterator[None]:
+def index_writer(using: str = DEFAULT_DB_ALIAS) -> Iterator[None]:
     """Hold the index's write lock for the duration of a write transaction.
 
     Raises IndexFailure when the lock is not free within the database's busy timeout.
     """
-    connection = connections[DEFAULT_DB_ALIAS]  # once: each use of the proxy is a lookup
+    connection = connections[using]  # once: each use of the proxy is a lookup
     if connection.vendor != "sqlite":
         yield
         return

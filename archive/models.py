@@ -59,6 +59,12 @@ class Study(models.Model):
     study_id = models.CharField("study ID", max_length=SH, blank=True)
     description = models.CharField(max_length=LO, blank=True)
     referring_physician_name = models.CharField(max_length=PN, blank=True)
+    # Stability (archive.stability): when this level last got a new instance, whether it has
+    # been quiet for its stable age since (announced by one process), and when it was last
+    # announced, so that the next announcement can say the level changed.
+    last_received_at = models.DateTimeField(null=True, blank=True, editable=False)
+    stable = models.BooleanField(default=False, editable=False)
+    stable_announced_at = models.DateTimeField(null=True, blank=True, editable=False)
 
     class Meta:
         verbose_name_plural = "studies"
@@ -71,6 +77,12 @@ class Study(models.Model):
             # Worklist-style look-ups by date range, and RIS look-ups by accession number.
             models.Index(fields=["study_date"], name="archive_study_date_idx"),
             models.Index(fields=["accession_number"], name="archive_study_accession_idx"),
+            # The stability sweeper's "quiet long enough, not yet announced" scan.
+            models.Index(
+                fields=["last_received_at"],
+                condition=models.Q(stable=False),
+                name="archive_study_unstable_idx",
+            ),
         ]
         ordering = ["-study_date", "-study_time"]
 
@@ -85,6 +97,12 @@ class Series(models.Model):
     series_number = models.IntegerField(null=True, blank=True)
     description = models.CharField(max_length=LO, blank=True)
     body_part_examined = models.CharField(max_length=CS, blank=True)
+    # Stability (archive.stability): when this level last got a new instance, whether it has
+    # been quiet for its stable age since (announced by one process), and when it was last
+    # announced, so that the next announcement can say the level changed.
+    last_received_at = models.DateTimeField(null=True, blank=True, editable=False)
+    stable = models.BooleanField(default=False, editable=False)
+    stable_announced_at = models.DateTimeField(null=True, blank=True, editable=False)
 
     class Meta:
         verbose_name_plural = "series"
@@ -96,6 +114,12 @@ class Series(models.Model):
         indexes = [
             # Filtering by modality in the admin and in statistics.
             models.Index(fields=["modality"], name="archive_series_modality_idx"),
+            # The stability sweeper's "quiet long enough, not yet announced" scan.
+            models.Index(
+                fields=["last_received_at"],
+                condition=models.Q(stable=False),
+                name="archive_series_unstable_idx",
+            ),
         ]
         ordering = ["series_number"]
 

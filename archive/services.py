@@ -22,11 +22,19 @@ from pydicom.dataset import Dataset
 from pydicom.filereader import _read_file_meta_info
 
 from archive.dblock import bare_transaction, index_writer
+from archive.events import instance_stored_enqueue
 from archive.exceptions import DatasetMismatch, DatasetUnreadable, DuplicateRejected, IndexFailure
 from archive.header import HEADER_PREFIX, InstanceHeader, header_read
 from archive.models import Instance, Patient, Series, Study
 from archive.naming import naming_scheme, relative_path
 from archive.part10 import file_header
+from archive.signals import instance_stored_in_transaction
+from archive.stability import (
+    series_touch,
+    series_touch_due,
+    series_touched,
+    stable_touch_cache_clear,
+)
 from archive.storage import StagedFile, Storage
 
 logger = logging.getLogger(__name__)
@@ -168,6 +176,9 @@ def _instance_write(
                 raise IndexFailure(f"index constraint failed: {exc}") from None
         result = _resend_settle(existing, arrival, dataset, settings)
         if isinstance(result, StoreResult):
+            instance_stored_enqueue(
+                instance_id=result.instance_id, created=False, outcome=result.outcome
+            )
             return result
         return _index_overwrite(existing, arrival, staged, storage, outcome=result)
     finally:
@@ -275,14 +286,24 @@ def _resend_settle(
 
 def _index_new(arrival: _Arrival, staged: StagedFile, storage: Storage) -> StoreResult:
     series_id = _series_ids.get(arrival.header.series_instance_uid)
-    # An instance of a series seen before is one INSERT, which needs no ORM transaction.
-    writing = bare_transaction() if series_id is not None else transaction.atomic()
+    hooked = bool(instance_stored_in_transaction.receivers)
+    # An instance of a series seen before is one INSERT, which needs no ORM transaction (unless
+    # an app's receiver writes in it).
+    writing = bare_transaction() if series_id is not None and not hooked else transaction.atomic()
+    touched = None
     try:
         with index_writer(), writing:
+            series_id = series_id or _series_id_for(arrival.header)
             instance_id = Instance.objects.insert(
-                series=series_id or _series_id_for(arrival.header),
-                **_instance_fields(arrival, staged),
+                series=series_id, **_instance_fields(arrival, staged)
             )
+            # Stability's reception time, at most once a second per series (archive.stability):
+            # now, not when the instance began to arrive, which for a large one is long before
+            # it commits.
+            if series_touch_due(series_id):
+                touched = series_touch(series_id=series_id, received_at=timezone.now())
+            if hooked:
+                _send_in_transaction(instance_id, series_id, created=True)
             published = storage.publish(staged, arrival.path, durable=False)
     except BaseException as exc:
         if staged.published:
@@ -292,8 +313,22 @@ def _index_new(arrival: _Arrival, staged: StagedFile, storage: Storage) -> Store
         raise
     # The directory fsync comes after the commit, outside the write lock, so that concurrent
     # associations share the lock for the insert only; success is reported only after it.
+    if touched is not None:
+        series_touched(series_id, touched)
     storage.make_durable(published)
+    instance_stored_enqueue(instance_id=instance_id, created=True, outcome="stored")
     return StoreResult(outcome="stored", instance_id=instance_id, path=arrival.path)
+
+
+def _send_in_transaction(instance_id: int, series_id: int, *, created: bool) -> None:
+    try:
+        instance_stored_in_transaction.send(
+            sender=Instance, instance_id=instance_id, series_id=series_id, created=created
+        )
+    except Exception as exc:
+        # Not left to propagate as it is: an IntegrityError would pass for a resend.
+        logger.error("instance_stored_in_transaction receiver failed: %r", exc, exc_info=exc)
+        raise IndexFailure(f"a receiver in the ingest transaction failed: {exc}") from exc
 
 
 def _index_overwrite(
@@ -314,6 +349,9 @@ def _index_overwrite(
             for field, value in _instance_fields(arrival, staged).items():
                 setattr(instance, field, value)
             instance.save()
+            touched = series_touch(series_id=instance.series_id, received_at=timezone.now())
+            if instance_stored_in_transaction.receivers:
+                _send_in_transaction(instance.pk, instance.series_id, created=False)
             storage.publish(staged, arrival.path)
     except BaseException as exc:
         if staged.published and arrival.path != existing.path:
@@ -325,6 +363,8 @@ def _index_overwrite(
     if arrival.path != existing.path:
         storage.remove(existing.path)
     storage.drop_aside(previous)
+    series_touched(instance.series_id, touched)
+    instance_stored_enqueue(instance_id=instance.pk, created=False, outcome=outcome)
     uid = arrival.header.sop_instance_uid
     if outcome == "restored":
         logger.warning("Instance %s received again and its stored file was gone: restored", uid)
@@ -358,6 +398,7 @@ _SERIES_IDS_LIMIT = 100_000
 def series_cache_clear() -> None:
     """Forget remembered series rows (after rows were deleted outside the ingest path)."""
     _series_ids.clear()
+    stable_touch_cache_clear()
 
 
 def _series_id_for(header: InstanceHeader) -> int:
@@ -461,4 +502,6 @@ def instance_index_file(*, relative: str, storage: Storage) -> StoreResult:
         instance = Instance.objects.create(
             series_id=_series_for(header).pk, **_instance_fields(arrival, existing)
         )
+        # A repaired instance changes its study as a late one would: announced again.
+        series_touch(series_id=instance.series_id, received_at=timezone.now())
     return StoreResult(outcome="stored", instance_id=instance.pk, path=relative)

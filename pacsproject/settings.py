@@ -114,6 +114,9 @@ DICOM_STORAGE_DIR = SITE_CONFIG.storage_dir
 # What to do when an instance arrives again with different bytes: keep, overwrite or reject.
 DICOM_DUPLICATES = SITE_CONFIG.duplicates
 DICOM_AE_TITLE = SITE_CONFIG.ae_title
+# Seconds without a new instance before a series or study is announced stable (storage.stable_age,
+# DICOM_STABLE_AGE; runscp's --stable-age overrides it; `announce_stable` reads it).
+DICOM_STABLE_AGE = SITE_CONFIG.stable_age
 
 # Seconds between two heartbeats of each receiver process (live status); three missed beats
 # and the process is shown as down.

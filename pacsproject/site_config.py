@@ -31,6 +31,7 @@ class SiteConfig:
     storage_dir: Path
     duplicates: str
     ae_title: str
+    stable_age: float
     # setting → "file PATH", "environment" or "default", as `runscp --check-config` says it.
     sources: dict[str, str] = field(default_factory=dict)
 
@@ -124,5 +125,18 @@ def site_config_read(env: environ.Env, *, base_dir: Path) -> SiteConfig:
         storage_dir=Path(storage).expanduser().resolve(),
         duplicates=pick("duplicates", "DICOM_DUPLICATES", DEFAULTS["duplicates"]),
         ae_title=str(pick("ae_title", "DICOM_AE_TITLE", DEFAULTS["ae_title"])).strip(),
+        stable_age=_seconds(pick("stable_age", "DICOM_STABLE_AGE", DEFAULTS["stable_age"])),
         sources=sources,
     )
+
+
+def _seconds(value: Any) -> float:
+    from receiver.config import ConfigError
+
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"DICOM_STABLE_AGE: expected seconds, got {value!r}") from None
+    if seconds <= 0:
+        raise ConfigError(f"DICOM_STABLE_AGE: must be a positive number of seconds, got {value!r}")
+    return seconds

@@ -35,6 +35,12 @@ DEFAULTS: dict[str, Any] = {
     "duplicates": "keep",
     "strict_uids": False,  # True: refuse UIDs that break PS3.5 (0xC000) instead of storing them
     "min_free_mb": 0.0,
+    # Stability (archive.stability): seconds without a new instance before a series or study
+    # is announced stable; the per-level ones default to stable_age.
+    "stable_age": 60.0,
+    "series_stable_age": None,
+    "study_stable_age": None,
+    "announce_stable": True,
     "max_associations": 10,
     "workers": 1,
     # Larger than the customary 16 KB: fewer PDUs per instance cost pynetdicom markedly less
@@ -64,6 +70,7 @@ ENVIRONMENT = {
     "DICOM_DUPLICATES": "duplicates",
     "DICOM_AE_TITLE": "ae_title",
     "DICOM_PORT": "port",
+    "DICOM_STABLE_AGE": "stable_age",
 }
 
 # Configuration file layout: section → key → (field, kind).
@@ -87,6 +94,10 @@ FILE_SCHEMA: dict[str, dict[str, tuple[str, str]]] = {
         "duplicates": ("duplicates", "str"),
         "strict_uids": ("strict_uids", "bool"),
         "min_free_mb": ("min_free_mb", "number"),
+        "stable_age": ("stable_age", "number"),
+        "series_stable_age": ("series_stable_age", "number"),
+        "study_stable_age": ("study_stable_age", "number"),
+        "announce_stable": ("announce_stable", "bool"),
     },
     "database": {
         "path": ("index_db", "path"),
@@ -159,6 +170,10 @@ class ReceiverConfig:
     duplicates: str
     strict_uids: bool
     min_free_mb: float
+    stable_age: float
+    series_stable_age: float
+    study_stable_age: float
+    announce_stable: bool
     max_associations: int
     workers: int
     max_pdu: int
@@ -348,6 +363,13 @@ def _environment() -> dict[str, Any]:
     for variable, name in ENVIRONMENT.items():
         if variable in os.environ:
             values[name] = os.environ[variable]
+    if "stable_age" in values:
+        try:
+            values["stable_age"] = float(values["stable_age"])
+        except ValueError:
+            raise ConfigError(
+                f"DICOM_STABLE_AGE: expected seconds, got {values['stable_age']!r}"
+            ) from None
     if "port" in values:
         try:
             values["port"] = int(values["port"])
@@ -416,12 +438,19 @@ def resolve(command_line: dict[str, Any], config_file: Path | None = None) -> Re
     for key in ("max_waiting_per_address", "max_waiting_connections"):
         if merged[key] < 1:
             raise fail(key, "must be at least 1")
+    for level in ("series_stable_age", "study_stable_age"):
+        if merged[level] is None:
+            merged[level] = merged["stable_age"]
+            sources[level] = sources["stable_age"]
     for key in (
         "acse_timeout",
         "dimse_timeout",
         "network_timeout",
         "shutdown_grace",
         "first_pdu_timeout",
+        "stable_age",
+        "series_stable_age",
+        "study_stable_age",
     ):
         if merged[key] <= 0:
             raise fail(key, "must be a positive number of seconds")

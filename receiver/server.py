@@ -6,6 +6,7 @@ import signal
 import socket
 import ssl
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,7 +22,7 @@ from archive.services import IngestSettings
 from archive.storage import Storage
 from archive.storage_identity import storage_identity_bind
 from pacsproject.database import use_database_url, use_sqlite_index
-from receiver import workers
+from receiver import announcements, workers
 from receiver.checks import checking
 from receiver.config import ReceiverConfig, database_label
 from receiver.connections import lobby_build
@@ -44,6 +45,7 @@ class RunningServer:
     live: LiveStatus
     lobby: Lobby
     stopped: bool = False
+    stop_announcements: Callable[[], None] | None = None
 
     @property
     def port(self) -> int:
@@ -58,6 +60,8 @@ class RunningServer:
         self.server.server_close()
         workers.drain(self.ae, self.config.shutdown_grace if grace is None else grace)
         self.ae.shutdown()
+        if self.stop_announcements is not None:
+            self.stop_announcements()
         self.live.stop()
 
 
@@ -183,7 +187,14 @@ def start(config: ReceiverConfig, ingest: IngestSettings) -> RunningServer:
     lobby = lobby_build(config, deliver=deliver, tls=ssl_context)
     lobby.listen(server.socket)
     lobby.start(name=f"lobby:{config.port}")
-    return RunningServer(ae=ae, server=server, config=config, live=live, lobby=lobby)
+    return RunningServer(
+        ae=ae,
+        server=server,
+        config=config,
+        live=live,
+        lobby=lobby,
+        stop_announcements=announcements.announcements_start(config),
+    )
 
 
 def listen(config: ReceiverConfig) -> socket.socket:

@@ -22,6 +22,7 @@ from typing import Any
 from django.db import connections
 
 from archive.services import IngestSettings
+from receiver import announcements
 from receiver.config import ReceiverConfig
 from receiver.connections import lobby_build
 from receiver.limits import AssociationSlots
@@ -54,6 +55,7 @@ def _worker(
         lobby = lobby_build(config, deliver=server.process_request, tls=ssl_context)
         lobby.start(name="lobby:tls")
     live.start()
+    stop_announcements = announcements.announcements_start(config)
     channel.settimeout(0.5)
     while not stopping.is_set():
         try:
@@ -77,6 +79,7 @@ def _worker(
     if lobby is not None:
         lobby.stop()
     drain(ae, config.shutdown_grace)
+    stop_announcements()
     live.stop()
     os._exit(0)
 

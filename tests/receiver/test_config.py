@@ -146,3 +146,27 @@ def test_examples_and_default_ae_title_agree():
     ).stdout
     assert "our AE title (MY_PACS)" in help_text
     assert "--config" in help_text
+
+
+def test_stable_ages_per_level_default_to_stable_age(tmp_path, monkeypatch):
+    assert (resolve({}).series_stable_age, resolve({}).study_stable_age) == (60.0, 60.0)
+    monkeypatch.setenv("DICOM_STABLE_AGE", "45")
+    path = write(tmp_path, "storage: {study_stable_age: 120, announce_stable: false}\n")
+    config = resolve({}, path)
+    assert (config.series_stable_age, config.sources["series_stable_age"]) == (45.0, "environment")
+    assert (config.study_stable_age, config.announce_stable) == (120.0, False)
+    config = resolve({"stable_age": 2.0, "announce_stable": None}, path)
+    assert (config.series_stable_age, config.study_stable_age) == (2.0, 120.0)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("storage: {stable_age: 0}\n", "storage.stable_age: must be a positive number"),
+        ("storage: {series_stable_age: -1}\n", "storage.series_stable_age: must be a positive"),
+        ("storage: {stable_age: soon}\n", "storage.stable_age: expected a number"),
+    ],
+)
+def test_bad_stable_age_names_the_key(tmp_path, text, expected):
+    with pytest.raises(ConfigError, match=expected):
+        resolve({}, write(tmp_path, text))

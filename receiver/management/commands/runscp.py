@@ -24,6 +24,10 @@ _FIELDS = [
     "workers",
     "max_pdu",
     "min_free_mb",
+    "stable_age",
+    "series_stable_age",
+    "study_stable_age",
+    "announce_stable",
     "shutdown_grace",
     "acse_timeout",
     "dimse_timeout",
@@ -86,6 +90,20 @@ class Command(BaseCommand):
         parser.add_argument("--workers", type=int, help="receiver processes sharing the port (1)")
         parser.add_argument("--max-pdu", type=int, help="maximum PDU length we receive (131072)")
         parser.add_argument("--min-free-mb", type=float, help="refuse C-STOREs below this")
+        parser.add_argument(
+            "--stable-age",
+            type=float,
+            help="seconds without a new instance before a series/study is stable (60)",
+        )
+        parser.add_argument("--series-stable-age", type=float, help="for series (--stable-age)")
+        parser.add_argument("--study-stable-age", type=float, help="for studies (--stable-age)")
+        parser.add_argument(
+            "--no-announce-stable",
+            dest="announce_stable",
+            action="store_false",
+            default=None,
+            help="run no stability sweeper here (another process runs announce_stable --watch)",
+        )
         parser.add_argument("--shutdown-grace", type=float, help="seconds for open associations")
         parser.add_argument("--acse-timeout", type=float)
         parser.add_argument("--dimse-timeout", type=float)

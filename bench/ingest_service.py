@@ -1,0 +1,117 @@
+"""Per-instance cost of the ingest service alone (no network), on a temporary SQLite index.
+
+    python bench/ingest_service.py --count 400 --series 4 --repeat 5
+
+Calls archive.services.instance_store for `count` small CT instances spread over `series`
+series of one study (sent interleaved, as several associations would), in a fresh index and
+storage directory per repeat, and prints the median wall time per instance and the SQL
+statements it ran per instance. Point PYTHONPATH at another checkout to compare revisions.
+"""
+
+import argparse
+import copy
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.append(str(ROOT))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--count", type=int, default=400)
+    parser.add_argument("--series", type=int, default=4)
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument(
+        "--work-dir", help="where index and files go (/dev/shm takes the disk's fsyncs out)"
+    )
+    args = parser.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="ingest-bench-", dir=args.work_dir))
+    os.environ["DJANGO_SETTINGS_MODULE"] = "pacsproject.settings"
+    os.environ["DATABASE_URL"] = f"sqlite:///{work / 'placeholder.db'}"
+    import django
+
+    django.setup()
+    from django.core.management import call_command
+    from django.db import connection, connections
+    from pydicom import dcmread
+    from pydicom.data import get_testdata_file
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_dataset
+    from pydicom.uid import generate_uid
+
+    from archive import services
+    from archive.services import IngestSettings, instance_store
+    from archive.storage import Storage
+    from pacsproject.database import use_sqlite_index
+
+    base = dcmread(get_testdata_file("CT_small.dcm"))
+    syntax = "1.2.840.10008.1.2.1"  # explicit VR little endian, as encoded below
+
+    def corpus() -> list[tuple[str, str, bytes]]:
+        study, series = generate_uid(), [generate_uid() for _ in range(args.series)]
+        items = []
+        for n in range(args.count):
+            ds = copy.deepcopy(base)
+            ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series[n % args.series]
+            ds.SOPInstanceUID = generate_uid()
+            buffer = DicomBytesIO()
+            buffer.is_little_endian, buffer.is_implicit_VR = True, False
+            write_dataset(buffer, ds)
+            items.append((ds.SOPClassUID, ds.SOPInstanceUID, buffer.getvalue()))
+        return items
+
+    per_instance, cpu_per_instance, statements = [], [], []
+    for repeat in range(args.repeat):
+        run_dir = work / f"run{repeat}"
+        use_sqlite_index(run_dir / "index.db")
+        call_command("migrate", verbosity=0)
+        services.series_cache_clear()
+        storage = Storage(run_dir / "received")
+        storage.prepare()
+        settings = IngestSettings(storage=storage)
+        items = corpus()
+        executed = [0]
+
+        def count(execute, sql, params, many, context, executed=executed):
+            executed[0] += 1
+            return execute(sql, params, many, context)
+
+        with connection.execute_wrapper(count):
+            start, cpu_start = time.perf_counter(), time.process_time()
+            for sop_class, sop_instance, data in items:
+                instance_store(
+                    dataset=data,
+                    transfer_syntax_uid=syntax,
+                    sop_class_uid=sop_class,
+                    sop_instance_uid=sop_instance,
+                    calling_ae_title="BENCH",
+                    remote_address="127.0.0.1",
+                    settings=settings,
+                )
+            elapsed = time.perf_counter() - start
+            cpu = time.process_time() - cpu_start
+        per_instance.append(elapsed / args.count * 1e6)
+        cpu_per_instance.append(cpu / args.count * 1e6)
+        statements.append(executed[0] / args.count)
+        storage.release()
+        connections.close_all()
+    shutil.rmtree(work, ignore_errors=True)
+    print(
+        f"{args.count} instances in {args.series} series, {args.repeat} repeats: "
+        f"median {statistics.median(per_instance):.0f} µs per instance "
+        f"(runs: {', '.join(f'{v:.0f}' for v in per_instance)}), "
+        f"median CPU {statistics.median(cpu_per_instance):.0f} µs per instance, "
+        f"{statistics.median(statements):.3f} SQL statements per instance"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,38 @@
+"""The archive's announcements in a receiver process: the stability sweeper thread, and the
+flush of pending `instance_stored` signals at shutdown.
+
+Every receiver process (each worker of `--workers N`) runs a sweeper; the claim in
+archive.stability makes each announcement happen in exactly one of them, or in another node's,
+or in a separate `manage.py announce_stable --watch`. `announce_stable: false` leaves it to
+the latter. Signal receivers are the apps' own code, loaded through INSTALLED_APPS as usual.
+"""
+
+import logging
+from collections.abc import Callable
+
+from archive.events import dispatcher_flush
+from archive.stability import StabilitySweeper, StableAges
+from receiver.config import ReceiverConfig
+
+logger = logging.getLogger(__name__)
+
+
+def announcements_start(config: ReceiverConfig) -> Callable[[], None]:
+    """Start this process's sweeper (unless configured off); return what stops it."""
+    sweeper = None
+    if config.announce_stable:
+        ages = StableAges(series=config.series_stable_age, study=config.study_stable_age)
+        sweeper = StabilitySweeper(ages)
+        sweeper.start()
+        logger.info(
+            "Announcing stable series after %g s and studies after %g s without a new instance",
+            ages.series,
+            ages.study,
+        )
+
+    def stop() -> None:
+        if sweeper is not None:
+            sweeper.stop()
+        dispatcher_flush(timeout=5.0)
+
+    return stop
