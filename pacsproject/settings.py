@@ -9,16 +9,18 @@ from pathlib import Path
 import environ
 
 from pacsproject.database import with_backend_options
+from pacsproject.secret_key import secret_key_from_file
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 env = environ.Env()
 
 DEBUG = env.bool("DEBUG", default=False)
-# Without SECRET_KEY a development key is used, which `check --deploy` reports (its prefix).
-SECRET_KEY = env.str("SECRET_KEY", default="")
-if not SECRET_KEY:
-    SECRET_KEY = "django-insecure-development-key-set-SECRET_KEY-in-production"
+# Without SECRET_KEY, a random key generated at the first start and kept (mode 0600) in
+# SECRET_KEY_FILE, shared by every process of this installation (pacsproject/secret_key.py).
+SECRET_KEY = env.str("SECRET_KEY", default="") or secret_key_from_file(
+    Path(env.str("SECRET_KEY_FILE", default=str(BASE_DIR / ".secret-key")))
+)
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]"])
 
 # HTTPS=true behind TLS (directly or through a proxy setting X-Forwarded-Proto): cookies only
