@@ -24,6 +24,8 @@ def secret_key_from_file(path: Path) -> str:
         return _read(path)
     except FileNotFoundError:
         pass
+    except OSError as exc:
+        raise SystemExit(f"SECRET_KEY_FILE: cannot read {path}: {exc.strerror or exc}") from None
     try:
         _create(path)
         return _read(path)
