@@ -2,6 +2,7 @@
 downloads. Every view here is wired through the admin site's login (pacsproject.urls)."""
 
 import logging
+import re
 from pathlib import Path
 
 from django.conf import settings
@@ -25,6 +26,8 @@ from archive.statistics import (
 from archive.storage import Storage
 
 logger = logging.getLogger(__name__)
+
+_UID = re.compile(r"[0-9]+(\.[0-9]+)*")
 
 
 def dashboard(request: HttpRequest) -> HttpResponse:
@@ -90,9 +93,18 @@ def instance_download(request: HttpRequest, pk: int) -> FileResponse:
     return FileResponse(
         handle,
         as_attachment=True,
-        filename=f"{instance.sop_instance_uid}.dcm",
+        filename=_download_name(instance),
         content_type="application/dicom",
     )
+
+
+def _download_name(instance: Instance) -> str:
+    """`<SOP Instance UID>.dcm`, or `instance-<pk>.dcm` should the indexed UID be anything but a
+    UID: the name goes into a header and onto the user's disk."""
+    uid = instance.sop_instance_uid
+    if _UID.fullmatch(uid):
+        return f"{uid}.dcm"
+    return f"instance-{instance.pk}.dcm"
 
 
 def _stored_path(instance: Instance) -> Path:

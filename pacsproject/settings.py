@@ -60,6 +60,8 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Last, so that it sees each page before the others measure it.
+    "archive.safetext.ControlCharacterMiddleware",
 ]
 
 ROOT_URLCONF = "pacsproject.urls"
@@ -126,7 +128,10 @@ LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {
-        "plain": {"format": "%(asctime)s [%(process)d] %(levelname)s %(name)s: %(message)s"},
+        "plain": {
+            "()": "archive.safetext.TerminalSafeFormatter",
+            "format": "%(asctime)s [%(process)d] %(levelname)s %(name)s: %(message)s",
+        },
     },
     "handlers": {
         "console": {"class": "logging.StreamHandler", "formatter": "plain"},

@@ -7,6 +7,7 @@ from typing import Any
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from archive.safetext import terminal_safe
 from archive.storage import Storage
 from archive.verification import storage_verify
 from pacsproject.database import use_index_file_option
@@ -52,7 +53,7 @@ class Command(BaseCommand):
             ("orphan", report.orphans),
         ):
             for path in paths[:50]:
-                self.stdout.write(f"{label}: {path}")
+                self.stdout.write(f"{label}: {terminal_safe(path)}")
             if len(paths) > 50:
                 self.stdout.write(f"{label}: ... and {len(paths) - 50} more")
         self.stdout.write(report.summary())
