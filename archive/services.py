@@ -58,6 +58,9 @@ class StoreResult:
     outcome: Outcome
     instance_id: int
     path: str
+    # Who and which study, for the receiver's per-study audit records.
+    patient_id: str = ""
+    study_instance_uid: str = ""
 
 
 def instance_store(
@@ -221,14 +224,18 @@ def _resend_without_write(
         incoming.update(chunk)
     if stored == incoming.hexdigest():
         logger.debug("Instance %s received again with identical content", uid)
-        return StoreResult(outcome="identical", instance_id=existing.id, path=existing.path)
+        return StoreResult("identical", existing.id, existing.path, *_who(arrival))
     if settings.duplicates == "keep":
         logger.warning("Instance %s received again with different content: kept the first", uid)
-        return StoreResult(outcome="kept", instance_id=existing.id, path=existing.path)
+        return StoreResult("kept", existing.id, existing.path, *_who(arrival))
     if settings.duplicates == "reject":
         logger.warning("Instance %s received again with different content: rejected", uid)
         raise DuplicateRejected(f"instance {uid} exists with different content")
     return None
+
+
+def _who(arrival: _Arrival) -> tuple[str, str]:
+    return arrival.header.patient_id, arrival.header.study_instance_uid
 
 
 def _index_new(arrival: _Arrival, staged: StagedFile, storage: Storage) -> StoreResult:
@@ -251,7 +258,7 @@ def _index_new(arrival: _Arrival, staged: StagedFile, storage: Storage) -> Store
     # The directory fsync comes after the commit, outside the write lock, so that concurrent
     # associations share the lock for the insert only; success is reported only after it.
     storage.make_durable(published)
-    return StoreResult(outcome="stored", instance_id=instance_id, path=arrival.path)
+    return StoreResult("stored", instance_id, arrival.path, *_who(arrival))
 
 
 def _index_overwrite(
@@ -278,7 +285,7 @@ def _index_overwrite(
         storage.remove(existing.path)
     storage.drop_aside(previous)
     logger.warning("Instance %s received again with different content: overwritten", instance)
-    return StoreResult(outcome="overwritten", instance_id=instance.pk, path=arrival.path)
+    return StoreResult("overwritten", instance.pk, arrival.path, *_who(arrival))
 
 
 def _instance_fields(arrival: _Arrival, staged: StagedFile) -> dict[str, Any]:

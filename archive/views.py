@@ -16,6 +16,7 @@ from archive.charts import bar_list, column_chart
 from archive.exceptions import StorageFailure
 from archive.models import Instance, Series
 from archive.preview import PreviewUnavailable, preview_png
+from archive.signals import DOWNLOAD, PREVIEW, access_signal
 from archive.statistics import (
     DAYS,
     HOURS,
@@ -68,28 +69,33 @@ def dashboard(request: HttpRequest) -> HttpResponse:
 
 def instance_preview(request: HttpRequest, pk: int) -> HttpResponse:
     """The instance's middle frame as PNG; `?wc=40&ww=400` sets the window (center, width)."""
-    instance = get_object_or_404(Instance, pk=pk)
+    instance = get_object_or_404(Instance.objects.select_related("series__study__patient"), pk=pk)
+    access_signal(PREVIEW, request, [instance])
     return _preview(instance, _window(request))
 
 
 def series_preview(request: HttpRequest, pk: int) -> HttpResponse:
     """The preview of the series' middle instance (by instance number)."""
-    series = get_object_or_404(Series, pk=pk)
+    series = get_object_or_404(Series.objects.select_related("study__patient"), pk=pk)
     instances = series.instances.order_by("instance_number", "pk")
     count = instances.count()
     if count == 0:
         return _placeholder("no instances")
-    return _preview(instances[count // 2], _window(request))
+    instance = instances[count // 2]
+    instance.series = series
+    access_signal(PREVIEW, request, [instance])
+    return _preview(instance, _window(request))
 
 
 def instance_download(request: HttpRequest, pk: int) -> FileResponse:
     """The stored file as received, streamed."""
-    instance = get_object_or_404(Instance, pk=pk)
+    instance = get_object_or_404(Instance.objects.select_related("series__study__patient"), pk=pk)
     path = _stored_path(instance)
     try:
         handle = path.open("rb")
     except OSError:
         raise Http404("the file of this instance is missing") from None
+    access_signal(DOWNLOAD, request, [instance], detail={"bytes": instance.size})
     return FileResponse(
         handle,
         as_attachment=True,

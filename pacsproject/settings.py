@@ -49,6 +49,7 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "archive",
     "receiver",
+    "audit",
 ]
 
 MIDDLEWARE = [
@@ -123,6 +124,8 @@ RECEIVER_HEARTBEAT = env.float("RECEIVER_HEARTBEAT", default=5.0)
 # A token that lets Prometheus scrape /metrics (Authorization: Bearer <token>); without it,
 # only a logged-in staff user sees the metrics.
 METRICS_TOKEN = env.str("METRICS_TOKEN", default="")
+# Days the audit trail keeps its records (`manage.py auditprune`); 0 keeps them for ever.
+AUDIT_RETENTION_DAYS = env.int("AUDIT_RETENTION_DAYS", default=0)
 
 LOGGING = {
     "version": 1,
