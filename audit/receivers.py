@@ -1,15 +1,19 @@
 """Audit records for what other apps signal: logins and logouts (django.contrib.auth), and
 accesses through the archive's pages (archive.signals, so that archive never imports audit)."""
 
+import logging
 from typing import Any
 
+from axes.signals import user_locked_out
 from django.contrib.auth.signals import user_logged_in, user_logged_out, user_login_failed
 from django.dispatch import receiver
 from django.http import HttpRequest
 
 from archive.signals import patient_data_accessed
-from audit.models import DENIED, LOGIN, LOGIN_FAILED, LOGOUT, SUCCESS, AuditEvent
+from audit.models import DENIED, LOCKOUT, LOGIN, LOGIN_FAILED, LOGOUT, SUCCESS, AuditEvent
 from audit.services import audit_fields, audit_record, client_address
+
+logger = logging.getLogger(__name__)
 
 
 @receiver(user_logged_in)
@@ -32,6 +36,20 @@ def _login_failed(
         outcome=DENIED,
         user=str(credentials.get("username", ""))[:150],
         peer_address=client_address(request) if request is not None else "",
+        detail={"via": "web"},
+    )
+
+
+@receiver(user_locked_out)
+def _locked_out(
+    sender: Any, request: HttpRequest, username: str | None, ip_address: str | None, **kwargs: Any
+) -> None:
+    logger.warning("Login locked out: user %r from %s", username or "", ip_address or "?")
+    audit_record(
+        LOCKOUT,
+        outcome=DENIED,
+        user=(username or "")[:150],
+        peer_address=ip_address or "",
         detail={"via": "web"},
     )
 

@@ -4,6 +4,7 @@ Defaults run a local receiver out of the box (SQLite index `./pacs.db`, files in
 production sets SECRET_KEY, ALLOWED_HOSTS and, to scale out, DATABASE_URL.
 """
 
+import datetime as dt
 from pathlib import Path
 
 import environ
@@ -50,6 +51,7 @@ INSTALLED_APPS = [
     "archive",
     "receiver",
     "audit",
+    "axes",
 ]
 
 MIDDLEWARE = [
@@ -61,6 +63,8 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Turns a locked-out login into its 429 page (django-axes).
+    "axes.middleware.AxesMiddleware",
     # Last, so that it sees each page before the others measure it.
     "archive.safetext.ControlCharacterMiddleware",
 ]
@@ -94,6 +98,21 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # WAL and busy timeouts work only on a file.
     DATABASES["default"].setdefault("TEST", {"NAME": str(BASE_DIR / ".test-pacs.db")})
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# Login throttling (django-axes), for the admin's login and every other authenticate() with a
+# request (HTTP Basic): LOGIN_FAILURE_LIMIT failures lock the user name, and separately the
+# client's address, for LOGIN_COOLOFF_MINUTES (429). `manage.py axes_reset_username NAME`,
+# `axes_reset_ip ADDRESS` or `axes_reset` unlock. Lockouts are logged and audited.
+AUTHENTICATION_BACKENDS = [
+    "pacsproject.auth_backends.LoginThrottleBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+AXES_FAILURE_LIMIT = env.int("LOGIN_FAILURE_LIMIT", default=20)
+AXES_COOLOFF_TIME = dt.timedelta(minutes=env.float("LOGIN_COOLOFF_MINUTES", default=30))
+AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]
+AXES_RESET_ON_SUCCESS = True
+AXES_DISABLE_ACCESS_LOG = True  # successful logins are in the audit trail
+AXES_CLIENT_IP_CALLABLE = "audit.services.client_address"  # the audit trail's address
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
@@ -142,6 +161,8 @@ LOGGING = {
     "loggers": {
         "receiver": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
         "archive": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
+        "audit": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
+        "axes": {"handlers": ["console"], "level": "WARNING"},
         # pynetdicom logs each PDU and DIMSE message; we log one line per association.
         "pynetdicom": {"handlers": ["console"], "level": "WARNING", "propagate": False},
     },
