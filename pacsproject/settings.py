@@ -45,6 +45,22 @@ SESSION_IDLE_MINUTES = env.int("SESSION_IDLE_MINUTES", default=30)
 SESSION_COOKIE_AGE = int(env.float("SESSION_MAX_HOURS", default=12) * 3600)
 SESSION_EXPIRE_AT_BROWSER_CLOSE = True
 X_FRAME_OPTIONS = "DENY"
+# Content Security Policy (django-csp) on every page: scripts, images and everything else from
+# this site only, no plug-ins, no framing. Styles allow inline `style` attributes, which the
+# admin and the SVG charts use; no page has inline scripts. A page needing more (a viewer's
+# workers or WebAssembly) widens it for itself with csp.decorators.csp_update.
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": ["'self'"],
+        "script-src": ["'self'"],
+        "style-src": ["'self'", "'unsafe-inline'"],
+        "img-src": ["'self'", "data:"],
+        "object-src": ["'none'"],
+        "base-uri": ["'self'"],
+        "form-action": ["'self'"],
+        "frame-ancestors": ["'none'"],
+    }
+}
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -57,6 +73,7 @@ INSTALLED_APPS = [
     "receiver",
     "audit",
     "axes",
+    "csp",
 ]
 
 MIDDLEWARE = [
@@ -69,6 +86,7 @@ MIDDLEWARE = [
     "pacsproject.idle_logout.IdleLogoutMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "csp.middleware.CSPMiddleware",
     # Turns a locked-out login into its 429 page (django-axes).
     "axes.middleware.AxesMiddleware",
     # Last, so that it sees each page before the others measure it.
