@@ -67,10 +67,18 @@ class AuditEvent(models.Model):
     series_instance_uid = models.CharField("series instance UID", max_length=64, blank=True)
     sop_instance_uid = models.CharField("SOP instance UID", max_length=64, blank=True)
     detail = models.JSONField(default=dict, blank=True)
+    # When it went to the audit record repository (AUDIT_SYSLOG); NULL: queued, or no export.
+    exported_at = models.DateTimeField(null=True, blank=True, editable=False)
 
     class Meta:
         ordering = ["-time", "-pk"]
         indexes = [
+            # The export queue (audit.syslog): records not sent yet, oldest first.
+            models.Index(
+                fields=["id"],
+                condition=models.Q(exported_at__isnull=True),
+                name="audit_event_unexported",
+            ),
             # The admin's list and date filter, `auditcheck` per day, retention.
             models.Index(fields=["time"], name="audit_event_time"),
             # The admin's filters: who, which patient, what.

@@ -169,6 +169,14 @@ RECEIVER_HEARTBEAT = env.float("RECEIVER_HEARTBEAT", default=5.0)
 METRICS_TOKEN = env.str("METRICS_TOKEN", default="")
 # Days the audit trail keeps its records (`manage.py auditprune`); 0 keeps them for ever.
 AUDIT_RETENTION_DAYS = env.int("AUDIT_RETENTION_DAYS", default=0)
+# An IHE ATNA audit record repository (udp://host:514 or tls://host:6514), fed by
+# `manage.py auditexport` from the queue in the database; TLS verifies it with AUDIT_SYSLOG_CA
+# and may present AUDIT_SYSLOG_CERTIFICATE / _PRIVATE_KEY. AUDIT_SOURCE_ID names this system.
+AUDIT_SYSLOG = env.str("AUDIT_SYSLOG", default="")
+AUDIT_SYSLOG_CA = env.str("AUDIT_SYSLOG_CA", default="")
+AUDIT_SYSLOG_CERTIFICATE = env.str("AUDIT_SYSLOG_CERTIFICATE", default="")
+AUDIT_SYSLOG_PRIVATE_KEY = env.str("AUDIT_SYSLOG_PRIVATE_KEY", default="")
+AUDIT_SOURCE_ID = env.str("AUDIT_SOURCE_ID", default="")
 
 LOGGING = {
     "version": 1,
