@@ -74,6 +74,9 @@ INSTALLED_APPS = [
     "audit",
     "axes",
     "csp",
+    "django_otp",
+    "django_otp.plugins.otp_totp",
+    "accounts",
 ]
 
 MIDDLEWARE = [
@@ -83,6 +86,7 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django_otp.middleware.OTPMiddleware",
     "pacsproject.idle_logout.IdleLogoutMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
@@ -131,6 +135,10 @@ AUTHENTICATION_BACKENDS = [
     "pacsproject.auth_backends.LoginThrottleBackend",
     "django.contrib.auth.backends.ModelBackend",
 ]
+# Two-factor authentication (django-otp, TOTP; accounts/two_factor.py): asked of staff who have
+# an authenticator (`manage.py totpdevice NAME`), required of all of them when true.
+REQUIRE_2FA = env.bool("REQUIRE_2FA", default=False)
+OTP_TOTP_ISSUER = env.str("OTP_TOTP_ISSUER", default="DICOM receiver")
 AXES_FAILURE_LIMIT = env.int("LOGIN_FAILURE_LIMIT", default=20)
 AXES_COOLOFF_TIME = dt.timedelta(minutes=env.float("LOGIN_COOLOFF_MINUTES", default=30))
 AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]
