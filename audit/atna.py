@@ -11,6 +11,7 @@ audit record repository.
 | query | 110112 Query | E |
 | rule-change | 110113 Security Alert (+ 110129 Security Configuration) | E |
 | audit-access, audit-prune | 110101 Audit Log Used | R, D |
+| refused | 110113 Security Alert (+ 110132 Use of Restricted Function) | E |
 """
 
 import base64
@@ -31,6 +32,7 @@ from audit.models import (
     LOGOUT,
     PREVIEW,
     QUERY,
+    REFUSED,
     RETRIEVE,
     RULE_CHANGE,
     STORE,
@@ -60,6 +62,7 @@ _EVENTS: dict[str, tuple[tuple[str, str], str, tuple[str, str] | None]] = {
     RULE_CHANGE: (("110113", "Security Alert"), "E", ("110129", "Security Configuration")),
     AUDIT_ACCESS: (("110101", "Audit Log Used"), "R", None),
     AUDIT_PRUNE: (("110101", "Audit Log Used"), "D", None),
+    REFUSED: (("110113", "Security Alert"), "E", ("110132", "Use of Restricted Function")),
 }
 # EventOutcomeIndicator: 0 success, 4 minor failure (refused), 8 serious failure.
 _OUTCOME = {SUCCESS: "0", DENIED: "4"}

@@ -26,6 +26,7 @@ COMMITMENT = "commitment"  # Storage Commitment
 RULE_CHANGE = "rule-change"  # allowed AEs, SOP class rules, remote AEs, forwarding rules
 AUDIT_ACCESS = "audit-access"  # the audit trail itself read or exported (PS3.15 A.5.3.2)
 AUDIT_PRUNE = "audit-prune"  # records older than the retention removed
+REFUSED = "refused"  # a signed-in user refused (403): not in their role, or no CSRF token
 ACTIONS = [
     (LOGIN, "login"),
     (LOGIN_FAILED, "failed login"),
@@ -43,6 +44,7 @@ ACTIONS = [
     (RULE_CHANGE, "access rule change"),
     (AUDIT_ACCESS, "audit trail read"),
     (AUDIT_PRUNE, "audit trail pruned"),
+    (REFUSED, "refused"),
 ]
 
 # PS3.15 A.5 EventOutcomeIndicator: 0 success, 4 minor failure (e.g. refused: no

@@ -9,7 +9,7 @@ from django.contrib.auth.models import Group, User
 from django.urls import reverse
 
 from archive.models import Instance, Patient
-from audit.models import LOGOUT, AuditEvent
+from audit.models import LOGOUT, REFUSED, AuditEvent
 from audit.roles import AUDITOR, OPERATOR, ROLES, VIEWER, roles_sync
 from receiver.models import AllowedAE
 from tests.conftest import sample_file
@@ -122,6 +122,12 @@ def test_a_viewer_cannot_delete_or_change_rules(client, ct):
     assert Patient.objects.filter(pk=patient.pk).exists()
     assert Instance.objects.filter(pk=ct.pk).exists()
     assert not AllowedAE.objects.filter(ae_title="EVIL").exists()
+    # Each refusal is in the audit trail.
+    refused = AuditEvent.objects.filter(action=REFUSED, user="viewer-user", outcome="denied")
+    assert {e.detail["path"] for e in refused} >= {
+        reverse("admin:archive_patient_delete", args=[patient.pk]),
+        reverse("admin:receiver_allowedae_add"),
+    }
 
 
 def test_an_operator_deletes_and_changes_rules(client, ct):
