@@ -176,3 +176,33 @@ def test_web_worker_renders_both_bombs_below_300_mb(tmp_path, deflate_bomb):
     assert all(" 200 " in line for line in lines if "/change/" in line)
     peak_kb = int(lines[-1].split()[1])
     assert peak_kb < 300 * 1024, f"web worker peak RSS {peak_kb // 1024} MB"
+
+
+def test_tag_dump_of_a_header_inflating_beyond_the_limit_says_it_is_cut(tmp_path):
+    """A 20 MiB private element before the pixel data: the dump shows what came before it."""
+    import struct
+    import zlib
+
+    from pydicom.uid import generate_uid
+
+    from tests.bombs import part10_write
+
+    sop = generate_uid()
+    head = b"".join(
+        [
+            struct.pack("<HH2sH", 0x0008, 0x0016, b"UI", 26) + CTImageStorage.encode() + b"\0",
+            struct.pack("<HH2sH", 0x0008, 0x0018, b"UI", len(sop) + len(sop) % 2)
+            + sop.encode()
+            + b"\0" * (len(sop) % 2),
+            struct.pack("<HH2sH", 0x0009, 0x0010, b"LO", 4) + b"EVIL",
+            struct.pack("<HH2sxxL", 0x0009, 0x1001, b"OB", 20 * MiB),
+        ]
+    )
+    compressor = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+    data = compressor.compress(head) + compressor.compress(bytes(20 * MiB)) + compressor.flush()
+    path = part10_write(
+        tmp_path / "cut.dcm", data, sop_instance_uid=sop, syntax=DeflatedExplicitVRLittleEndian
+    )
+    dump = tag_dump(path)
+    assert sop in dump and "EVIL" in dump
+    assert dump.splitlines()[-1].startswith("... the deflated dataset inflates beyond 16 MiB")
