@@ -11,3 +11,11 @@ def test_pages_send_the_content_security_policy(admin_client):
         assert directives["script-src"] == "'self'", url
         assert directives["frame-ancestors"] == "'none'"
         assert directives["object-src"] == "'none'"
+
+
+def test_no_page_allows_cross_origin_reads(admin_client):
+    for url in [reverse("admin:index"), reverse("receiver-status-json"), "/metrics"]:
+        response = admin_client.get(url, HTTP_ORIGIN="https://evil.example")
+        assert "Access-Control-Allow-Origin" not in response, url
+        assert response["X-Content-Type-Options"] == "nosniff"
+    assert admin_client.get(reverse("admin:index"))["X-Frame-Options"] == "DENY"
