@@ -81,6 +81,7 @@ def test_receiver_stores_a_deflate_bomb_with_bounded_memory(tmp_path, deflate_bo
     finally:
         code, output = stop(process)
     assert status.Status == 0x0000, output
+    print(f"receiver peak RSS {peak_kb // 1024} MB")
     assert peak_kb < 200 * 1024, f"receiver peak RSS {peak_kb // 1024} MB"
     assert code == 0 and "Traceback" not in output
     stored = list((tmp_path / "st").rglob(f"{sop}.dcm"))
@@ -175,6 +176,7 @@ def test_web_worker_renders_both_bombs_below_300_mb(tmp_path, deflate_bomb):
         assert " 200 unavailable " in line and "too large to preview" in line, line
     assert all(" 200 " in line for line in lines if "/change/" in line)
     peak_kb = int(lines[-1].split()[1])
+    print(f"web worker peak RSS {peak_kb // 1024} MB")
     assert peak_kb < 300 * 1024, f"web worker peak RSS {peak_kb // 1024} MB"
 
 
