@@ -2,10 +2,13 @@
 removes the files with the rows (archive.deletion)."""
 
 from collections.abc import Iterable
+from dataclasses import asdict
 
 from django.conf import settings
 from django.contrib import admin
 from django.contrib.admin.templatetags.admin_urls import add_preserved_filters
+from django.contrib.admin.utils import unquote
+from django.db import transaction
 from django.db.models import Count, Exists, Model, OuterRef, QuerySet
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.urls import reverse, reverse_lazy
@@ -13,6 +16,7 @@ from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 from pydicom.uid import UID
 
+from archive.access_signals import DELETE, QUERY, VIEW, access_signal
 from archive.deletion import deletion_preview, index_delete
 from archive.exceptions import StorageFailure
 from archive.models import Instance, Patient, Series, Study
@@ -53,10 +57,39 @@ class IndexAdmin(admin.ModelAdmin):
         return False
 
     def delete_model(self, request: HttpRequest, obj: Model) -> None:
-        index_delete(self.model.objects.filter(pk=obj.pk), _storage())
+        self.delete_queryset(request, self.model.objects.filter(pk=obj.pk))
 
     def delete_queryset(self, request: HttpRequest, queryset: QuerySet) -> None:
-        index_delete(queryset, _storage())
+        # The audit record commits with the deletion, or neither does.
+        with transaction.atomic():
+            targets = list(queryset.select_related(*_PARENTS[self.model]))
+            counts = index_delete(queryset, _storage())
+            access_signal(DELETE, request, targets, detail={"removed": asdict(counts)})
+
+    def change_view(
+        self, request: HttpRequest, object_id: str, form_url: str = "", extra_context=None
+    ) -> HttpResponse:
+        response = super().change_view(request, object_id, form_url, extra_context)
+        if request.method == "GET" and response.status_code == 200:
+            obj = (
+                self.get_queryset(request)
+                .select_related(*_PARENTS[self.model])
+                .get(pk=unquote(object_id))
+            )
+            detail = {"tag_dump": True} if self.model is Instance else {}
+            access_signal(VIEW, request, [obj], detail=detail)
+        return response
+
+    def changelist_view(self, request: HttpRequest, extra_context=None) -> HttpResponse:
+        response = super().changelist_view(request, extra_context)
+        if request.method == "GET" and response.status_code == 200:
+            # Which patients a list showed follows from its search and filters.
+            access_signal(
+                QUERY,
+                request,
+                detail={"list": self.model._meta.model_name, "parameters": dict(request.GET)},
+            )
+        return response
 
     def response_delete(self, request: HttpRequest, obj_display: str, obj_id: int) -> HttpResponse:
         """Back to the list deleted from, with its filters (Django sends a model without change
@@ -93,6 +126,15 @@ class IndexAdmin(admin.ModelAdmin):
             shown.append(f"and the {counts.instances} stored file(s) of their instances")
         shown.append("and the series, studies and patients this leaves without children")
         return shown, model_count, perms_needed, []
+
+
+# What target_of() follows up from each level, fetched with the rows.
+_PARENTS: dict[type[Model], list[str]] = {
+    Patient: [],
+    Study: ["patient"],
+    Series: ["study__patient"],
+    Instance: ["series__study__patient"],
+}
 
 
 def _storage() -> Storage:

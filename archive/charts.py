@@ -6,6 +6,8 @@ from collections.abc import Sequence
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 
+from archive.safetext import text_marked
+
 _BAR = "#417690"  # the admin's own blue
 
 
@@ -26,7 +28,8 @@ def column_chart(
     scale = _nice_ceiling(peak)
     slot = plot_w / max(len(points), 1)
     columns = []
-    for i, (label, value) in enumerate(points):
+    # Labels come from the data: SVG text shows no HTML marking, so escapes in plain text.
+    for i, (label, value) in enumerate((text_marked(label), value) for label, value in points):
         bar_h = plot_h * value / scale if scale else 0
         x = left + i * slot
         columns.append(
@@ -101,7 +104,9 @@ def bar_list(items: Sequence[tuple[str, int]], *, title: str, width: int = 480) 
                 i * row_h + 14,
                 value,
             )
-            for i, (label, value) in enumerate(items)
+            for i, (label, value) in enumerate(
+                (text_marked(label), value) for label, value in items
+            )
         ),
     )
     return format_html(

@@ -26,6 +26,7 @@ from pydicom.tag import BaseTag, Tag
 from pydicom.uid import RE_VALID_UID, UID
 
 from archive import dicom_bytes
+from archive.dicomfile import inflate_bounded
 from archive.exceptions import DatasetUnreadable
 
 _KEYWORDS = (
@@ -128,9 +129,9 @@ def _header_parse(
     """The index attributes as text, read by pydicom."""
     if deflated:
         try:
-            # A decompressor object, not zlib.decompress: `dataset_bytes` may be only the start
-            # of a large dataset, and a truncated stream is fine for the header.
-            dataset_bytes = zlib.decompressobj(-zlib.MAX_WBITS).decompress(dataset_bytes)
+            # Only as much as the index groups can need: 0.5 MB of deflate can inflate to 512
+            # MiB. A stream cut short is fine for the header, which comes first.
+            dataset_bytes, _ = inflate_bounded(dataset_bytes, HEADER_PREFIX)
         except zlib.error as exc:
             raise DatasetUnreadable(f"deflated dataset does not inflate: {exc}") from exc
     try:

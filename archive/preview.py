@@ -2,6 +2,11 @@
 
 Compressed transfer syntaxes decode through the pylibjpeg plugins (JPEG, JPEG-LS, JPEG 2000,
 RLE). The PNG is written here (zlib and a few chunks), sparing an imaging library.
+
+Memory is bounded whatever the file claims: a frame larger than a pixel budget (the dataset's
+Rows x Columns x samples, and what each compressed frame's codestream declares) is refused
+before anything decodes it, a deflated dataset is inflated only up to that budget, and the frame
+is subsampled to the preview's size before any conversion to floating point.
 """
 
 import math
@@ -10,12 +15,23 @@ import zlib
 from pathlib import Path
 
 import numpy as np
-from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.pixels import apply_color_lut, apply_modality_lut, pixel_array
 
+from archive.dicomfile import (
+    InflateLimitExceeded,
+    MiB,
+    deflated_dataset_read,
+    encapsulated_frames_declared,
+    file_header_read,
+)
+
 MAX_SIDE = 512
+# Samples (rows x columns x samples per pixel) of the largest frame decoded for a preview: a
+# 4096x5120 mammogram fits. Decoding costs up to 4 bytes a sample inside the JPEG 2000 decoder
+# plus the decoded frame, so a web worker stays within ~300 MB.
+MAX_SAMPLES = 24_000_000
 
 
 class PreviewUnavailable(Exception):
@@ -23,26 +39,44 @@ class PreviewUnavailable(Exception):
 
 
 def preview_png(
-    path: Path, *, window: tuple[float, float] | None = None, max_side: int = MAX_SIDE
+    path: Path,
+    *,
+    window: tuple[float, float] | None = None,
+    max_side: int = MAX_SIDE,
+    max_samples: int = MAX_SAMPLES,
 ) -> bytes:
     """The middle frame of the file at `path` as PNG, at most `max_side` pixels wide or high.
 
     `window` is (center, width) in modality units; without it, the file's first Window
-    Center/Width, else the 0.5th to 99.5th percentile of the frame.
+    Center/Width, else the 0.5th to 99.5th percentile of the frame. Raises PreviewUnavailable
+    saying why there is none (no image, damaged, no decoder, above `max_samples` a frame).
     """
     try:
-        header = dcmread(path, stop_before_pixels=True)
-    except Exception as exc:  # pydicom raises many kinds for a damaged file
+        read = file_header_read(path)
+    except (OSError, ValueError) as exc:
         raise PreviewUnavailable(f"not readable: {exc}") from None
+    header = read.dataset
     photometric = str(header.get("PhotometricInterpretation", ""))
     if not photometric:
+        if read.truncated:
+            raise PreviewUnavailable("header inflates beyond 16 MiB: not read")
         raise PreviewUnavailable("no image: the instance has no Photometric Interpretation")
-    frames = int(header.get("NumberOfFrames") or 1)
-    attributes = Dataset()
     try:
-        frame = pixel_array(path, index=frames // 2, ds_out=attributes)
-    except Exception as exc:  # missing decoder, corrupt codestream, truncated data, ...
-        raise PreviewUnavailable(f"pixel data not decodable: {exc}") from None
+        frames = int(header.get("NumberOfFrames") or 1)
+        rows, columns = int(header.Rows), int(header.Columns)
+        samples = int(header.get("SamplesPerPixel") or 1)
+        bytes_per_sample = (int(header.BitsAllocated) + 7) // 8
+    except (AttributeError, TypeError, ValueError) as exc:
+        raise PreviewUnavailable(f"image attributes missing or invalid: {exc}") from None
+    _within_budget(rows, columns, samples, max_samples, "")
+    pixel_bytes = frames * rows * columns * samples * bytes_per_sample
+    frame = _frame_decode(
+        path, header, index=frames // 2, budget=pixel_bytes, max_samples=max_samples
+    )
+    # Subsample first: everything after this is per preview pixel, not per stored pixel.
+    step = max(1, math.ceil(max(frame.shape[:2]) / max_side))
+    frame = frame[::step, ::step]
+    attributes = header  # carries the modality and palette LUTs
     if photometric == "PALETTE COLOR":
         frame = _to_uint8(apply_color_lut(frame, attributes).astype(np.float64), None)
     elif frame.ndim == 3:  # RGB (pydicom converts YBR to RGB)
@@ -52,8 +86,46 @@ def preview_png(
         frame = _to_uint8(values, _window_bounds(values, header, window))
         if photometric == "MONOCHROME1":
             frame = 255 - frame
-    step = max(1, math.ceil(max(frame.shape[:2]) / max_side))
-    return png_encode(np.ascontiguousarray(frame[::step, ::step]))
+    return png_encode(np.ascontiguousarray(frame))
+
+
+def _within_budget(rows: int, columns: int, samples: int, max_samples: int, source: str) -> None:
+    if rows * columns * samples > max_samples:
+        raise PreviewUnavailable(
+            f"too large to preview: {columns}×{rows}{f'×{samples}' if samples > 1 else ''}"
+            f"{source} is above the budget of {max_samples / 1e6:g} M samples"
+        )
+
+
+def _frame_decode(
+    path: Path,
+    header: Dataset,
+    *,
+    index: int,
+    budget: int,
+    max_samples: int,
+) -> np.ndarray:
+    syntax = header.file_meta.TransferSyntaxUID
+    try:
+        if syntax.is_deflated:
+            # Native pixel data behind deflate: inflate no more than the frames should take.
+            try:
+                dataset = deflated_dataset_read(path, limit=budget + 16 * MiB)
+            except InflateLimitExceeded as exc:
+                raise PreviewUnavailable(f"{exc}, more than its pixels need") from None
+            return pixel_array(dataset, index=index)
+        if syntax.is_encapsulated:
+            # What each frame's codestream declares is what its decoder will allocate, whatever
+            # Rows and Columns say.
+            for image in encapsulated_frames_declared(path):
+                _within_budget(
+                    image.rows, image.columns, image.samples, max_samples, " in its codestream"
+                )
+        return pixel_array(path, index=index)
+    except PreviewUnavailable:
+        raise
+    except Exception as exc:  # missing decoder, corrupt codestream, truncated data, ...
+        raise PreviewUnavailable(f"pixel data not decodable: {exc}") from None
 
 
 def _window_bounds(

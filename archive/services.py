@@ -70,6 +70,9 @@ class StoreResult:
     outcome: Outcome
     instance_id: int
     path: str
+    # Who and which study, for the receiver's per-study audit records.
+    patient_id: str = ""
+    study_instance_uid: str = ""
     # Stored although its instance, series or study UID breaks PS3.5 (see IngestSettings).
     nonconforming_uids: bool = False
 
@@ -274,14 +277,18 @@ def _resend_settle(
         incoming.update(chunk)
     if stored == incoming.hexdigest():
         logger.debug("Instance %s received again with identical content", uid)
-        return StoreResult(outcome="identical", instance_id=existing.id, path=existing.path)
+        return StoreResult("identical", existing.id, existing.path, *_who(arrival))
     if settings.duplicates == "keep":
         logger.warning("Instance %s received again with different content: kept the first", uid)
-        return StoreResult(outcome="kept", instance_id=existing.id, path=existing.path)
+        return StoreResult("kept", existing.id, existing.path, *_who(arrival))
     if settings.duplicates == "reject":
         logger.warning("Instance %s received again with different content: rejected", uid)
         raise DuplicateRejected(f"instance {uid} exists with different content")
     return "overwritten"
+
+
+def _who(arrival: _Arrival) -> tuple[str, str]:
+    return arrival.header.patient_id, arrival.header.study_instance_uid
 
 
 def _index_new(arrival: _Arrival, staged: StagedFile, storage: Storage) -> StoreResult:
@@ -317,7 +324,7 @@ def _index_new(arrival: _Arrival, staged: StagedFile, storage: Storage) -> Store
         series_touched(series_id, touched)
     storage.make_durable(published)
     instance_stored_enqueue(instance_id=instance_id, created=True, outcome="stored")
-    return StoreResult(outcome="stored", instance_id=instance_id, path=arrival.path)
+    return StoreResult("stored", instance_id, arrival.path, *_who(arrival))
 
 
 def _send_in_transaction(instance_id: int, series_id: int, *, created: bool) -> None:
@@ -370,7 +377,7 @@ def _index_overwrite(
         logger.warning("Instance %s received again and its stored file was gone: restored", uid)
     else:
         logger.warning("Instance %s received again with different content: overwritten", uid)
-    return StoreResult(outcome=outcome, instance_id=instance.pk, path=arrival.path)
+    return StoreResult(outcome, instance.pk, arrival.path, *_who(arrival))
 
 
 def _instance_fields(arrival: _Arrival, staged: StagedFile) -> dict[str, Any]:

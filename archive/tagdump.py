@@ -4,10 +4,10 @@ style of DCMTK's dcmdump: one line per element, sequence items indented."""
 from collections.abc import Iterator
 from pathlib import Path
 
-from pydicom import dcmread
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
-from pydicom.errors import InvalidDicomError
+
+from archive.dicomfile import HEADER_INFLATE_LIMIT, MiB, file_header_read
 
 _MAX_VALUE = 120
 _MAX_LINES = 5000
@@ -16,15 +16,18 @@ _BULK_VRS = {"OB", "OD", "OF", "OL", "OV", "OW", "UN"}
 
 def tag_dump(path: Path) -> str:
     """The header of the file at `path`, element by element; raises OSError or ValueError if
-    the file cannot be read as DICOM."""
-    try:
-        dataset = dcmread(path, stop_before_pixels=True)
-    except InvalidDicomError as exc:
-        raise ValueError(str(exc)) from None
+    the file cannot be read as DICOM. A deflated dataset is inflated up to 16 MiB only."""
+    read = file_header_read(path)
+    dataset = read.dataset
     lines = list(_lines(dataset.file_meta, 0))
     lines.extend(_lines(dataset, 0))
     if len(lines) > _MAX_LINES:
         lines = [*lines[:_MAX_LINES], f"... {len(lines) - _MAX_LINES} more lines"]
+    if read.truncated:
+        lines.append(
+            f"... the deflated dataset inflates beyond {HEADER_INFLATE_LIMIT // MiB} MiB:"
+            " the rest is not shown"
+        )
     return "\n".join(lines)
 
 

@@ -2,6 +2,7 @@
 downloads. Every view here is wired through the admin site's login (pacsproject.urls)."""
 
 import logging
+import re
 from pathlib import Path
 
 from django.conf import settings
@@ -11,6 +12,7 @@ from django.shortcuts import get_object_or_404, render
 from django.utils import timezone
 from django.utils.html import escape
 
+from archive.access_signals import DOWNLOAD, PREVIEW, access_signal
 from archive.charts import bar_list, column_chart
 from archive.exceptions import StorageFailure
 from archive.models import Instance, Series
@@ -25,6 +27,8 @@ from archive.statistics import (
 from archive.storage import Storage
 
 logger = logging.getLogger(__name__)
+
+_UID = re.compile(r"[0-9]+(\.[0-9]+)*")
 
 
 def dashboard(request: HttpRequest) -> HttpResponse:
@@ -70,34 +74,48 @@ FULL_SIDE = 4096
 def instance_preview(request: HttpRequest, pk: int) -> HttpResponse:
     """The instance's middle frame as PNG, at most 512 pixels a side (`?full=1`: its own size);
     `?wc=40&ww=400` sets the window (center, width)."""
-    instance = get_object_or_404(Instance, pk=pk)
+    instance = get_object_or_404(Instance.objects.select_related("series__study__patient"), pk=pk)
+    access_signal(PREVIEW, request, [instance])
     return _preview(instance, _window(request), _side(request))
 
 
 def series_preview(request: HttpRequest, pk: int) -> HttpResponse:
     """The preview of the series' middle instance (by instance number)."""
-    series = get_object_or_404(Series, pk=pk)
+    series = get_object_or_404(Series.objects.select_related("study__patient"), pk=pk)
     instances = series.instances.order_by("instance_number", "pk")
     count = instances.count()
     if count == 0:
         return _placeholder("no instances")
-    return _preview(instances[count // 2], _window(request), _side(request))
+    instance = instances[count // 2]
+    instance.series = series
+    access_signal(PREVIEW, request, [instance])
+    return _preview(instance, _window(request), _side(request))
 
 
 def instance_download(request: HttpRequest, pk: int) -> FileResponse:
     """The stored file as received, streamed."""
-    instance = get_object_or_404(Instance, pk=pk)
+    instance = get_object_or_404(Instance.objects.select_related("series__study__patient"), pk=pk)
     path = _stored_path(instance)
     try:
         handle = path.open("rb")
     except OSError:
         raise Http404("the file of this instance is missing") from None
+    access_signal(DOWNLOAD, request, [instance], detail={"bytes": instance.size})
     return FileResponse(
         handle,
         as_attachment=True,
-        filename=f"{instance.sop_instance_uid}.dcm",
+        filename=_download_name(instance),
         content_type="application/dicom",
     )
+
+
+def _download_name(instance: Instance) -> str:
+    """`<SOP Instance UID>.dcm`, or `instance-<pk>.dcm` should the indexed UID be anything but a
+    UID: the name goes into a header and onto the user's disk."""
+    uid = instance.sop_instance_uid
+    if _UID.fullmatch(uid):
+        return f"{uid}.dcm"
+    return f"instance-{instance.pk}.dcm"
 
 
 def _stored_path(instance: Instance) -> Path:

@@ -5,10 +5,12 @@ Defaults run a local receiver out of the box (SQLite index `./pacs.db`, files in
 production sets DICOM_CONFIG, SECRET_KEY and ALLOWED_HOSTS.
 """
 
+import datetime as dt
 from pathlib import Path
 
 import environ
 
+from pacsproject.secret_key import secret_key_from_file
 from pacsproject.site_config import site_config_read
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -19,10 +21,11 @@ SITE_CONFIG = site_config_read(env, base_dir=BASE_DIR)
 DICOM_CONFIG = SITE_CONFIG.path
 
 DEBUG = env.bool("DEBUG", default=False)
-# Without SECRET_KEY a development key is used, which `check --deploy` reports (its prefix).
-SECRET_KEY = env.str("SECRET_KEY", default="")
-if not SECRET_KEY:
-    SECRET_KEY = "django-insecure-development-key-set-SECRET_KEY-in-production"
+# Without SECRET_KEY, a random key generated at the first start and kept (mode 0600) in
+# SECRET_KEY_FILE, shared by every process of this installation (pacsproject/secret_key.py).
+SECRET_KEY = env.str("SECRET_KEY", default="") or secret_key_from_file(
+    Path(env.str("SECRET_KEY_FILE", default=str(BASE_DIR / ".secret-key")))
+)
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]"])
 
 # HTTPS=true behind TLS (directly or through a proxy setting X-Forwarded-Proto): cookies only
@@ -40,7 +43,28 @@ if env.bool("BEHIND_PROXY", default=False):
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
 SESSION_COOKIE_HTTPONLY = True
+# Logged out after this many minutes without a request (0: never); at most SESSION_MAX_HOURS
+# after signing in, and when the browser closes.
+SESSION_IDLE_MINUTES = env.int("SESSION_IDLE_MINUTES", default=30)
+SESSION_COOKIE_AGE = int(env.float("SESSION_MAX_HOURS", default=12) * 3600)
+SESSION_EXPIRE_AT_BROWSER_CLOSE = True
 X_FRAME_OPTIONS = "DENY"
+# Content Security Policy (django-csp) on every page: scripts, images and everything else from
+# this site only, no plug-ins, no framing. Styles allow inline `style` attributes, which the
+# admin and the SVG charts use; no page has inline scripts. A page needing more (a viewer's
+# workers or WebAssembly) widens it for itself with csp.decorators.csp_update.
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": ["'self'"],
+        "script-src": ["'self'"],
+        "style-src": ["'self'", "'unsafe-inline'"],
+        "img-src": ["'self'", "data:"],
+        "object-src": ["'none'"],
+        "base-uri": ["'self'"],
+        "form-action": ["'self'"],
+        "frame-ancestors": ["'none'"],
+    }
+}
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -51,6 +75,12 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "archive",
     "receiver",
+    "audit",
+    "axes",
+    "csp",
+    "django_otp",
+    "django_otp.plugins.otp_totp",
+    "accounts",
 ]
 
 MIDDLEWARE = [
@@ -60,8 +90,16 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django_otp.middleware.OTPMiddleware",
+    "pacsproject.idle_logout.IdleLogoutMiddleware",
+    "audit.middleware.RefusedAccessMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "csp.middleware.CSPMiddleware",
+    # Turns a locked-out login into its 429 page (django-axes).
+    "axes.middleware.AxesMiddleware",
+    # Last, so that it sees each page before the others measure it.
+    "archive.safetext.ControlCharacterMiddleware",
 ]
 
 ROOT_URLCONF = "pacsproject.urls"
@@ -89,6 +127,25 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # WAL and busy timeouts work only on a file.
     DATABASES["default"].setdefault("TEST", {"NAME": str(BASE_DIR / ".test-pacs.db")})
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# Login throttling (django-axes), for the admin's login and every other authenticate() with a
+# request (HTTP Basic): LOGIN_FAILURE_LIMIT failures lock the user name, and separately the
+# client's address, for LOGIN_COOLOFF_MINUTES (429). `manage.py axes_reset_username NAME`,
+# `axes_reset_ip ADDRESS` or `axes_reset` unlock. Lockouts are logged and audited.
+AUTHENTICATION_BACKENDS = [
+    "pacsproject.auth_backends.LoginThrottleBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+# Two-factor authentication (django-otp, TOTP; accounts/two_factor.py): asked of staff who have
+# an authenticator (`manage.py totpdevice NAME`), required of all of them when true.
+REQUIRE_2FA = env.bool("REQUIRE_2FA", default=False)
+OTP_TOTP_ISSUER = env.str("OTP_TOTP_ISSUER", default="DICOM receiver")
+AXES_FAILURE_LIMIT = env.int("LOGIN_FAILURE_LIMIT", default=20)
+AXES_COOLOFF_TIME = dt.timedelta(minutes=env.float("LOGIN_COOLOFF_MINUTES", default=30))
+AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]
+AXES_RESET_ON_SUCCESS = True
+AXES_DISABLE_ACCESS_LOG = True  # successful logins are in the audit trail
+AXES_CLIENT_IP_CALLABLE = "audit.services.client_address"  # the audit trail's address
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
@@ -124,12 +181,25 @@ RECEIVER_HEARTBEAT = env.float("RECEIVER_HEARTBEAT", default=5.0)
 # A token that lets Prometheus scrape /metrics (Authorization: Bearer <token>); without it,
 # only a logged-in staff user sees the metrics.
 METRICS_TOKEN = env.str("METRICS_TOKEN", default="")
+# Days the audit trail keeps its records (`manage.py auditprune`); 0 keeps them for ever.
+AUDIT_RETENTION_DAYS = env.int("AUDIT_RETENTION_DAYS", default=0)
+# An IHE ATNA audit record repository (udp://host:514 or tls://host:6514), fed by
+# `manage.py auditexport` from the queue in the database; TLS verifies it with AUDIT_SYSLOG_CA
+# and may present AUDIT_SYSLOG_CERTIFICATE / _PRIVATE_KEY. AUDIT_SOURCE_ID names this system.
+AUDIT_SYSLOG = env.str("AUDIT_SYSLOG", default="")
+AUDIT_SYSLOG_CA = env.str("AUDIT_SYSLOG_CA", default="")
+AUDIT_SYSLOG_CERTIFICATE = env.str("AUDIT_SYSLOG_CERTIFICATE", default="")
+AUDIT_SYSLOG_PRIVATE_KEY = env.str("AUDIT_SYSLOG_PRIVATE_KEY", default="")
+AUDIT_SOURCE_ID = env.str("AUDIT_SOURCE_ID", default="")
 
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {
-        "plain": {"format": "%(asctime)s [%(process)d] %(levelname)s %(name)s: %(message)s"},
+        "plain": {
+            "()": "archive.safetext.TerminalSafeFormatter",
+            "format": "%(asctime)s [%(process)d] %(levelname)s %(name)s: %(message)s",
+        },
     },
     "handlers": {
         "console": {"class": "logging.StreamHandler", "formatter": "plain"},
@@ -140,6 +210,8 @@ LOGGING = {
         # Refused requests (a Host header not in ALLOWED_HOSTS, a bad CSRF token): Django's
         # own handler shows them only with DEBUG on, and a 400 must be explained in the log.
         "django.security": {"handlers": ["console"], "level": "WARNING", "propagate": False},
+        "audit": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
+        "axes": {"handlers": ["console"], "level": "WARNING"},
         # pynetdicom logs each PDU and DIMSE message; we log one line per association.
         "pynetdicom": {"handlers": ["console"], "level": "WARNING", "propagate": False},
     },

@@ -2,6 +2,7 @@
 (`admin.site.admin_view`): staff only, nothing with patient data visible without it."""
 
 from django.contrib import admin
+from django.contrib.auth.decorators import permission_required
 from django.urls import path
 from django.views.generic import RedirectView
 
@@ -9,29 +10,38 @@ from archive import views as archive_views
 from receiver import views as receiver_views
 
 
-def staff(view):
-    return admin.site.admin_view(view)
+def staff(view, permission: str):
+    """The admin's staff login, then the role's permission (audit.roles): 403 without it."""
+    return admin.site.admin_view(permission_required(permission, raise_exception=True)(view))
+
+
+# Patient data needs the viewer role (or more); the receiver's pages the association log.
+IMAGES, RECEIVER = "archive.view_instance", "receiver.view_associationlog"
 
 
 urlpatterns = [
     # No public site: the root leads to the dashboard (through the admin's login).
     path("", RedirectView.as_view(pattern_name="archive-dashboard"), name="home"),
-    path("admin/dashboard/", staff(archive_views.dashboard), name="archive-dashboard"),
-    path("admin/status/", staff(receiver_views.status_page), name="receiver-status"),
-    path("admin/status.json", staff(receiver_views.status_json), name="receiver-status-json"),
+    path("admin/dashboard/", staff(archive_views.dashboard, IMAGES), name="archive-dashboard"),
+    path("admin/status/", staff(receiver_views.status_page, RECEIVER), name="receiver-status"),
+    path(
+        "admin/status.json",
+        staff(receiver_views.status_json, RECEIVER),
+        name="receiver-status-json",
+    ),
     path(
         "admin/archive/instance/<int:pk>/preview.png",
-        staff(archive_views.instance_preview),
+        staff(archive_views.instance_preview, IMAGES),
         name="archive-instance-preview",
     ),
     path(
         "admin/archive/instance/<int:pk>/file.dcm",
-        staff(archive_views.instance_download),
+        staff(archive_views.instance_download, IMAGES),
         name="archive-instance-download",
     ),
     path(
         "admin/archive/series/<int:pk>/preview.png",
-        staff(archive_views.series_preview),
+        staff(archive_views.series_preview, IMAGES),
         name="archive-series-preview",
     ),
     path("admin/", admin.site.urls),

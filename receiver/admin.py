@@ -2,8 +2,12 @@ from typing import Any
 
 from django.conf import settings
 from django.contrib import admin
+from django.db import transaction
+from django.db.models import Model, QuerySet
 from django.http import HttpRequest, HttpResponse
 
+from audit.models import RULE_CHANGE
+from audit.services import audit_record
 from receiver.config import ConfigError, config_file_read
 from receiver.models import AllowedAE, AssociationLog, ReceiverProcess, SOPClassRule
 from receiver.sop_classes import sop_classes_parse
@@ -37,8 +41,42 @@ def _class_names(entry: str) -> list[str]:
         return [f"({exc})"]
 
 
+class AuditedRuleAdmin(admin.ModelAdmin):
+    """Every change to an access rule leaves an audit record, in the change's transaction."""
+
+    def save_model(self, request: HttpRequest, obj: Model, form: Any, change: bool) -> None:
+        with transaction.atomic():
+            super().save_model(request, obj, form, change)
+            fields = {name: str(getattr(obj, name, "")) for name in form.changed_data}
+            self._audit(request, obj, "changed" if change else "added", fields)
+
+    def delete_model(self, request: HttpRequest, obj: Model) -> None:
+        with transaction.atomic():
+            self._audit(request, obj, "deleted", {})
+            super().delete_model(request, obj)
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet) -> None:
+        with transaction.atomic():
+            for obj in queryset:
+                self._audit(request, obj, "deleted", {})
+            super().delete_queryset(request, queryset)
+
+    def _audit(self, request: HttpRequest, obj: Model, change: str, fields: dict) -> None:
+        audit_record(
+            RULE_CHANGE,
+            request=request,
+            detail={
+                "rule": obj._meta.verbose_name,
+                "id": obj.pk,
+                "object": str(obj),
+                "change": change,
+                "fields": fields,
+            },
+        )
+
+
 @admin.register(AllowedAE)
-class AllowedAEAdmin(admin.ModelAdmin):
+class AllowedAEAdmin(AuditedRuleAdmin):
     list_display = ["ae_title", "host", "description", "enabled"]
     list_editable = ["enabled"]
     list_filter = ["enabled"]
@@ -52,7 +90,7 @@ class AllowedAEAdmin(admin.ModelAdmin):
 
 
 @admin.register(SOPClassRule)
-class SOPClassRuleAdmin(admin.ModelAdmin):
+class SOPClassRuleAdmin(AuditedRuleAdmin):
     list_display = ["sop_classes", "action", "description", "enabled"]
     list_editable = ["enabled"]
     list_filter = ["action", "enabled"]

@@ -24,6 +24,7 @@ from archive.exceptions import (
 )
 from archive.services import IngestSettings, instance_store
 from receiver.access import LOCAL_LIMIT_EXCEEDED, Decision, association_request_decide
+from receiver.association_audit import association_audit_write
 from receiver.association_log import association_log_close, association_log_open
 from receiver.config import ReceiverConfig
 from receiver.limits import AssociationSlots
@@ -70,6 +71,10 @@ class AssociationTally:
     abort_received: str = ""
     # DIMSE requests for services we do not provide, by message type.
     unserved: Counter[str] = field(default_factory=Counter)
+    # Instances stored per (PatientID, StudyInstanceUID), audited when the association ends.
+    studies: Counter[tuple[str, str]] = field(default_factory=Counter)
+    calling_ae_title: str = ""
+    peer_address: str = ""
 
     def close_log(self, outcome: str, why: str = "") -> None:
         log_id, self.log_id = self.log_id, None  # once only
@@ -83,6 +88,14 @@ class AssociationTally:
             )
         if self.live is not None and log_id is not None:
             self.live.untrack(log_id)
+        if log_id is not None and (self.studies or self.failed):
+            association_audit_write(
+                calling_ae_title=self.calling_ae_title,
+                peer_address=self.peer_address,
+                studies=self.studies,
+                failures=self.failures_json(),
+                association_outcome=outcome,
+            )
         unserved = ", ".join(f"{name}×{n}" for name, n in sorted(self.unserved.items()))
         reasons = [
             why,
@@ -234,6 +247,7 @@ def dataset_store(
     tally = tally_of(assoc)
     tally.last_activity = time.monotonic()
     tally.bytes_received += size
+    tally.calling_ae_title, tally.peer_address = requestor.ae_title, requestor.address
     try:
         result = instance_store(
             dataset=dataset,
@@ -268,6 +282,7 @@ def dataset_store(
     else:
         tally.duplicates += 1
     tally.nonconforming_uids += result.nonconforming_uids
+    tally.studies[result.patient_id, result.study_instance_uid] += 1
     return SUCCESS
 
 

@@ -10,6 +10,7 @@ from django.shortcuts import render
 from django.utils import timezone
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from archive.safetext import strings_marked
 from receiver.metrics import metrics_text
 from receiver.models import heartbeat_interval
 from receiver.status import receiver_status
@@ -19,7 +20,8 @@ def status_page(request: HttpRequest) -> HttpResponse:
     context = {
         **admin.site.each_context(request),
         "title": "Receiver status",
-        "status": receiver_status(timezone.now()),
+        # Values from peers with their control characters visible (the page sets textContent).
+        "status": strings_marked(receiver_status(timezone.now())),
         # The page polls a little faster than the heartbeat, never slower than every 5 s.
         "poll_ms": int(1000 * min(5.0, max(1.0, heartbeat_interval()))),
     }
@@ -27,7 +29,7 @@ def status_page(request: HttpRequest) -> HttpResponse:
 
 
 def status_json(request: HttpRequest) -> JsonResponse:
-    response = JsonResponse(receiver_status(timezone.now()))
+    response = JsonResponse(strings_marked(receiver_status(timezone.now())))
     response["Cache-Control"] = "no-store"
     return response
 

@@ -35,6 +35,8 @@ def browser(tmp_path):
         "--window-size=1280,1000",
     ]:
         options.add_argument(flag)
+    # The console, to see any Content Security Policy violation.
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     driver = webdriver.Chrome(
         options=options, service=Service(system_tool("chromedriver", "chromium-driver"))
     )
@@ -104,6 +106,20 @@ def test_dashboard_status_and_previews_in_chromium(
         browser.execute_script("return document.querySelector('.series-strip img').naturalWidth")
         == 128
     )
+    # An instance page with its preview, and an admin form with the admin's own scripts.
+    instance = study.series.get().instances.first()
+    browser.get(f"{live_server.url}/admin/archive/instance/{instance.pk}/change/")
+    _wait(browser, lambda b: b.execute_script("return document.images.length > 0"))
+    browser.get(f"{live_server.url}/admin/receiver/allowedae/add/")
+    _wait(browser, lambda b: b.find_elements(By.NAME, "ae_title"))
+
+    # Everything worked under the Content Security Policy, which the pages did send.
+    violations = [
+        entry["message"]
+        for entry in browser.get_log("browser")
+        if "Content Security Policy" in entry["message"]
+    ]
+    assert violations == []
 
 
 def _association_instances(browser) -> str:

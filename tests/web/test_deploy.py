@@ -31,8 +31,13 @@ def test_production_settings_pass_the_deploy_check():
     assert result.returncode == 0, result.stderr
 
 
-def test_the_development_key_fails_the_deploy_check():
-    result = _check_deploy(DEBUG="false", HTTPS="true", ALLOWED_HOSTS="pacs.example.org")
+def test_a_weak_key_fails_the_deploy_check():
+    result = _check_deploy(
+        SECRET_KEY="django-insecure-x",
+        DEBUG="false",
+        HTTPS="true",
+        ALLOWED_HOSTS="pacs.example.org",
+    )
     assert result.returncode != 0
     assert "security.W009" in result.stderr  # SECRET_KEY
 

@@ -7,6 +7,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandParser
 from django.utils import timezone
 
+from archive.safetext import terminal_safe
 from archive.statistics import human_size, storage_statistics
 from pacsproject.database import use_index_file_option
 
@@ -38,7 +39,7 @@ class Command(BaseCommand):
             out(f"  {timezone.localtime(hour):%Y-%m-%d %H:00}  {count:8d}  {human_size(size)}")
         out("top calling AE titles:")
         for title, count in stats.top_senders:
-            out(f"  {title or '(none)':16}  {count}")
+            out(f"  {terminal_safe(title) or '(none)':16}  {count}")
         out("instances by modality:")
         for modality, count in stats.modalities:
-            out(f"  {modality:16}  {count}")
+            out(f"  {terminal_safe(modality):16}  {count}")

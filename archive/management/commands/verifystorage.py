@@ -8,6 +8,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from archive.exceptions import StorageFailure, StorageMismatch
+from archive.safetext import terminal_safe
 from archive.storage import Storage
 from archive.storage_identity import storage_identity_problem, storage_relocate
 from archive.verification import VerificationReport, storage_verify
@@ -86,7 +87,7 @@ class Command(BaseCommand):
             ("orphan", report.orphans),
         ):
             for path in paths[:50]:
-                self.stdout.write(f"{label}: {path}")
+                self.stdout.write(f"{label}: {terminal_safe(path)}")
             if len(paths) > 50:
                 self.stdout.write(f"{label}: ... and {len(paths) - 50} more")
         self.stdout.write(report.summary())

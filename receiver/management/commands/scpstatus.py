@@ -11,6 +11,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import connections
 from django.utils import timezone
 
+from archive.safetext import terminal_safe
 from pacsproject.database import use_index_file_option
 from receiver.status import receiver_status
 
@@ -55,7 +56,8 @@ class Command(BaseCommand):
 
 
 def status_text(status: dict[str, Any]) -> str:
-    """The status as lines of text."""
+    """The status as lines of text, every value from a peer escaped for the terminal."""
+    status = _terminal_safe(status)
     lines = [f"Receiver status at {_local(status['now'])}", "", "Receivers:"]
     if not status["receivers"]:
         lines.append("  none in the last 24 hours")
@@ -103,6 +105,16 @@ def status_text(status: dict[str, Any]) -> str:
             f" {p['outcome']:9} {p['reason'] or failures}"
         )
     return "\n".join(lines)
+
+
+def _terminal_safe(value: Any) -> Any:
+    if isinstance(value, str):
+        return terminal_safe(value)
+    if isinstance(value, dict):
+        return {key: _terminal_safe(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_terminal_safe(item) for item in value]
+    return value
 
 
 def _local(iso: str) -> str:

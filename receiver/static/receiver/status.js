@@ -109,7 +109,12 @@
 
   async function poll() {
     try {
-      const response = await fetch(url, { credentials: "same-origin", cache: "no-store" });
+      const response = await fetch(url, {
+        credentials: "same-origin",
+        cache: "no-store",
+        // Polling is not activity: it must not keep an unattended session alive.
+        headers: { "X-Background-Refresh": "1" },
+      });
       if (response.ok) render(await response.json());
     } catch (error) {
       document.getElementById("status-updated").textContent = "Not updated: " + error;
