@@ -9,6 +9,7 @@ file always keeps the complete value.
 from typing import Any
 
 from django.db import connections, models
+from django.db.models.functions import Upper
 from django.utils import timezone
 
 UI = 64
@@ -38,6 +39,8 @@ class Patient(models.Model):
         indexes = [
             # Admin search and `Study.objects.filter(patient__name__startswith=...)`.
             models.Index(fields=["name"], name="archive_patient_name_idx"),
+            # Case-insensitive patient name matching in C-FIND (archive.query).
+            models.Index(Upper("name"), name="archive_patient_name_upper_idx"),
         ]
         ordering = ["name", "patient_id"]
 

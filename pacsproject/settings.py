@@ -47,6 +47,7 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "archive",
     "receiver",
+    "routing",
 ]
 
 MIDDLEWARE = [
@@ -132,6 +133,7 @@ LOGGING = {
     "loggers": {
         "receiver": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
         "archive": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
+        "routing": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
         # pynetdicom logs each PDU and DIMSE message; we log one line per association.
         "pynetdicom": {"handlers": ["console"], "level": "WARNING", "propagate": False},
     },

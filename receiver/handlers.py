@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from django.db import connection
 from pynetdicom.association import Association
 from pynetdicom.events import Event
-from pynetdicom.sop_class import Verification
+from pynetdicom.sop_class import StorageCommitmentPushModel, Verification
 
 from archive.exceptions import (
     DatasetMismatch,
@@ -29,6 +29,7 @@ from receiver.config import ReceiverConfig
 from receiver.limits import AssociationSlots
 from receiver.live import LiveStatus
 from receiver.models import AssociationLog
+from receiver.query_handlers import QUERY_RETRIEVE_CLASSES
 from receiver.spool import SpoolBuffer
 
 logger = logging.getLogger(__name__)
@@ -38,6 +39,11 @@ OUT_OF_RESOURCES = 0xA700  # PS3.4 B.2.3: Refused, out of resources
 DATASET_MISMATCH = 0xA900  # PS3.4 B.2.3: Error, data set does not match SOP class
 CANNOT_UNDERSTAND = 0xC000  # PS3.4 B.2.3: Error, cannot understand
 DUPLICATE_SOP_INSTANCE = 0x0111  # PS3.7 C.4: Failure, duplicate SOP instance
+
+# Services the storage class rules do not narrow: the access rules above them still apply.
+NON_STORAGE_SERVICES = frozenset(
+    {Verification, StorageCommitmentPushModel, *QUERY_RETRIEVE_CLASSES}
+)
 
 STATUS_FOR: dict[type[IngestError], int] = {
     DatasetUnreadable: CANNOT_UNDERSTAND,
@@ -163,7 +169,7 @@ def handle_requested(
     assoc.acceptor.supported_contexts = [
         cx
         for cx in assoc.acceptor.supported_contexts
-        if cx.abstract_syntax == Verification or cx.abstract_syntax in accepted
+        if cx.abstract_syntax in NON_STORAGE_SERVICES or cx.abstract_syntax in accepted
     ]
 
 

@@ -21,6 +21,8 @@ from receiver import contexts, fastpath, handlers, pdu_guard, reactor, spool, wo
 from receiver.config import ReceiverConfig
 from receiver.live import LiveStatus
 from receiver.scp import build_ae, tls_context
+from routing.commitment import CommitmentDelivery
+from routing.remote import remote_aes_sync
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +37,7 @@ class RunningServer:
     server: ThreadedAssociationServer
     config: ReceiverConfig
     live: LiveStatus
+    commitment: CommitmentDelivery | None = None
     stopped: bool = False
 
     @property
@@ -49,6 +52,8 @@ class RunningServer:
         self.server.shutdown()
         workers.drain(self.ae, self.config.shutdown_grace if grace is None else grace)
         self.ae.shutdown()
+        if self.commitment is not None:
+            self.commitment.stop()
         self.live.stop()
 
 
@@ -107,7 +112,8 @@ def start(config: ReceiverConfig, ingest: IngestSettings) -> RunningServer:
     """Open the listening socket and serve associations in background threads."""
     ThreadedAssociationServer.request_queue_size = LISTEN_BACKLOG
     live = LiveStatus(ae_title=config.ae_title, port=config.port, role="single process")
-    ae, event_handlers = build_ae(config, ingest, live=live)
+    commitment = commitment_start(config, ingest)
+    ae, event_handlers = build_ae(config, ingest, live=live, commitment_wake=commitment.wake)
     spool.install(lambda: ingest.storage.incoming)
     pdu_guard.install()
     reactor.install(on_exit=handlers.association_ended)
@@ -124,8 +130,23 @@ def start(config: ReceiverConfig, ingest: IngestSettings) -> RunningServer:
         )
     except OSError as exc:
         live.stop()
+        commitment.stop()
         raise _cannot_listen(config, exc) from None
-    return RunningServer(ae=ae, server=server, config=config, live=live)
+    return RunningServer(ae=ae, server=server, config=config, live=live, commitment=commitment)
+
+
+def commitment_start(config: ReceiverConfig, ingest: IngestSettings) -> CommitmentDelivery:
+    """Write the configuration file's remote AEs to their table and start the Storage
+    Commitment delivery loop (it sends reports left pending by an earlier run too)."""
+    try:
+        remote_aes_sync(entries=config.remote_aes)
+    except DatabaseError as exc:
+        raise StartupError(f"remote_aes: cannot write the remote AE table: {exc}") from None
+    finally:
+        connections.close_all()
+    commitment = CommitmentDelivery(storage=ingest.storage, ae_title=config.ae_title)
+    commitment.start()
+    return commitment
 
 
 def listen(config: ReceiverConfig) -> socket.socket:
@@ -156,7 +177,11 @@ def run(config: ReceiverConfig) -> None:
         _check_tls(config)
         listener = listen(config)
         logger.info("Storage SCP started: %s, %d workers", config.describe(), config.workers)
-        workers.serve(config, ingest, listener, config.workers, stop)
+        commitment = commitment_start(config, ingest)
+        try:
+            workers.serve(config, ingest, listener, config.workers, stop)
+        finally:
+            commitment.stop()
     else:
         running = start(config, ingest)
         logger.info("Storage SCP started: %s", config.describe())
