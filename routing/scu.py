@@ -182,7 +182,7 @@ def event_report_send(
     assoc: Association, *, event_type: int, information: Dataset, instance_uid: str
 ) -> int | None:
     """Send an N-EVENT-REPORT-RQ for Storage Commitment; its status, or None."""
-    status = assoc.send_n_event_report(
+    status, _ = assoc.send_n_event_report(
         information, event_type, StorageCommitmentPushModel, UID(instance_uid)
     )
     return int(status.Status) if "Status" in status else None
