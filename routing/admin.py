@@ -43,7 +43,8 @@ class RemoteAEAdmin(admin.ModelAdmin):
         for remote in queryset:
             result = remote_ae_echo(remote=remote, calling_ae_title=calling)
             level = messages.SUCCESS if result.ok else messages.ERROR
-            self.message_user(request, f"{remote}: {result.detail}", level)
+            text = f"{remote}: {result.detail}" if result.ok else result.detail
+            self.message_user(request, text, level)
 
 
 @admin.register(CommitmentTransaction)

@@ -84,10 +84,10 @@ def associate(
     if not assoc.is_established:
         if assoc.is_rejected:
             why = "association rejected"
-        elif assoc.is_aborted:
-            why = "association aborted"
+        elif getattr(assoc.acceptor, "primitive", None) is None:
+            why = "no connection (nothing listening, or no answer)"
         else:
-            why = "no connection"
+            why = "association aborted"
         raise AssociationFailed(f"{peer.ae_title}@{peer.host}:{peer.port}: {why}")
     return assoc
 
