@@ -19,11 +19,13 @@ $(BIN)/.installed: requirements.txt requirements-dev.txt
 run: $(BIN)/.installed
 	$(BIN)/python manage.py runscp $(PORT) $(AE_TITLE)
 
-## system-deps: DCMTK's storescu/echoscu/dcmsend (the peers the end-to-end tests talk to) and
-## Chromium with its driver (the browser test)
+## system-deps: DCMTK's storescu/echoscu/dcmsend/findscu/movescu/getscu (the peers the end-to-end
+## tests talk to), Orthanc (Query/Retrieve client tests) and Chromium with its driver (the
+## browser test)
 system-deps:
 	@missing=""; \
 	command -v storescu >/dev/null 2>&1 || missing="$$missing dcmtk"; \
+	command -v Orthanc >/dev/null 2>&1 || [ -x /usr/sbin/Orthanc ] || missing="$$missing orthanc"; \
 	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
 	command -v chromedriver >/dev/null 2>&1 || missing="$$missing chromium-driver"; \
 	if [ -n "$$missing" ]; then \
