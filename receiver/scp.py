@@ -22,6 +22,7 @@ from receiver.config import ReceiverConfig
 from receiver.limits import AssociationSlots
 from receiver.live import LiveStatus
 from receiver.sop_classes import storage_sop_classes
+from routing import scu
 
 # pynetdicom logs each PDU and DIMSE message; we log one line per association instead.
 _config.LOG_HANDLER_LEVEL = "none"
@@ -107,6 +108,7 @@ def build_ae(
         (evt.EVT_REQUESTED, handlers.handle_requested, [config, slots, live]),
         (evt.EVT_C_STORE, handlers.handle_store, [ingest]),
         (evt.EVT_C_ECHO, handlers.handle_echo),
+        (evt.EVT_CONN_OPEN, scu.nodelay),
         (evt.EVT_C_FIND, query_handlers.handle_find, [config]),
         (evt.EVT_N_ACTION, commitment_handlers.handle_n_action, [commitment_wake or _nothing]),
         (evt.EVT_ACCEPTED, handlers.handle_accepted),
