@@ -8,6 +8,7 @@ Instances are read one at a time as they are sent: a study is never held in memo
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import BinaryIO
 
 from pydicom import dcmread
@@ -15,6 +16,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import UID, ExplicitVRLittleEndian
 from pydicom.valuerep import PersonName
 
+from archive.exceptions import StorageFailure
 from archive.models import Instance
 from archive.query import (
     IMAGE,
@@ -116,6 +118,23 @@ def retrieve_instances(query: Query) -> Retrieval:
         ids.append(pk)
         syntaxes.setdefault(sop_class, set()).add(syntax)
     return Retrieval(tuple(ids), {k: frozenset(v) for k, v in syntaxes.items()})
+
+
+def instance_source(
+    *, storage: Storage, item: RetrieveItem, accepted: frozenset[str] | set[str]
+) -> Path | Dataset:
+    """What to send for one instance: the stored file itself (its path, streamed by the sender
+    without decoding) when the receiver accepts its stored syntax, else a Dataset from
+    `instance_dataset`. Raises RetrieveFailed."""
+    if item.transfer_syntax_uid in accepted:
+        try:
+            path = storage.local_path(item.path)
+        except StorageFailure as exc:
+            raise RetrieveFailed(str(exc)) from None
+        if not path.is_file():
+            raise RetrieveFailed(f"the file of {item.sop_instance_uid} is missing")
+        return path
+    return instance_dataset(storage=storage, item=item, accepted=accepted)
 
 
 def instance_dataset(

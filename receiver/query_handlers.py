@@ -28,11 +28,17 @@ from pynetdicom.sop_class import (
 )
 
 from archive.query import PATIENT_ROOT, STUDY_ROOT, QueryInvalid, query_parse, query_run
-from archive.retrieval import RetrieveFailed, instance_dataset, retrieve_instances, retrieve_parse
+from archive.retrieval import RetrieveFailed, instance_source, retrieve_instances, retrieve_parse
 from archive.storage import Storage
 from receiver.config import ReceiverConfig
 from routing.remote import remote_ae_find
-from routing.scu import AssociationFailed, accepted_syntaxes, associate, store_contexts, store_send
+from routing.scu import (
+    AssociationFailed,
+    StoreSender,
+    accepted_syntaxes,
+    associate,
+    store_contexts,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +53,9 @@ UNKNOWN_DESTINATION = 0xA801
 IDENTIFIER_MISMATCH = 0xA900
 CANNOT_UNDERSTAND = 0xC000
 MAX_SUBOPERATIONS = 65535  # the counts are US (PS3.7 C.4.2.1)
+# Pending responses are optional (PS3.4 C.4.2.1.5): one at most this often keeps the requester
+# informed without a response per instance costing as much as the instance.
+PENDING_INTERVAL = 0.2
 
 QUERY_MODELS = {
     PatientRootQueryRetrieveInformationModelFind: PATIENT_ROOT,
@@ -235,42 +244,45 @@ def serve_retrieve(
 
     message_id = 0
     status = SUCCESS
+    last_pending = 0.0
     try:
-        for item in retrieval.items():
-            if service.is_cancelled(req.MessageID):
-                status = CANCELLED
-                break
-            if not assoc.is_established or not sender.is_established:
-                break
-            message_id = message_id % 65535 + 1
-            try:
-                dataset = instance_dataset(
-                    storage=storage,
-                    item=item,
-                    accepted=accepted.get(item.sop_class_uid, set()),
-                )
-            except RetrieveFailed as exc:
-                logger.warning("%s sub-operation failed: %s", name, exc)
-                result = None
-            else:
-                result = store_send(
-                    sender,
-                    dataset,
-                    message_id=message_id,
-                    originator_ae_title=assoc.requestor.ae_title if peer else None,
-                    originator_message_id=req.MessageID if peer else None,
-                )
-                del dataset
-            respond.remaining -= 1
-            if result == SUCCESS:
-                respond.completed += 1
-            elif result is not None and result & 0xF000 == 0xB000:
-                respond.warnings += 1
-            else:
-                respond.failed += 1
-                respond.failed_uids.append(item.sop_instance_uid)
-            if respond.remaining:
-                respond.send(PENDING)
+        with StoreSender(sender, in_reactor=peer is None) as store:
+            for item in retrieval.items():
+                if service.is_cancelled(req.MessageID):
+                    status = CANCELLED
+                    break
+                if not assoc.is_established or not sender.is_established:
+                    break
+                message_id = message_id % 65535 + 1
+                try:
+                    source = instance_source(
+                        storage=storage,
+                        item=item,
+                        accepted=accepted.get(item.sop_class_uid, set()),
+                    )
+                except RetrieveFailed as exc:
+                    logger.warning("%s sub-operation failed: %s", name, exc)
+                    result = None
+                else:
+                    result = store.send(
+                        source,
+                        message_id=message_id,
+                        originator_ae_title=assoc.requestor.ae_title if peer else None,
+                        originator_message_id=req.MessageID if peer else None,
+                    )
+                    del source
+                respond.remaining -= 1
+                if result == SUCCESS:
+                    respond.completed += 1
+                elif result is not None and result & 0xF000 == 0xB000:
+                    respond.warnings += 1
+                else:
+                    respond.failed += 1
+                    respond.failed_uids.append(item.sop_instance_uid)
+                now = time.monotonic()
+                if respond.remaining and now - last_pending >= PENDING_INTERVAL:
+                    last_pending = now
+                    respond.send(PENDING)
     finally:
         if peer is not None and sender.is_established:
             sender.release()
