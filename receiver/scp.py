@@ -26,6 +26,9 @@ from routing import scu
 
 # pynetdicom logs each PDU and DIMSE message; we log one line per association instead.
 _config.LOG_HANDLER_LEVEL = "none"
+# Identifiers hold patient names; pynetdicom would also format each one for its log.
+_config.LOG_REQUEST_IDENTIFIERS = False
+_config.LOG_RESPONSE_IDENTIFIERS = False
 
 _UNCOMPRESSED_PREFERENCE = [
     ExplicitVRLittleEndian,
