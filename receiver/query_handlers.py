@@ -7,6 +7,7 @@ value); 0xC000 identifier unreadable; 0xA700/0xA701 index unavailable; 0xA702 no
 sub-operation could be performed (destination unreachable); 0xA801 unknown move destination.
 """
 
+import contextlib
 import logging
 import time
 from collections.abc import Iterator
@@ -31,14 +32,9 @@ from archive.query import PATIENT_ROOT, STUDY_ROOT, QueryInvalid, query_parse, q
 from archive.retrieval import RetrieveFailed, instance_source, retrieve_instances, retrieve_parse
 from archive.storage import Storage
 from receiver.config import ReceiverConfig
+from routing.direct import DirectStoreAssociation
 from routing.remote import remote_ae_find
-from routing.scu import (
-    AssociationFailed,
-    StoreSender,
-    accepted_syntaxes,
-    associate,
-    store_contexts,
-)
+from routing.scu import AssociationFailed, StoreSender, accepted_syntaxes, store_contexts
 
 logger = logging.getLogger(__name__)
 
@@ -226,27 +222,30 @@ def serve_retrieve(
     started = time.monotonic()
     if peer is not None:
         try:
-            sender = associate(
+            sender = DirectStoreAssociation(
                 peer,
                 calling_ae_title=config.ae_title,
                 contexts=store_contexts(retrieval.syntaxes),
-            )
+                timeout=config.dimse_timeout,
+            ).open()
         except AssociationFailed as exc:
             logger.warning("C-MOVE from %s: cannot reach the destination: %s", _peer(assoc), exc)
             respond.failed, respond.remaining = respond.remaining, 0
             respond.failed_uids = [item.sop_instance_uid for item in retrieval.items()]
             respond.send(CANNOT_PERFORM, final=True)
             return
-        accepted = accepted_syntaxes(sender)
+        accepted = sender.accepted_syntaxes()
+        store = contextlib.nullcontext(sender)
     else:
         sender = assoc
         accepted = accepted_syntaxes(assoc, role="scu")
+        store = StoreSender(assoc, in_reactor=True)
 
     message_id = 0
     status = SUCCESS
     last_pending = 0.0
     try:
-        with StoreSender(sender, in_reactor=peer is None) as store:
+        with store as sending:
             for item in retrieval.items():
                 if service.is_cancelled(req.MessageID):
                     status = CANCELLED
@@ -264,7 +263,7 @@ def serve_retrieve(
                     logger.warning("%s sub-operation failed: %s", name, exc)
                     result = None
                 else:
-                    result = store.send(
+                    result = sending.send(
                         source,
                         message_id=message_id,
                         originator_ae_title=assoc.requestor.ae_title if peer else None,
