@@ -32,9 +32,9 @@ from archive.query import PATIENT_ROOT, STUDY_ROOT, QueryInvalid, query_parse, q
 from archive.retrieval import RetrieveFailed, instance_source, retrieve_instances, retrieve_parse
 from archive.storage import Storage
 from receiver.config import ReceiverConfig
-from routing.direct import DirectStoreAssociation
+from routing.direct import AcceptedAssociationStore, DirectStoreAssociation, retrieve_response
 from routing.remote import remote_ae_find
-from routing.scu import AssociationFailed, StoreSender, accepted_syntaxes, store_contexts
+from routing.scu import AssociationFailed, store_contexts
 
 logger = logging.getLogger(__name__)
 
@@ -126,6 +126,8 @@ class _Responder:
         self.rsp.AffectedSOPClassUID = req.AffectedSOPClassUID
         self.remaining = self.completed = self.failed = self.warnings = 0
         self.failed_uids: list[str] = []
+        # C-GET: responses written on the socket with the C-STOREs (see routing.direct).
+        self.direct: AcceptedAssociationStore | None = None
 
     def send(self, status: int, *, final: bool = False) -> None:
         rsp = self.rsp
@@ -138,17 +140,31 @@ class _Responder:
         rsp.NumberOfCompletedSuboperations = self.completed
         rsp.NumberOfFailedSuboperations = self.failed
         rsp.NumberOfWarningSuboperations = self.warnings
+        identifier = None
         if final and (self.failed_uids or status in (CANCELLED, SUBOPERATIONS_WITH_FAILURES)):
             ds = Dataset()
             ds.FailedSOPInstanceUIDList = self.failed_uids
-            rsp.Identifier = BytesIO(
-                encode(
-                    ds,
-                    self.syntax.is_implicit_VR,
-                    self.syntax.is_little_endian,
-                    self.syntax.is_deflated,
-                )
+            syntax = self.syntax
+            identifier = encode(
+                ds, syntax.is_implicit_VR, syntax.is_little_endian, syntax.is_deflated
             )
+            rsp.Identifier = BytesIO(identifier)
+        if self.direct is not None:
+            command = retrieve_response(
+                command_field=0x8010,
+                sop_class_uid=str(rsp.AffectedSOPClassUID),
+                message_id=int(rsp.MessageIDBeingRespondedTo),
+                status=status,
+                counts=(
+                    rsp.NumberOfRemainingSuboperations,
+                    self.completed,
+                    self.failed,
+                    self.warnings,
+                ),
+                has_dataset=identifier is not None,
+            )
+            self.direct.command_send(self.context_id, command, identifier)
+            return
         self.service.dimse.send_msg(rsp, self.context_id)
 
     def refuse(self, status: int) -> None:
@@ -237,9 +253,11 @@ def serve_retrieve(
         accepted = sender.accepted_syntaxes()
         store = contextlib.nullcontext(sender)
     else:
-        sender = assoc
-        accepted = accepted_syntaxes(assoc, role="scu")
-        store = StoreSender(assoc, in_reactor=True)
+        sender = respond.direct = AcceptedAssociationStore(assoc)
+        accepted = {}
+        for sop_class, offered in sender.accepted.values():
+            accepted.setdefault(sop_class, set()).add(offered)
+        store = contextlib.nullcontext(sender)
 
     message_id = 0
     status = SUCCESS

@@ -14,11 +14,12 @@ import socket
 import struct
 from io import BytesIO
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
 from pynetdicom import pdu as _pdu
+from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dsutils import encode, split_dataset
 from pynetdicom.pdu_primitives import (
     A_ASSOCIATE,
@@ -133,17 +134,6 @@ class DirectStoreAssociation:
             accepted.setdefault(sop_class, set()).add(syntax)
         return accepted
 
-    def _context(self, sop_class: str, syntax: str, *, convertible: bool) -> tuple[int, str]:
-        for context_id, (abstract, accepted) in self.accepted.items():
-            if abstract == sop_class and accepted == syntax:
-                return context_id, accepted
-        if convertible:
-            for context_id, (abstract, accepted) in self.accepted.items():
-                uid = UID(accepted)
-                if abstract == sop_class and not uid.is_compressed and uid.is_little_endian:
-                    return context_id, accepted
-        raise ValueError(f"no accepted presentation context for {sop_class} in {syntax}")
-
     def send(
         self,
         source: Dataset | Path,
@@ -157,67 +147,20 @@ class DirectStoreAssociation:
         association is aborted)."""
         if self.sock is None:
             return None
-        stream: BinaryIO
-        try:
-            if isinstance(source, Path):
-                meta, offset = split_dataset(source)
-                sop_class = str(meta.MediaStorageSOPClassUID)
-                sop_instance = str(meta.MediaStorageSOPInstanceUID)
-                context_id, _ = self._context(
-                    sop_class, str(meta.TransferSyntaxUID), convertible=False
-                )
-                stream = source.open("rb")
-                stream.seek(offset)
-            else:
-                sop_class, sop_instance = str(source.SOPClassUID), str(source.SOPInstanceUID)
-                context_id, syntax = self._context(
-                    sop_class, str(source.file_meta.TransferSyntaxUID), convertible=True
-                )
-                uid = UID(syntax)
-                encoded = encode(source, uid.is_implicit_VR, uid.is_little_endian, uid.is_deflated)
-                if encoded is None:
-                    raise ValueError("the data set cannot be encoded")
-                stream = BytesIO(encoded)
-        except (ValueError, AttributeError, KeyError, OSError) as exc:
-            name = source if isinstance(source, Path) else source.get("SOPInstanceUID", "?")
-            logger.warning("C-STORE of %s not sent: %s", name, exc)
-            return None
-        command = store_request(
-            sop_class_uid=sop_class,
-            sop_instance_uid=sop_instance,
-            message_id=message_id,
-            originator_ae_title=originator_ae_title,
-            originator_message_id=originator_message_id,
+        prepared = _prepare(
+            source, self.accepted, message_id, originator_ae_title, originator_message_id
         )
+        if prepared is None:
+            return None
+        context_id, command, stream, sop_instance = prepared
         try:
             with stream:
-                self._send_message(context_id, command, stream)
+                message_send(self.sock, context_id, command, stream, self.peer_maximum)
             return self._response(message_id)
         except (OSError, ValueError) as exc:
             logger.warning("C-STORE of %s to %s broken off: %s", sop_instance, self.peer, exc)
             self.abort()
             return None
-
-    def _send_message(self, context_id: int, command: bytes, stream: BinaryIO) -> None:
-        assert self.sock is not None
-        room = (self.peer_maximum or MAX_PDU) - 6
-        room = max(room, 2)
-        self.sock.sendall(p_data(context_id, command, room, command=True))
-        start = stream.tell()
-        total = stream.seek(0, 2) - start
-        stream.seek(start)
-        sent = 0
-        while True:
-            chunk = stream.read(min(room, 4 * 2**20) if room else 4 * 2**20)
-            sent += len(chunk)
-            last = sent >= total
-            control = _LAST if last else 0
-            item = _ITEM.pack(len(chunk) + 2, context_id, control)
-            self.sock.sendall(_PDU.pack(0x04, 0, len(item) + len(chunk)) + item + chunk)
-            if last:
-                return
-            if not chunk:
-                raise ValueError("the file ended early")
 
     def _response(self, message_id: int) -> int | None:
         command = bytearray()
@@ -303,6 +246,186 @@ class DirectStoreAssociation:
     def __exit__(self, *exc_info: object) -> None:
         if self.sock is not None:
             self.release()
+
+
+def _context(
+    accepted: dict[int, tuple[str, str]], sop_class: str, syntax: str, *, convertible: bool
+) -> tuple[int, str]:
+    for context_id, (abstract, offered) in accepted.items():
+        if abstract == sop_class and offered == syntax:
+            return context_id, offered
+    if convertible:
+        for context_id, (abstract, offered) in accepted.items():
+            uid = UID(offered)
+            if abstract == sop_class and not uid.is_compressed and uid.is_little_endian:
+                return context_id, offered
+    raise ValueError(f"no accepted presentation context for {sop_class} in {syntax}")
+
+
+def _prepare(
+    source: Dataset | Path,
+    accepted: dict[int, tuple[str, str]],
+    message_id: int,
+    originator_ae_title: str | None,
+    originator_message_id: int | None,
+) -> tuple[int, bytes, BinaryIO, str] | None:
+    """The context ID, command set, data set stream and SOP instance UID of one C-STORE-RQ;
+    None (logged) when it cannot be sent."""
+    stream: BinaryIO
+    try:
+        if isinstance(source, Path):
+            meta, offset = split_dataset(source)
+            sop_class = str(meta.MediaStorageSOPClassUID)
+            sop_instance = str(meta.MediaStorageSOPInstanceUID)
+            context_id, _ = _context(
+                accepted, sop_class, str(meta.TransferSyntaxUID), convertible=False
+            )
+            stream = source.open("rb")
+            stream.seek(offset)
+        else:
+            sop_class, sop_instance = str(source.SOPClassUID), str(source.SOPInstanceUID)
+            context_id, syntax = _context(
+                accepted, sop_class, str(source.file_meta.TransferSyntaxUID), convertible=True
+            )
+            uid = UID(syntax)
+            encoded = encode(source, uid.is_implicit_VR, uid.is_little_endian, uid.is_deflated)
+            if encoded is None:
+                raise ValueError("the data set cannot be encoded")
+            stream = BytesIO(encoded)
+    except (ValueError, AttributeError, KeyError, OSError) as exc:
+        name = source if isinstance(source, Path) else source.get("SOPInstanceUID", "?")
+        logger.warning("C-STORE of %s not sent: %s", name, exc)
+        return None
+    command = store_request(
+        sop_class_uid=sop_class,
+        sop_instance_uid=sop_instance,
+        message_id=message_id,
+        originator_ae_title=originator_ae_title,
+        originator_message_id=originator_message_id,
+    )
+    return context_id, command, stream, sop_instance
+
+
+def message_send(
+    sock: Any, context_id: int, command: bytes, stream: BinaryIO | None, peer_maximum: int
+) -> None:
+    """A DIMSE message as P-DATA-TF PDUs no longer than the peer's maximum (0: no limit):
+    the command set, then the data set read from `stream` a piece at a time."""
+    room = max((peer_maximum or MAX_PDU) - 6, 2)
+    sock.sendall(p_data(context_id, command, room, command=True))
+    if stream is None:
+        return
+    start = stream.tell()
+    total = stream.seek(0, 2) - start
+    stream.seek(start)
+    sent = 0
+    while True:
+        chunk = stream.read(min(room, 4 * 2**20))
+        sent += len(chunk)
+        last = sent >= total
+        item = _ITEM.pack(len(chunk) + 2, context_id, _LAST if last else 0)
+        sock.sendall(_PDU.pack(0x04, 0, len(item) + len(chunk)) + item + chunk)
+        if last:
+            return
+        if not chunk:
+            raise ValueError("the file ended early")
+
+
+class AcceptedAssociationStore:
+    """C-STORE requests on an association a peer opened to us (C-GET), written directly on its
+    socket by the thread serving the C-GET. Its C-GET responses go the same way
+    (`command_send`), so nothing else writes to the socket meanwhile; the peer's C-STORE
+    responses arrive through pynetdicom as usual."""
+
+    def __init__(self, assoc: Any) -> None:
+        self.assoc = assoc
+        self.sock = assoc.dul.socket.socket
+        self.peer_maximum = assoc.requestor.maximum_length or 0
+        self.accepted = {
+            cx.context_id: (str(cx.abstract_syntax), str(cx.transfer_syntax[0]))
+            for cx in assoc.accepted_contexts
+            if cx.as_scu
+        }
+
+    @property
+    def is_established(self) -> bool:
+        return bool(self.assoc.is_established)
+
+    def __enter__(self) -> "AcceptedAssociationStore":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        pass
+
+    def command_send(self, context_id: int, command: bytes, dataset: bytes | None) -> None:
+        """A message of ours (a C-GET-RSP) on the same socket as the C-STOREs."""
+        stream = BytesIO(dataset) if dataset is not None else None
+        message_send(self.sock, context_id, command, stream, self.peer_maximum)
+
+    def send(
+        self,
+        source: Dataset | Path,
+        *,
+        message_id: int,
+        originator_ae_title: str | None = None,
+        originator_message_id: int | None = None,
+    ) -> int | None:
+        """As DirectStoreAssociation.send."""
+        prepared = _prepare(source, self.accepted, message_id, None, None)
+        if prepared is None:
+            return None
+        context_id, command, stream, sop_instance = prepared
+        try:
+            with stream:
+                message_send(self.sock, context_id, command, stream, self.peer_maximum)
+        except (OSError, ValueError) as exc:
+            logger.warning("C-STORE of %s broken off: %s", sop_instance, exc)
+            self.assoc.abort()
+            return None
+        while True:
+            _, response = self.assoc.dimse.get_msg(block=True)
+            if response is None:
+                if self.assoc.is_established:
+                    logger.error("No C-STORE response to a C-GET sub-operation: aborting")
+                    self.assoc.abort()
+                return None
+            if (
+                isinstance(response, C_STORE)
+                and response.MessageIDBeingRespondedTo == message_id
+                and response.Status is not None
+            ):
+                return int(response.Status)
+            logger.warning("Ignoring an unexpected DIMSE message during C-GET sub-operations")
+
+
+def retrieve_response(
+    *,
+    command_field: int,
+    sop_class_uid: str,
+    message_id: int,
+    status: int,
+    counts: tuple[int | None, int, int, int],
+    has_dataset: bool,
+) -> bytes:
+    """A C-GET-RSP / C-MOVE-RSP command set (PS3.7 9.3.3.2, 9.3.4.2); the counts are
+    remaining (None: left out), completed, failed and warning."""
+    remaining, completed, failed, warnings = counts
+    parts = [
+        _element(0x0002, sop_class_uid.encode("ascii")),
+        _element(0x0100, _us(command_field)),
+        _element(0x0120, _us(message_id)),
+        _element(0x0800, _us(0x0000 if has_dataset else 0x0101)),
+        _element(0x0900, _us(status)),
+    ]
+    if remaining is not None:
+        parts.append(_element(0x1020, _us(remaining)))
+    parts += [
+        _element(0x1021, _us(completed)),
+        _element(0x1022, _us(failed)),
+        _element(0x1023, _us(warnings)),
+    ]
+    body = b"".join(parts)
+    return _element(0x0000, len(body).to_bytes(4, "little")) + body
 
 
 def _element(element: int, value: bytes, pad: bytes = b"\0") -> bytes:

@@ -1,7 +1,7 @@
-"""Outbound associations: C-ECHO, C-STORE sub-operations, N-EVENT-REPORT delivery.
+"""Outbound associations through pynetdicom: C-ECHO and Storage Commitment's N-EVENT-REPORT;
+the presentation contexts of a C-MOVE (whose C-STOREs go through routing.direct).
 
-Used by C-MOVE (one association per request), Storage Commitment reports, the admin's C-ECHO
-action, and forwarding later.
+Used by C-MOVE, Storage Commitment reports, the admin's C-ECHO action, and forwarding later.
 """
 
 import contextlib
@@ -10,8 +10,6 @@ import socket
 import ssl
 import time
 from dataclasses import dataclass
-from io import BytesIO
-from pathlib import Path
 
 from pydicom.dataset import Dataset
 from pydicom.uid import (
@@ -20,19 +18,14 @@ from pydicom.uid import (
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
 )
-from pynetdicom import AE, _config, build_context, build_role, evt
+from pynetdicom import AE, build_context, build_role, evt
 from pynetdicom.association import Association
-from pynetdicom.dimse_primitives import C_STORE
-from pynetdicom.dsutils import encode, split_dataset
 from pynetdicom.presentation import PresentationContext
 from pynetdicom.sop_class import StorageCommitmentPushModel, Verification
 
 from archive.part10 import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 
 logger = logging.getLogger(__name__)
-
-# A C-STORE of a file path streams the file's data set as stored, never decoding it.
-_config.STORE_SEND_CHUNKED_DATASET = True
 
 MAX_CONTEXTS = 128  # PS3.8 9.3.2.2: presentation context IDs are odd numbers 1-255
 TIMEOUT = 30.0
@@ -168,119 +161,6 @@ def store_contexts(syntaxes: dict[str, frozenset[str]]) -> list[PresentationCont
     if len(plain) > MAX_CONTEXTS:
         logger.warning("More than %d SOP classes to send: the rest fail", MAX_CONTEXTS)
     return plain[:MAX_CONTEXTS]
-
-
-def accepted_syntaxes(assoc: Association, *, role: str = "scu") -> dict[str, set[str]]:
-    """SOP class → transfer syntaxes the peer accepted for us in `role`."""
-    accepted: dict[str, set[str]] = {}
-    for context in assoc.accepted_contexts:
-        if (role == "scu" and context.as_scu) or (role == "scp" and context.as_scp):
-            accepted.setdefault(str(context.abstract_syntax), set()).add(
-                str(context.transfer_syntax[0])
-            )
-    return accepted
-
-
-class StoreSender:
-    """C-STORE requests on an established association, one at a time, each waiting for its
-    response.
-
-    A file path is streamed as stored (pynetdicom reads it in PDU-sized pieces); a Dataset is
-    encoded in the accepted syntax. pynetdicom's send_c_store() pauses and resumes the
-    association's reactor around every request, and a reactor resumed between two requests
-    can take the next response for itself; here it stays paused for the whole batch (or, for
-    C-GET, the caller is the reactor's own thread, serving the request).
-    """
-
-    def __init__(self, assoc: Association, *, in_reactor: bool = False) -> None:
-        self.assoc = assoc
-        self.in_reactor = in_reactor
-        self._paused = False
-
-    def __enter__(self) -> "StoreSender":
-        if not self.in_reactor:
-            self.assoc._reactor_checkpoint.clear()
-            wake = self.assoc.__dict__.get("_receiver_wake")  # receiver.reactor's wake-up
-            if wake is not None:
-                wake.set()
-            deadline = time.monotonic() + TIMEOUT
-            while not self.assoc._is_paused and time.monotonic() < deadline:
-                time.sleep(0.0001)
-            self._paused = True
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        if self._paused:
-            self.assoc._reactor_checkpoint.set()
-            self._paused = False
-
-    def send(
-        self,
-        source: Dataset | Path,
-        *,
-        message_id: int,
-        originator_ae_title: str | None = None,
-        originator_message_id: int | None = None,
-    ) -> int | None:
-        """The C-STORE-RSP status, or None when the request could not be sent (no accepted
-        context, unreadable file) or no response came (the association is then aborted)."""
-        assoc = self.assoc
-        request = C_STORE()
-        request.MessageID = message_id
-        request.Priority = 2
-        if originator_ae_title:
-            request.MoveOriginatorApplicationEntityTitle = originator_ae_title
-            request.MoveOriginatorMessageID = originator_message_id
-        try:
-            if isinstance(source, Path):
-                meta, offset = split_dataset(source)
-                sop_class = meta.MediaStorageSOPClassUID
-                sop_instance = meta.MediaStorageSOPInstanceUID
-                context = assoc._get_valid_context(
-                    sop_class, meta.TransferSyntaxUID, "scu", allow_conversion=False
-                )
-                request._dataset_path = (source, offset)
-            else:
-                sop_class, sop_instance = source.SOPClassUID, source.SOPInstanceUID
-                context = assoc._get_valid_context(
-                    sop_class, source.file_meta.TransferSyntaxUID, "scu", allow_conversion=True
-                )
-                syntax = context.transfer_syntax[0]
-                encoded = encode(
-                    source, syntax.is_implicit_VR, syntax.is_little_endian, syntax.is_deflated
-                )
-                if encoded is None:
-                    raise ValueError("the data set cannot be encoded")
-                request.DataSet = BytesIO(encoded)
-        except (ValueError, AttributeError, KeyError, OSError) as exc:
-            logger.warning("C-STORE of %s not sent: %s", _name(source), exc)
-            return None
-        request.AffectedSOPClassUID = sop_class
-        request.AffectedSOPInstanceUID = sop_instance
-        try:
-            assoc.dimse.send_msg(request, context.context_id)
-        except OSError as exc:  # the file went away while it was being read
-            logger.warning("C-STORE of %s broken off: %s", _name(source), exc)
-            assoc.abort()
-            return None
-        while True:
-            _, response = assoc.dimse.get_msg(block=True)
-            if response is None:
-                if assoc.is_established:
-                    logger.error("No C-STORE response from %s: aborting", assoc.acceptor.ae_title)
-                    assoc.abort()
-                return None
-            if (
-                isinstance(response, C_STORE)
-                and response.MessageIDBeingRespondedTo == message_id
-                and response.Status is not None
-            ):
-                return int(response.Status)
-            logger.warning("Ignoring an unexpected DIMSE message during C-STORE sub-operations")
-
-
-def _name(source: Dataset | Path) -> str:
-    return str(source.get("SOPInstanceUID", "?") if isinstance(source, Dataset) else source)
 
 
 def commitment_contexts() -> tuple[list[PresentationContext], list]:
