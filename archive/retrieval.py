@@ -6,6 +6,7 @@ Instances are read one at a time as they are sent: a study is never held in memo
 """
 
 import logging
+import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +14,7 @@ from typing import BinaryIO
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
+from pydicom.filereader import _read_file_meta_info, read_preamble
 from pydicom.uid import UID, ExplicitVRLittleEndian
 from pydicom.valuerep import PersonName
 
@@ -120,21 +122,56 @@ def retrieve_instances(query: Query) -> Retrieval:
     return Retrieval(tuple(ids), {k: frozenset(v) for k, v in syntaxes.items()})
 
 
+@dataclass(frozen=True)
+class StoredFile:
+    """A stored instance sent as it is, its data set read from `offset` in its file."""
+
+    path: Path
+    offset: int
+    sop_class_uid: str
+    sop_instance_uid: str
+    transfer_syntax_uid: str
+
+
 def instance_source(
     *, storage: Storage, item: RetrieveItem, accepted: frozenset[str] | set[str]
-) -> Path | Dataset:
-    """What to send for one instance: the stored file itself (its path, streamed by the sender
-    without decoding) when the receiver accepts its stored syntax, else a Dataset from
+) -> StoredFile | Dataset:
+    """What to send for one instance: the stored file itself, streamed by the sender without
+    decoding, when the receiver accepts its stored syntax; else a Dataset from
     `instance_dataset`. Raises RetrieveFailed."""
-    if item.transfer_syntax_uid in accepted:
-        try:
-            path = storage.local_path(item.path)
-        except StorageFailure as exc:
-            raise RetrieveFailed(str(exc)) from None
-        if not path.is_file():
-            raise RetrieveFailed(f"the file of {item.sop_instance_uid} is missing")
-        return path
-    return instance_dataset(storage=storage, item=item, accepted=accepted)
+    if item.transfer_syntax_uid not in accepted:
+        return instance_dataset(storage=storage, item=item, accepted=accepted)
+    try:
+        path = storage.local_path(item.path)
+        offset = _dataset_offset(path)
+    except StorageFailure as exc:
+        raise RetrieveFailed(str(exc)) from None
+    except FileNotFoundError:
+        raise RetrieveFailed(f"the file of {item.sop_instance_uid} is missing") from None
+    except (OSError, ValueError) as exc:
+        raise RetrieveFailed(f"the file of {item.sop_instance_uid} is unreadable: {exc}") from None
+    return StoredFile(
+        path, offset, item.sop_class_uid, item.sop_instance_uid, item.transfer_syntax_uid
+    )
+
+
+_META_LENGTH = struct.Struct("<HH2sHI")
+
+
+def _dataset_offset(path: Path) -> int:
+    """Where the data set starts: after the preamble, 'DICM' and the file meta group, whose
+    length its first element gives (archive.part10 always writes it)."""
+    with path.open("rb") as stream:
+        head = stream.read(144)
+        if len(head) == 144 and head[128:132] == b"DICM":
+            group, element, vr, _, length = _META_LENGTH.unpack_from(head, 132)
+            if (group, element, vr) == (2, 0, b"UL"):
+                return 144 + length
+        # Another writer's file without the group length: let pydicom walk the group.
+        stream.seek(0)
+        read_preamble(stream, False)
+        _read_file_meta_info(stream)
+        return stream.tell()
 
 
 def instance_dataset(

@@ -13,14 +13,13 @@ import logging
 import socket
 import struct
 from io import BytesIO
-from pathlib import Path
 from typing import Any, BinaryIO
 
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
 from pynetdicom import pdu as _pdu
 from pynetdicom.dimse_primitives import C_STORE
-from pynetdicom.dsutils import encode, split_dataset
+from pynetdicom.dsutils import encode
 from pynetdicom.pdu_primitives import (
     A_ASSOCIATE,
     ImplementationClassUIDNotification,
@@ -30,6 +29,7 @@ from pynetdicom.pdu_primitives import (
 from pynetdicom.presentation import PresentationContext
 
 from archive.part10 import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
+from archive.retrieval import StoredFile
 from routing.scu import TIMEOUT, AssociationFailed, Peer, client_tls_context
 
 logger = logging.getLogger(__name__)
@@ -136,7 +136,7 @@ class DirectStoreAssociation:
 
     def send(
         self,
-        source: Dataset | Path,
+        source: Dataset | StoredFile,
         *,
         message_id: int,
         originator_ae_title: str | None = None,
@@ -263,7 +263,7 @@ def _context(
 
 
 def _prepare(
-    source: Dataset | Path,
+    source: Dataset | StoredFile,
     accepted: dict[int, tuple[str, str]],
     message_id: int,
     originator_ae_title: str | None,
@@ -273,15 +273,13 @@ def _prepare(
     None (logged) when it cannot be sent."""
     stream: BinaryIO
     try:
-        if isinstance(source, Path):
-            meta, offset = split_dataset(source)
-            sop_class = str(meta.MediaStorageSOPClassUID)
-            sop_instance = str(meta.MediaStorageSOPInstanceUID)
+        if isinstance(source, StoredFile):
+            sop_class, sop_instance = source.sop_class_uid, source.sop_instance_uid
             context_id, _ = _context(
-                accepted, sop_class, str(meta.TransferSyntaxUID), convertible=False
+                accepted, sop_class, source.transfer_syntax_uid, convertible=False
             )
-            stream = source.open("rb")
-            stream.seek(offset)
+            stream = source.path.open("rb")
+            stream.seek(source.offset)
         else:
             sop_class, sop_instance = str(source.SOPClassUID), str(source.SOPInstanceUID)
             context_id, syntax = _context(
@@ -293,7 +291,11 @@ def _prepare(
                 raise ValueError("the data set cannot be encoded")
             stream = BytesIO(encoded)
     except (ValueError, AttributeError, KeyError, OSError) as exc:
-        name = source if isinstance(source, Path) else source.get("SOPInstanceUID", "?")
+        name = (
+            source.sop_instance_uid
+            if isinstance(source, StoredFile)
+            else source.get("SOPInstanceUID", "?")
+        )
         logger.warning("C-STORE of %s not sent: %s", name, exc)
         return None
     command = store_request(
@@ -364,7 +366,7 @@ class AcceptedAssociationStore:
 
     def send(
         self,
-        source: Dataset | Path,
+        source: Dataset | StoredFile,
         *,
         message_id: int,
         originator_ae_title: str | None = None,
