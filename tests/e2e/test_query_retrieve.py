@@ -564,3 +564,22 @@ def test_get_of_a_large_match_streams_and_can_be_cancelled(archive):
         assoc.release()
     assert statuses[-1].Status == 0xFE00
     assert len(got) < 15
+
+
+def test_a_stored_file_gone_missing_fails_its_sub_operation_only(archive, storage_dir, tmp_path):
+    from archive.models import Instance
+
+    study = _study(archive.port, 3)
+    instances = list(Instance.objects.filter(series__study__study_instance_uid=study))
+    (storage_dir / instances[1].path).unlink()
+    destination = _Destination("DEST")
+    _register("DEST", destination.port)
+    try:
+        responses = _move(archive.port, _study_identifier(study), "DEST")
+    finally:
+        destination.stop()
+    final, identifier = responses[-1]
+    assert final.Status == 0xB000
+    assert (final.NumberOfCompletedSuboperations, final.NumberOfFailedSuboperations) == (2, 1)
+    assert identifier.FailedSOPInstanceUIDList == instances[1].sop_instance_uid
+    assert len(destination.received) == 2
