@@ -12,6 +12,7 @@ import contextlib
 import logging
 import socket
 import struct
+import time
 from io import BytesIO
 from typing import Any, BinaryIO
 
@@ -22,6 +23,7 @@ from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dsutils import encode
 from pynetdicom.pdu_primitives import (
     A_ASSOCIATE,
+    P_DATA,
     ImplementationClassUIDNotification,
     ImplementationVersionNameNotification,
     MaximumLengthNotification,
@@ -43,6 +45,7 @@ _COMMAND, _LAST = 0x01, 0x02
 _RELEASE_RQ = bytes((0x05, 0, 0, 0, 0, 4, 0, 0, 0, 0))
 _ABORT = bytes((0x07, 0, 0, 0, 0, 4, 0, 0, 0, 0))
 C_STORE_RSP = 0x8001
+_QUEUED_PDUS = 32
 
 
 class DirectStoreAssociation:
@@ -333,15 +336,38 @@ def message_send(
             raise ValueError("the file ended early")
 
 
+class _Queued:
+    """Hands PDUs to the association's DUL thread, the one thread that reads and writes its
+    socket (a TLS connection must not be written by one thread while another reads it)."""
+
+    def __init__(self, dul: Any) -> None:
+        self.dul = dul
+
+    def sendall(self, pdu: bytes) -> None:
+        # One P-DATA-TF with one PDV item (as message_send and p_data build them).
+        offset = 0
+        while offset < len(pdu):
+            _, _, length = _PDU.unpack_from(pdu, offset)
+            item_length, context_id, _ = _ITEM.unpack_from(pdu, offset + 6)
+            value = bytes(pdu[offset + 11 : offset + 10 + item_length])
+            primitive = P_DATA()
+            primitive.presentation_data_value_list.append((context_id, value))
+            # A large file waits for the queue to drain: a few PDUs in memory, not the file.
+            while self.dul.to_provider_queue.qsize() > _QUEUED_PDUS and not self.dul._kill_thread:
+                time.sleep(0.0005)
+            self.dul.send_pdu(primitive)
+            offset += 6 + length
+
+
 class AcceptedAssociationStore:
-    """C-STORE requests on an association a peer opened to us (C-GET), written directly on its
-    socket by the thread serving the C-GET. Its C-GET responses go the same way
-    (`command_send`), so nothing else writes to the socket meanwhile; the peer's C-STORE
-    responses arrive through pynetdicom as usual."""
+    """C-STORE requests on an association a peer opened to us (C-GET), sent by the thread
+    serving the C-GET with command sets encoded here and files read a piece at a time; its
+    C-GET responses go the same way (`command_send`). The PDUs are written by the
+    association's DUL thread; the peer's C-STORE responses arrive through pynetdicom."""
 
     def __init__(self, assoc: Any) -> None:
         self.assoc = assoc
-        self.sock = assoc.dul.socket.socket
+        self.sock = _Queued(assoc.dul)
         self.peer_maximum = assoc.requestor.maximum_length or 0
         self.accepted = {
             cx.context_id: (str(cx.abstract_syntax), str(cx.transfer_syntax[0]))
