@@ -1,4 +1,4 @@
-"""Query/Retrieve: C-FIND (pynetdicom's EVT_C_FIND), C-MOVE and C-GET (receiver.retrieve_service).
+"""Query/Retrieve: C-FIND, C-MOVE and C-GET, served by these functions (receiver.retrieve_service).
 
 Statuses (PS3.4 C.4): 0xFF00 pending with each match or after each sub-operation; 0x0000 done;
 0xB000 sub-operations complete with failures (FailedSOPInstanceUIDList); 0xFE00 cancelled;
@@ -10,7 +10,6 @@ sub-operation could be performed (destination unreachable); 0xA801 unknown move 
 import contextlib
 import logging
 import time
-from collections.abc import Iterator
 from io import BytesIO
 from typing import Any
 
@@ -18,7 +17,6 @@ from django.db import DatabaseError
 from pydicom.dataset import Dataset
 from pynetdicom.dimse_primitives import C_GET, C_MOVE
 from pynetdicom.dsutils import decode, encode
-from pynetdicom.events import Event
 from pynetdicom.sop_class import (
     PatientRootQueryRetrieveInformationModelFind,
     PatientRootQueryRetrieveInformationModelGet,
@@ -32,7 +30,12 @@ from archive.query import PATIENT_ROOT, STUDY_ROOT, QueryInvalid, query_parse, q
 from archive.retrieval import RetrieveFailed, instance_source, retrieve_instances, retrieve_parse
 from archive.storage import Storage
 from receiver.config import ReceiverConfig
-from routing.direct import AcceptedAssociationStore, DirectStoreAssociation, retrieve_response
+from routing.direct import (
+    AcceptedAssociationStore,
+    DirectStoreAssociation,
+    QueuedWriter,
+    response_command,
+)
 from routing.remote import remote_ae_find
 from routing.scu import AssociationFailed, store_contexts
 
@@ -68,40 +71,70 @@ def _peer(assoc: Any) -> str:
     return f"{assoc.requestor.ae_title.strip()}@{assoc.requestor.address}"
 
 
-def handle_find(event: Event, config: ReceiverConfig) -> Iterator[tuple[int, Dataset | None]]:
-    """EVT_C_FIND: one pending response per match from archive.query, then success."""
-    assoc = event.assoc
-    model = QUERY_MODELS.get(str(event.request.AffectedSOPClassUID), STUDY_ROOT)
+C_FIND_RSP = 0x8020
+PENDING_WITH_UNSUPPORTED_KEYS = 0xFF01  # PS3.4 C.4.1.1.4: optional keys not supported
+
+
+def serve_find(service: Any, req: Any, context: Any, *, config: ReceiverConfig) -> None:
+    """One C-FIND: a pending response per match from archive.query (0xFF01 when a key the
+    index cannot match was given a value), then 0x0000; or 0xFE00 on C-CANCEL, 0xA900,
+    0xC000 or 0xA700 (see the module docstring). Responses are encoded here and written by
+    the association's DUL thread."""
+    assoc = service.assoc
+    syntax = context.transfer_syntax[0]
+    model = QUERY_MODELS.get(str(context.abstract_syntax), STUDY_ROOT)
+    writer = QueuedWriter(assoc)
+    sop_class = str(req.AffectedSOPClassUID)
     started = time.monotonic()
+
+    def respond(status: int, identifier: Dataset | None = None) -> None:
+        encoded = None
+        if identifier is not None:
+            encoded = encode(
+                identifier, syntax.is_implicit_VR, syntax.is_little_endian, syntax.is_deflated
+            )
+        command = response_command(
+            command_field=C_FIND_RSP,
+            sop_class_uid=sop_class,
+            message_id=int(req.MessageID),
+            status=status,
+            has_dataset=encoded is not None,
+        )
+        writer.command_send(context.context_id, command, encoded)
+
     try:
-        identifier = event.identifier
-    except Exception as exc:
-        logger.warning("C-FIND from %s: identifier unreadable (0xC000): %s", _peer(assoc), exc)
-        yield CANNOT_UNDERSTAND, None
-        return
-    try:
+        identifier = decode(
+            req.Identifier, syntax.is_implicit_VR, syntax.is_little_endian, syntax.is_deflated
+        )
         query = query_parse(identifier, model=model)
     except QueryInvalid as exc:
         logger.warning("C-FIND from %s refused (0xA900): %s", _peer(assoc), exc)
-        yield IDENTIFIER_MISMATCH, None
+        respond(IDENTIFIER_MISMATCH)
         return
+    except Exception as exc:
+        logger.warning("C-FIND from %s: identifier unreadable (0xC000): %s", _peer(assoc), exc)
+        respond(CANNOT_UNDERSTAND)
+        return
+    pending = PENDING_WITH_UNSUPPORTED_KEYS if query.unmatched else PENDING
     if query.unmatched:
         logger.debug("C-FIND keys not matched (not indexed): %s", ", ".join(query.unmatched))
     wants_retrieve_ae = "RetrieveAETitle" in identifier
     matches = 0
     try:
         for match in query_run(query, case_insensitive_pn=config.query_pn_case_insensitive):
-            if event.is_cancelled:
+            if service.is_cancelled(req.MessageID):
                 logger.info("C-FIND from %s cancelled after %d matches", _peer(assoc), matches)
-                yield CANCELLED, None
+                respond(CANCELLED)
+                return
+            if not assoc.is_established:
                 return
             if wants_retrieve_ae:
                 match.RetrieveAETitle = config.ae_title
             matches += 1
-            yield PENDING, match
+            respond(pending, match)
     except DatabaseError as exc:
         logger.error("C-FIND from %s failed (0xA700): index unavailable: %s", _peer(assoc), exc)
-        yield OUT_OF_RESOURCES, None
+        respond(OUT_OF_RESOURCES)
         return
     logger.info(
         "C-FIND from %s at %s level: %d match(es) in %.0f ms",
@@ -110,7 +143,7 @@ def handle_find(event: Event, config: ReceiverConfig) -> Iterator[tuple[int, Dat
         matches,
         1000 * (time.monotonic() - started),
     )
-    yield SUCCESS, None
+    respond(SUCCESS)
 
 
 class _Responder:
@@ -150,18 +183,18 @@ class _Responder:
             )
             rsp.Identifier = BytesIO(identifier)
         if self.direct is not None:
-            command = retrieve_response(
+            command = response_command(
                 command_field=0x8010,
                 sop_class_uid=str(rsp.AffectedSOPClassUID),
                 message_id=int(rsp.MessageIDBeingRespondedTo),
                 status=status,
+                has_dataset=identifier is not None,
                 counts=(
                     rsp.NumberOfRemainingSuboperations,
                     self.completed,
                     self.failed,
                     self.warnings,
                 ),
-                has_dataset=identifier is not None,
             )
             self.direct.command_send(self.context_id, command, identifier)
             return

@@ -101,18 +101,18 @@ def build_ae(
     # C-STOREs are served on the connection's own thread (receiver.fastpath); the EVT_C_STORE
     # handler serves the few it passes on to pynetdicom.
     fastpath.enable(ae, functools.partial(handlers.dataset_store, ingest=ingest))
-    # C-MOVE and C-GET are served by query_handlers.serve_retrieve (see receiver.retrieve_service).
+    # C-FIND, C-MOVE and C-GET are served by query_handlers (see receiver.retrieve_service).
     retrieve_service.install()
     retrieve_service.enable(
         ae,
         functools.partial(query_handlers.serve_retrieve, config=config, storage=ingest.storage),
+        functools.partial(query_handlers.serve_find, config=config),
     )
     event_handlers = [
         (evt.EVT_REQUESTED, handlers.handle_requested, [config, slots, live]),
         (evt.EVT_C_STORE, handlers.handle_store, [ingest]),
         (evt.EVT_C_ECHO, handlers.handle_echo),
         (evt.EVT_CONN_OPEN, scu.nodelay),
-        (evt.EVT_C_FIND, query_handlers.handle_find, [config]),
         (evt.EVT_N_ACTION, commitment_handlers.handle_n_action, [commitment_wake or _nothing]),
         (evt.EVT_ACCEPTED, handlers.handle_accepted),
         (evt.EVT_REJECTED, handlers.handle_rejected),

@@ -426,18 +426,17 @@ class AcceptedAssociationStore:
             logger.warning("Ignoring an unexpected DIMSE message during C-GET sub-operations")
 
 
-def retrieve_response(
+def response_command(
     *,
     command_field: int,
     sop_class_uid: str,
     message_id: int,
     status: int,
-    counts: tuple[int | None, int, int, int],
     has_dataset: bool,
+    counts: tuple[int | None, int, int, int] | None = None,
 ) -> bytes:
-    """A C-GET-RSP / C-MOVE-RSP command set (PS3.7 9.3.3.2, 9.3.4.2); the counts are
-    remaining (None: left out), completed, failed and warning."""
-    remaining, completed, failed, warnings = counts
+    """A C-FIND-RSP, C-GET-RSP or C-MOVE-RSP command set (PS3.7 9.3.2.2, 9.3.3.2, 9.3.4.2);
+    `counts` are the sub-operations remaining (None: left out), completed, failed, warning."""
     parts = [
         _element(0x0002, sop_class_uid.encode("ascii")),
         _element(0x0100, _us(command_field)),
@@ -445,15 +444,30 @@ def retrieve_response(
         _element(0x0800, _us(0x0000 if has_dataset else 0x0101)),
         _element(0x0900, _us(status)),
     ]
-    if remaining is not None:
-        parts.append(_element(0x1020, _us(remaining)))
-    parts += [
-        _element(0x1021, _us(completed)),
-        _element(0x1022, _us(failed)),
-        _element(0x1023, _us(warnings)),
-    ]
+    if counts is not None:
+        remaining, completed, failed, warnings = counts
+        if remaining is not None:
+            parts.append(_element(0x1020, _us(remaining)))
+        parts += [
+            _element(0x1021, _us(completed)),
+            _element(0x1022, _us(failed)),
+            _element(0x1023, _us(warnings)),
+        ]
     body = b"".join(parts)
     return _element(0x0000, len(body).to_bytes(4, "little")) + body
+
+
+class QueuedWriter:
+    """DIMSE messages of ours on an association a peer opened (C-FIND responses), handed to
+    its DUL thread."""
+
+    def __init__(self, assoc: Any) -> None:
+        self.sock = _Queued(assoc.dul)
+        self.peer_maximum = assoc.requestor.maximum_length or 0
+
+    def command_send(self, context_id: int, command: bytes, dataset: bytes | None) -> None:
+        stream = BytesIO(dataset) if dataset is not None else None
+        message_send(self.sock, context_id, command, stream, self.peer_maximum)
 
 
 def _element(element: int, value: bytes, pad: bytes = b"\0") -> bytes:
