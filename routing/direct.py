@@ -11,6 +11,7 @@ here. A stored file is sent from its bytes on disk, a piece at a time; nothing i
 import contextlib
 import logging
 import socket
+import ssl
 import struct
 import time
 from io import BytesIO
@@ -359,15 +360,24 @@ class _Queued:
             offset += 6 + length
 
 
+def _writer(assoc: Any) -> Any:
+    """Where the serving thread writes an accepted association's PDUs: the socket itself for
+    plain TCP (the DUL thread only reads meanwhile: nothing else is queued for it, and
+    receiver.fastpath writes only in answer to a C-STORE from the peer), the DUL thread's
+    queue for TLS, where one thread must not write while another reads."""
+    sock = assoc.dul.socket.socket
+    return _Queued(assoc.dul) if isinstance(sock, ssl.SSLSocket) else sock
+
+
 class AcceptedAssociationStore:
     """C-STORE requests on an association a peer opened to us (C-GET), sent by the thread
     serving the C-GET with command sets encoded here and files read a piece at a time; its
-    C-GET responses go the same way (`command_send`). The PDUs are written by the
-    association's DUL thread; the peer's C-STORE responses arrive through pynetdicom."""
+    C-GET responses go the same way (`command_send`), see `_writer`. The peer's C-STORE
+    responses arrive through pynetdicom."""
 
     def __init__(self, assoc: Any) -> None:
         self.assoc = assoc
-        self.sock = _Queued(assoc.dul)
+        self.sock = _writer(assoc)
         self.peer_maximum = assoc.requestor.maximum_length or 0
         self.accepted = {
             cx.context_id: (str(cx.abstract_syntax), str(cx.transfer_syntax[0]))
@@ -458,11 +468,11 @@ def response_command(
 
 
 class QueuedWriter:
-    """DIMSE messages of ours on an association a peer opened (C-FIND responses), handed to
-    its DUL thread."""
+    """DIMSE messages of ours on an association a peer opened (C-FIND responses), written as
+    `_writer` says."""
 
     def __init__(self, assoc: Any) -> None:
-        self.sock = _Queued(assoc.dul)
+        self.sock = _writer(assoc)
         self.peer_maximum = assoc.requestor.maximum_length or 0
 
     def command_send(self, context_id: int, command: bytes, dataset: bytes | None) -> None:
