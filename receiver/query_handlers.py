@@ -78,8 +78,8 @@ PENDING_WITH_UNSUPPORTED_KEYS = 0xFF01  # PS3.4 C.4.1.1.4: optional keys not sup
 def serve_find(service: Any, req: Any, context: Any, *, config: ReceiverConfig) -> None:
     """One C-FIND: a pending response per match from archive.query (0xFF01 when a key the
     index cannot match was given a value), then 0x0000; or 0xFE00 on C-CANCEL, 0xA900,
-    0xC000 or 0xA700 (see the module docstring). Responses are encoded here and written by
-    the association's DUL thread."""
+    0xC000 or 0xA700 (see the module docstring). Responses are encoded by
+    routing.direct (no pydicom command sets), written as routing.direct._writer says."""
     assoc = service.assoc
     syntax = context.transfer_syntax[0]
     model = QUERY_MODELS.get(str(context.abstract_syntax), STUDY_ROOT)
