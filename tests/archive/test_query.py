@@ -73,3 +73,47 @@ def test_case_sensitive_names_when_configured(index):
 def test_lower_level_keys_with_values_are_refused():
     with pytest.raises(QueryInvalid, match="SeriesInstanceUID"):
         query_parse(_study_query(SeriesInstanceUID="1.3.1"), model=STUDY_ROOT)
+
+
+@pytest.mark.slow
+def test_a_query_matching_100000_instances_streams_in_flat_memory():
+    import tracemalloc
+
+    from django.utils import timezone
+
+    patient = Patient.objects.create(patient_id="MANY", name="MANY^ROWS")
+    study = Study.objects.create(patient=patient, study_instance_uid="1.9.9")
+    series = Series.objects.create(study=study, series_instance_uid="1.9.9.1", modality="CT")
+    now = timezone.now()
+    Instance.objects.bulk_create(
+        (
+            Instance(
+                series=series,
+                sop_instance_uid=f"1.9.9.1.{n}",
+                sop_class_uid="1.2.840.10008.5.1.4.1.1.2",
+                transfer_syntax_uid="1.2.840.10008.1.2.1",
+                path=f"m/{n}.dcm",
+                size=1,
+                sha256="",
+                received_at=now,
+            )
+            for n in range(100_000)
+        ),
+        batch_size=5000,
+    )
+    identifier = Dataset()
+    identifier.QueryRetrieveLevel = "IMAGE"
+    identifier.StudyInstanceUID = "1.9.9"
+    identifier.SOPInstanceUID = ""
+    query = query_parse(identifier, model=STUDY_ROOT)
+    tracemalloc.start()
+    count = 0
+    for _match in query_run(query):
+        count += 1
+        if count == 1000:
+            early = tracemalloc.get_traced_memory()[0]
+    current, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert count == 100_000
+    # Whatever 1,000 matches took, 100,000 take no more than a couple of MB beyond it.
+    assert peak - early < 4 * 2**20, (early, current, peak)
