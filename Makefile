@@ -19,9 +19,9 @@ $(BIN)/.installed: requirements.txt requirements-dev.txt
 run: $(BIN)/.installed
 	$(BIN)/python manage.py runscp $(PORT) $(AE_TITLE)
 
-## system-deps: DCMTK's storescu/echoscu/dcmsend (the peers the end-to-end tests talk to),
-## Chromium with its driver (the browser test), Orthanc and its PostgreSQL index plugin (the
-## benchmark's PostgreSQL pair, smoke-tested on the suite's PostgreSQL run)
+## system-deps: DCMTK's storescu/echoscu/dcmsend/findscu/movescu/getscu (the peers the end-to-end
+## tests talk to), Chromium with its driver (the browser test), Orthanc (Query/Retrieve client
+## tests) and its PostgreSQL index plugin (the benchmark's PostgreSQL pair)
 system-deps:
 	@missing=""; \
 	command -v storescu >/dev/null 2>&1 || missing="$$missing dcmtk"; \
@@ -58,10 +58,12 @@ format: $(BIN)/.installed
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .test-pacs.db*
 
-## bench: the throughput benchmark against DCMTK, pynetdicom and (if installed) Orthanc
+## bench: the throughput benchmark against DCMTK, pynetdicom and (if installed) Orthanc, then
+## Query/Retrieve: C-FIND at 1M indexed instances, C-MOVE/C-GET of 500 instances vs Orthanc
 bench: $(BIN)/.installed system-deps
 	$(BIN)/python bench/run.py --count 2000 --rows 64 --associations 1 4 --repeat 3 --workers 2 \
 		$(if $(PG_URL),--pg-url $(PG_URL))
+	$(BIN)/python bench/qr.py --rows 1000000 --count 500 --pixels 64 512 --repeat 3
 
 ## soak: five minutes of steady ingest; fails unless memory, open files and threads stay flat
 SOAK_SECONDS ?= 300

@@ -11,6 +11,7 @@ UID_KEPT (255; storage.strict_uids refuses what breaks PS3.5 instead).
 from typing import Any
 
 from django.db import connections, models
+from django.db.models.functions import Upper
 from django.utils import timezone
 
 from archive.header import UID_KEPT
@@ -43,6 +44,8 @@ class Patient(models.Model):
         indexes = [
             # Admin search and `Study.objects.filter(patient__name__startswith=...)`.
             models.Index(fields=["name"], name="archive_patient_name_idx"),
+            # Case-insensitive patient name matching in C-FIND (archive.query).
+            models.Index(Upper("name"), name="archive_patient_name_upper_idx"),
         ]
         ordering = ["name", "patient_id"]
 

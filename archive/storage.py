@@ -275,6 +275,11 @@ class Storage:
         """
         return open(self.resolve(relative), "rb")
 
+    def local_path(self, relative: str) -> Path:
+        """A local file holding the stored instance, for senders that stream a file by its
+        path (pynetdicom's C-STORE). A remote backend would return a cached local copy."""
+        return self.resolve(relative)
+
     def size(self, relative: str) -> int:
         """The size in bytes of a stored file; FileNotFoundError when it is missing."""
         return os.stat(self.resolve(relative)).st_size

@@ -75,6 +75,7 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "archive",
     "receiver",
+    "routing",
     "audit",
     "axes",
     "csp",
@@ -212,6 +213,7 @@ LOGGING = {
         "django.security": {"handlers": ["console"], "level": "WARNING", "propagate": False},
         "audit": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
         "axes": {"handlers": ["console"], "level": "WARNING"},
+        "routing": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
         # pynetdicom logs each PDU and DIMSE message; we log one line per association.
         "pynetdicom": {"handlers": ["console"], "level": "WARNING", "propagate": False},
     },

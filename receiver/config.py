@@ -62,6 +62,8 @@ DEFAULTS: dict[str, Any] = {
     "tls_private_key": None,
     "tls_ca_certificates": None,
     "tls_require_client_certificate": False,
+    "remote_aes": (),
+    "query_pn_case_insensitive": True,
 }
 
 # Environment variables that configure the receiver (read here, not scattered).
@@ -120,8 +122,13 @@ FILE_SCHEMA: dict[str, dict[str, tuple[str, str]]] = {
         "ca_certificates": ("tls_ca_certificates", "path"),
         "require_client_certificate": ("tls_require_client_certificate", "bool"),
     },
+    "query": {
+        "pn_case_insensitive": ("query_pn_case_insensitive", "bool"),
+    },
 }
 LIST_SECTIONS = {"accepted_sop_classes": "accepted_sop_classes"}
+# Sections that are lists of entries, each read by its own function.
+ENTRY_SECTIONS = {"remote_aes": "remote_aes"}
 
 
 class ConfigError(ValueError):
@@ -154,6 +161,17 @@ def host_matches(host: str, address: str) -> bool:
     except OSError:
         return False
     return any(ipaddress.ip_address(info[4][0]) == peer for info in infos)
+
+
+@dataclass(frozen=True)
+class RemoteAEEntry:
+    """A peer we open associations to (C-MOVE destination, Storage Commitment requester)."""
+
+    ae_title: str
+    host: str
+    port: int
+    tls: bool = False
+    description: str = ""
 
 
 @dataclass(frozen=True)
@@ -192,6 +210,8 @@ class ReceiverConfig:
     tls_private_key: Path | None
     tls_ca_certificates: Path | None
     tls_require_client_certificate: bool
+    remote_aes: tuple[RemoteAEEntry, ...] = ()
+    query_pn_case_insensitive: bool = True
     sources: dict[str, str] = field(default_factory=dict, compare=False)
     # The configuration file the values were read from (DICOM_CONFIG or --config).
     config_file: Path | None = field(default=None, compare=False)
@@ -226,6 +246,8 @@ class ReceiverConfig:
                 value = ", ".join(f"{UID(uid).name}" for uid in value)
             elif item.name == "allowed_aes":
                 value = ", ".join(f"{p.ae_title}@{p.host or '*'}" for p in value) or "(none)"
+            elif item.name == "remote_aes":
+                value = ", ".join(f"{r.ae_title}@{r.host}:{r.port}" for r in value) or "(none)"
             elif item.name == "index_db" and value is None:
                 value = database_label()
                 if self.database_url is None and "DATABASE_URL" in os.environ:
@@ -292,8 +314,11 @@ def config_file_read(path: Path) -> dict[str, Any]:
                 )
             values[LIST_SECTIONS[section]] = content
             continue
+        if section in ENTRY_SECTIONS:
+            values[ENTRY_SECTIONS[section]] = remote_aes_read(content, f"{path}: {section}")
+            continue
         if section not in FILE_SCHEMA:
-            known = ", ".join([*FILE_SCHEMA, *LIST_SECTIONS])
+            known = ", ".join([*FILE_SCHEMA, *LIST_SECTIONS, *ENTRY_SECTIONS])
             raise ConfigError(f"{path}: unknown section {section!r} (known: {known})")
         if content is None:
             continue
@@ -356,6 +381,40 @@ def _peer_entry(entry: Any, where: str) -> AllowedPeer:
         raise ConfigError(f"{where}.ae_title: {exc}") from None
     host = str(entry.get("host") or "")
     return AllowedPeer(ae_title=title, host=host)
+
+
+def remote_aes_read(content: Any, where: str) -> tuple[RemoteAEEntry, ...]:
+    """The `remote_aes:` section: a list of {ae_title, host, port, tls, description}."""
+    if content is None:
+        return ()
+    if not isinstance(content, list):
+        raise ConfigError(f"{where}: expected a list of {{ae_title, host, port, tls}} entries")
+    entries: list[RemoteAEEntry] = []
+    for i, entry in enumerate(content):
+        at = f"{where}[{i}]"
+        if not isinstance(entry, dict) or not {"ae_title", "host", "port"} <= set(entry):
+            raise ConfigError(f"{at}: expected an entry with ae_title, host and port")
+        unknown = set(entry) - {"ae_title", "host", "port", "tls", "description"}
+        if unknown:
+            raise ConfigError(f"{at}: unknown key(s) {', '.join(sorted(unknown))}")
+        try:
+            title = ae_title_valid(entry["ae_title"])
+        except ConfigError as exc:
+            raise ConfigError(f"{at}.ae_title: {exc}") from None
+        if any(e.ae_title == title for e in entries):
+            raise ConfigError(f"{at}.ae_title: {title!r} is listed twice")
+        host = entry["host"]
+        if not isinstance(host, str) or not host.strip():
+            raise ConfigError(f"{at}.host: expected a host name or IP address, got {host!r}")
+        port = entry["port"]
+        if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+            raise ConfigError(f"{at}.port: {port!r} is not between 1 and 65535")
+        tls = entry.get("tls", False)
+        if not isinstance(tls, bool):
+            raise ConfigError(f"{at}.tls: expected true or false, got {tls!r}")
+        description = str(entry.get("description") or "")
+        entries.append(RemoteAEEntry(title, host.strip(), port, tls, description))
+    return tuple(entries)
 
 
 def _environment() -> dict[str, Any]:
@@ -500,7 +559,7 @@ FILE_KEYS = {
     name: f"{section}.{key}"
     for section, keys in FILE_SCHEMA.items()
     for key, (name, _) in keys.items()
-} | {name: section for section, name in LIST_SECTIONS.items()}
+} | {name: section for section, name in [*LIST_SECTIONS.items(), *ENTRY_SECTIONS.items()]}
 
 
 def _check_tls(merged: dict[str, Any], fail: Any) -> None:

@@ -2,6 +2,7 @@
 
 import functools
 import ssl
+from collections.abc import Callable
 
 from pydicom.uid import (
     UID,
@@ -12,20 +13,24 @@ from pydicom.uid import (
     ImplicitVRLittleEndian,
 )
 from pynetdicom import AE, _config, evt
-from pynetdicom.sop_class import Verification
+from pynetdicom.sop_class import StorageCommitmentPushModel, Verification
 
 from archive.part10 import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from archive.services import IngestSettings
-from receiver import handlers, transport
+from receiver import commitment_handlers, handlers, query_handlers, retrieve_service, transport
 from receiver.config import ReceiverConfig
 from receiver.handlers import requests_served
 from receiver.limits import AssociationSlots
 from receiver.live import LiveStatus
 from receiver.sop_classes import storage_sop_classes
 from receiver.transport import fastpath
+from routing import scu
 
 # pynetdicom logs each PDU and DIMSE message; we log one line per association instead.
 _config.LOG_HANDLER_LEVEL = "none"
+# Identifiers hold patient names; pynetdicom would also format each one for its log.
+_config.LOG_REQUEST_IDENTIFIERS = False
+_config.LOG_RESPONSE_IDENTIFIERS = False
 
 _UNCOMPRESSED_PREFERENCE = [
     ExplicitVRLittleEndian,
@@ -62,8 +67,13 @@ def build_ae(
     ingest: IngestSettings,
     slots: AssociationSlots | None = None,
     live: LiveStatus | None = None,
+    commitment_wake: Callable[[], None] | None = None,
 ) -> tuple[AE, list]:
-    """Return the configured AE and the event handlers to start its server with."""
+    """Return the configured AE and the event handlers to start its server with.
+
+    `commitment_wake()` is called when a Storage Commitment request has been recorded (the
+    delivery loop of this process sends its report).
+    """
     # The one place the pynetdicom reach-ins are applied, for one process and for workers.
     transport.install(
         spool_directory=lambda: ingest.storage.incoming,
@@ -87,16 +97,31 @@ def build_ae(
 
     syntaxes = transfer_syntaxes()
     ae.add_supported_context(Verification, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+    # SCP/SCU role selection accepted for storage, so that a C-GET requestor can take the
+    # C-STORE SCP role on its association (PS3.4 C.4.3); without it, default roles apply.
     for sop_class in storage_sop_classes():
-        ae.add_supported_context(sop_class, syntaxes)
+        ae.add_supported_context(sop_class, syntaxes, scu_role=True, scp_role=True)
+    uncompressed = [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
+    for sop_class in query_handlers.QUERY_RETRIEVE_CLASSES:
+        ae.add_supported_context(sop_class, uncompressed)
+    ae.add_supported_context(StorageCommitmentPushModel, uncompressed)
 
     # C-STOREs are served on the connection's own thread (receiver.transport.fastpath); the
     # EVT_C_STORE handler serves the few it passes on to pynetdicom.
     fastpath.enable(ae, functools.partial(handlers.dataset_store, ingest=ingest))
+    # C-FIND, C-MOVE and C-GET are served by query_handlers (see receiver.retrieve_service).
+    retrieve_service.install()
+    retrieve_service.enable(
+        ae,
+        functools.partial(query_handlers.serve_retrieve, config=config, storage=ingest.storage),
+        functools.partial(query_handlers.serve_find, config=config),
+    )
     event_handlers = [
         (evt.EVT_REQUESTED, handlers.handle_requested, [config, slots, live]),
         (evt.EVT_C_STORE, handlers.handle_store, [ingest]),
         (evt.EVT_C_ECHO, handlers.handle_echo),
+        (evt.EVT_CONN_OPEN, scu.nodelay),
+        (evt.EVT_N_ACTION, commitment_handlers.handle_n_action, [commitment_wake or _nothing]),
         (evt.EVT_ACCEPTED, handlers.handle_accepted),
         (evt.EVT_REJECTED, handlers.handle_rejected),
         (evt.EVT_RELEASED, handlers.handle_released, [slots]),
@@ -109,6 +134,10 @@ def build_ae(
         (evt.EVT_DIMSE_RECV, handlers.handle_dimse_received, [requests_served(event_handlers)]),
     ]
     return ae, event_handlers
+
+
+def _nothing() -> None:
+    pass
 
 
 def tls_context(config: ReceiverConfig) -> ssl.SSLContext | None:

@@ -29,6 +29,8 @@ from receiver.connections import lobby_build
 from receiver.live import LiveStatus
 from receiver.scp import build_ae, tls_context
 from receiver.transport.lobby import Lobby, descriptor_limit_raise
+from routing.commitment import CommitmentDelivery
+from routing.remote import remote_aes_sync
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +46,7 @@ class RunningServer:
     config: ReceiverConfig
     live: LiveStatus
     lobby: Lobby
+    commitment: CommitmentDelivery | None = None
     stopped: bool = False
     stop_announcements: Callable[[], None] | None = None
 
@@ -62,6 +65,8 @@ class RunningServer:
         self.ae.shutdown()
         if self.stop_announcements is not None:
             self.stop_announcements()
+        if self.commitment is not None:
+            self.commitment.stop()
         self.live.stop()
 
 
@@ -164,7 +169,8 @@ def start(config: ReceiverConfig, ingest: IngestSettings) -> RunningServer:
     descriptor_limit_raise()
     ThreadedAssociationServer.request_queue_size = LISTEN_BACKLOG
     live = LiveStatus(ae_title=config.ae_title, port=config.port, role="single process")
-    ae, event_handlers = build_ae(config, ingest, live=live)
+    commitment = commitment_start(config, ingest)
+    ae, event_handlers = build_ae(config, ingest, live=live, commitment_wake=commitment.wake)
     ssl_context = _check_tls(config)
     live.start()  # before the first association, which records the process it runs in
     try:
@@ -176,6 +182,7 @@ def start(config: ReceiverConfig, ingest: IngestSettings) -> RunningServer:
         )
     except OSError as exc:
         live.stop(failed=True)
+        commitment.stop()
         raise _cannot_listen(config, exc) from None
 
     def deliver(connection: socket.socket, address: Any) -> None:
@@ -194,7 +201,22 @@ def start(config: ReceiverConfig, ingest: IngestSettings) -> RunningServer:
         live=live,
         lobby=lobby,
         stop_announcements=announcements.announcements_start(config),
+        commitment=commitment,
     )
+
+
+def commitment_start(config: ReceiverConfig, ingest: IngestSettings) -> CommitmentDelivery:
+    """Write the configuration file's remote AEs to their table and start the Storage
+    Commitment delivery loop (it sends reports left pending by an earlier run too)."""
+    try:
+        remote_aes_sync(entries=config.remote_aes)
+    except DatabaseError as exc:
+        raise StartupError(f"remote_aes: cannot write the remote AE table: {exc}") from None
+    finally:
+        connections.close_all()
+    commitment = CommitmentDelivery(storage=ingest.storage, ae_title=config.ae_title)
+    commitment.start()
+    return commitment
 
 
 def listen(config: ReceiverConfig) -> socket.socket:
@@ -227,7 +249,11 @@ def run(config: ReceiverConfig) -> None:
         listener = listen(config)
         logger.info("Storage SCP started: %s, %d workers", config.describe(), config.workers)
         logger.info("%s", storage_found)
-        workers.serve(config, ingest, listener, config.workers, stop)
+        commitment = commitment_start(config, ingest)
+        try:
+            workers.serve(config, ingest, listener, config.workers, stop)
+        finally:
+            commitment.stop()
     else:
         running = start(config, ingest)
         logger.info("Storage SCP started: %s", config.describe())

@@ -162,3 +162,45 @@ def test_tls_with_worker_processes(pki, tmp_path):
     code, output = stop(process)
     assert code == 0, output
     assert len(list((tmp_path / "st").rglob("*.dcm"))) == 1  # the same instance twice
+
+
+def test_query_and_get_over_tls(tls_scp, pki):
+    """C-FIND and C-GET (whose C-STOREs travel the other way) on one TLS association."""
+    from pydicom.dataset import Dataset
+    from pynetdicom import build_role, evt
+    from pynetdicom.sop_class import (
+        StudyRootQueryRetrieveInformationModelFind,
+        StudyRootQueryRetrieveInformationModelGet,
+    )
+
+    ct = dcmread(SAMPLE_STUDY / "CT_small.dcm")
+    received = []
+
+    def store(event):
+        received.append(event.request.AffectedSOPInstanceUID)
+        return 0x0000
+
+    ae = scu()
+    ae.add_requested_context(CTImageStorage, [ExplicitVRLittleEndian])
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
+    assoc = ae.associate(
+        "127.0.0.1", tls_scp.port, ae_title="TEST_SCP",
+        tls_args=(_client_context(pki, "client"), "localhost"),
+        ext_neg=[build_role(CTImageStorage, scu_role=True, scp_role=True)],
+        evt_handlers=[(evt.EVT_C_STORE, store)],
+    )  # fmt: skip
+    assert assoc.is_established
+    try:
+        assert assoc.send_c_store(ct).Status == 0x0000
+        identifier = Dataset()
+        identifier.QueryRetrieveLevel = "STUDY"
+        identifier.StudyInstanceUID = ct.StudyInstanceUID
+        found = list(assoc.send_c_find(identifier, StudyRootQueryRetrieveInformationModelFind))
+        assert [status.Status for status, _ in found] == [0xFF00, 0x0000]
+        got = list(assoc.send_c_get(identifier, StudyRootQueryRetrieveInformationModelGet))
+        assert got[-1][0].Status == 0x0000
+        assert got[-1][0].NumberOfCompletedSuboperations == 1
+    finally:
+        assoc.release()
+    assert received == [ct.SOPInstanceUID]

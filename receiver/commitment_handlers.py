@@ -1,0 +1,63 @@
+"""Storage Commitment Push Model, SCP side: the N-ACTION that asks for commitment.
+
+The N-ACTION-RSP goes at once; the result follows as an N-EVENT-REPORT from routing.commitment's
+delivery loop, on a new association to the requester.
+"""
+
+import logging
+from collections.abc import Callable
+
+from django.db import DatabaseError
+from pydicom.dataset import Dataset
+from pynetdicom.events import Event
+
+from routing.commitment import (
+    STORAGE_COMMITMENT_INSTANCE,
+    CommitmentInvalid,
+    commitment_request_record,
+)
+
+logger = logging.getLogger(__name__)
+
+SUCCESS = 0x0000
+PROCESSING_FAILURE = 0x0110
+INVALID_ARGUMENT = 0x0115
+NO_SUCH_ACTION = 0x0123
+NO_SUCH_INSTANCE = 0x0112
+REQUEST_STORAGE_COMMITMENT = 1  # Action Type ID (PS3.4 J.3.2.1)
+
+
+def handle_n_action(event: Event, wake: Callable[[], None]) -> tuple[int, Dataset | None]:
+    """EVT_N_ACTION: record the request and answer 0x0000 (no dataset); 0x0123 for another
+    action type, 0x0112 for another SOP instance than the well-known one, 0x0115 for a
+    request without Transaction UID or references, 0x0110 when the index is unavailable."""
+    request = event.request
+    peer = f"{event.assoc.requestor.ae_title.strip()}@{event.assoc.requestor.address}"
+    if request.ActionTypeID != REQUEST_STORAGE_COMMITMENT:
+        logger.warning("N-ACTION from %s: unknown action type %s", peer, request.ActionTypeID)
+        return NO_SUCH_ACTION, None
+    if str(request.RequestedSOPInstanceUID) != STORAGE_COMMITMENT_INSTANCE:
+        logger.warning("N-ACTION from %s: not the Storage Commitment instance", peer)
+        return NO_SUCH_INSTANCE, None
+    try:
+        information = event.action_information
+        row = commitment_request_record(
+            calling_ae_title=event.assoc.requestor.ae_title, information=information
+        )
+    except CommitmentInvalid as exc:
+        logger.warning("Storage Commitment request from %s refused (0x0115): %s", peer, exc)
+        return INVALID_ARGUMENT, None
+    except DatabaseError as exc:
+        logger.error("Storage Commitment request from %s failed: %s", peer, exc)
+        return PROCESSING_FAILURE, None
+    except Exception as exc:
+        logger.warning("Storage Commitment request from %s unreadable (0x0115): %s", peer, exc)
+        return INVALID_ARGUMENT, None
+    logger.info(
+        "Storage Commitment %s requested by %s for %d instance(s)",
+        row.transaction_uid,
+        peer,
+        len(row.references),
+    )
+    wake()
+    return SUCCESS, None

@@ -1,0 +1,361 @@
+"""Query/Retrieve: C-FIND, C-MOVE and C-GET, served by these functions (receiver.retrieve_service).
+
+Statuses (PS3.4 C.4): 0xFF00 pending with each match or after each sub-operation; 0x0000 done;
+0xB000 sub-operations complete with failures (FailedSOPInstanceUIDList); 0xFE00 cancelled;
+0xA900 identifier does not match the SOP class (bad level, key of a lower level, malformed
+value); 0xC000 identifier unreadable; 0xA700/0xA701 index unavailable; 0xA702 no
+sub-operation could be performed (destination unreachable); 0xA801 unknown move destination.
+"""
+
+import contextlib
+import logging
+import time
+from io import BytesIO
+from typing import Any
+
+from django.db import DatabaseError
+from pydicom.dataset import Dataset
+from pynetdicom.dimse_primitives import C_GET, C_MOVE
+from pynetdicom.dsutils import decode, encode
+from pynetdicom.sop_class import (
+    PatientRootQueryRetrieveInformationModelFind,
+    PatientRootQueryRetrieveInformationModelGet,
+    PatientRootQueryRetrieveInformationModelMove,
+    StudyRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelGet,
+    StudyRootQueryRetrieveInformationModelMove,
+)
+
+from archive.query import PATIENT_ROOT, STUDY_ROOT, QueryInvalid, query_parse, query_run
+from archive.retrieval import RetrieveFailed, instance_source, retrieve_instances, retrieve_parse
+from archive.storage import Storage
+from receiver.config import ReceiverConfig
+from routing.direct import (
+    AcceptedAssociationStore,
+    DirectStoreAssociation,
+    QueuedWriter,
+    response_command,
+)
+from routing.remote import remote_ae_find
+from routing.scu import AssociationFailed, store_contexts
+
+logger = logging.getLogger(__name__)
+
+PENDING = 0xFF00
+SUCCESS = 0x0000
+CANCELLED = 0xFE00
+SUBOPERATIONS_WITH_FAILURES = 0xB000
+OUT_OF_RESOURCES = 0xA700
+CANNOT_COUNT = 0xA701
+CANNOT_PERFORM = 0xA702
+UNKNOWN_DESTINATION = 0xA801
+IDENTIFIER_MISMATCH = 0xA900
+CANNOT_UNDERSTAND = 0xC000
+MAX_SUBOPERATIONS = 65535  # the counts are US (PS3.7 C.4.2.1)
+# Pending responses are optional (PS3.4 C.4.2.1.5): one at most this often keeps the requester
+# informed without a response per instance costing as much as the instance.
+PENDING_INTERVAL = 0.2
+
+QUERY_MODELS = {
+    PatientRootQueryRetrieveInformationModelFind: PATIENT_ROOT,
+    StudyRootQueryRetrieveInformationModelFind: STUDY_ROOT,
+    PatientRootQueryRetrieveInformationModelMove: PATIENT_ROOT,
+    StudyRootQueryRetrieveInformationModelMove: STUDY_ROOT,
+    PatientRootQueryRetrieveInformationModelGet: PATIENT_ROOT,
+    StudyRootQueryRetrieveInformationModelGet: STUDY_ROOT,
+}
+QUERY_RETRIEVE_CLASSES = frozenset(QUERY_MODELS)
+
+
+def _peer(assoc: Any) -> str:
+    return f"{assoc.requestor.ae_title.strip()}@{assoc.requestor.address}"
+
+
+C_FIND_RSP = 0x8020
+PENDING_WITH_UNSUPPORTED_KEYS = 0xFF01  # PS3.4 C.4.1.1.4: optional keys not supported
+
+
+def serve_find(service: Any, req: Any, context: Any, *, config: ReceiverConfig) -> None:
+    """One C-FIND: a pending response per match from archive.query (0xFF01 when a key the
+    index cannot match was given a value), then 0x0000; or 0xFE00 on C-CANCEL, 0xA900,
+    0xC000 or 0xA700 (see the module docstring). Responses are encoded by
+    routing.direct (no pydicom command sets), written as routing.direct._writer says."""
+    assoc = service.assoc
+    syntax = context.transfer_syntax[0]
+    model = QUERY_MODELS.get(str(context.abstract_syntax), STUDY_ROOT)
+    writer = QueuedWriter(assoc)
+    sop_class = str(req.AffectedSOPClassUID)
+    started = time.monotonic()
+
+    def respond(status: int, identifier: Dataset | None = None) -> None:
+        encoded = None
+        if identifier is not None:
+            encoded = encode(
+                identifier, syntax.is_implicit_VR, syntax.is_little_endian, syntax.is_deflated
+            )
+        command = response_command(
+            command_field=C_FIND_RSP,
+            sop_class_uid=sop_class,
+            message_id=int(req.MessageID),
+            status=status,
+            has_dataset=encoded is not None,
+        )
+        writer.command_send(context.context_id, command, encoded)
+
+    try:
+        identifier = decode(
+            req.Identifier, syntax.is_implicit_VR, syntax.is_little_endian, syntax.is_deflated
+        )
+        query = query_parse(identifier, model=model)
+    except QueryInvalid as exc:
+        logger.warning("C-FIND from %s refused (0xA900): %s", _peer(assoc), exc)
+        respond(IDENTIFIER_MISMATCH)
+        return
+    except Exception as exc:
+        logger.warning("C-FIND from %s: identifier unreadable (0xC000): %s", _peer(assoc), exc)
+        respond(CANNOT_UNDERSTAND)
+        return
+    pending = PENDING_WITH_UNSUPPORTED_KEYS if query.unmatched else PENDING
+    if query.unmatched:
+        logger.debug("C-FIND keys not matched (not indexed): %s", ", ".join(query.unmatched))
+    wants_retrieve_ae = "RetrieveAETitle" in identifier
+    matches = 0
+    try:
+        for match in query_run(query, case_insensitive_pn=config.query_pn_case_insensitive):
+            if service.is_cancelled(req.MessageID):
+                logger.info("C-FIND from %s cancelled after %d matches", _peer(assoc), matches)
+                respond(CANCELLED)
+                return
+            if not assoc.is_established:
+                return
+            if wants_retrieve_ae:
+                match.RetrieveAETitle = config.ae_title
+            matches += 1
+            respond(pending, match)
+    except DatabaseError as exc:
+        logger.error("C-FIND from %s failed (0xA700): index unavailable: %s", _peer(assoc), exc)
+        respond(OUT_OF_RESOURCES)
+        return
+    logger.info(
+        "C-FIND from %s at %s level: %d match(es) in %.0f ms",
+        _peer(assoc),
+        query.level,
+        matches,
+        1000 * (time.monotonic() - started),
+    )
+    respond(SUCCESS)
+
+
+class _Responder:
+    """The C-MOVE/C-GET responses of one request, with its sub-operation counts."""
+
+    def __init__(self, service: Any, req: Any, context: Any, kind: str) -> None:
+        self.service = service
+        self.context_id = context.context_id
+        self.syntax = context.transfer_syntax[0]
+        self.rsp = C_MOVE() if kind == "move" else C_GET()
+        self.rsp.MessageID = req.MessageID
+        self.rsp.MessageIDBeingRespondedTo = req.MessageID
+        self.rsp.AffectedSOPClassUID = req.AffectedSOPClassUID
+        self.remaining = self.completed = self.failed = self.warnings = 0
+        self.failed_uids: list[str] = []
+        # C-GET: responses written on the socket with the C-STOREs (see routing.direct).
+        self.direct: AcceptedAssociationStore | None = None
+
+    def send(self, status: int, *, final: bool = False) -> None:
+        rsp = self.rsp
+        rsp.Status = status
+        rsp.Identifier = None
+        if status in (PENDING, CANCELLED):
+            rsp.NumberOfRemainingSuboperations = self.remaining
+        else:
+            rsp.NumberOfRemainingSuboperations = None
+        rsp.NumberOfCompletedSuboperations = self.completed
+        rsp.NumberOfFailedSuboperations = self.failed
+        rsp.NumberOfWarningSuboperations = self.warnings
+        identifier = None
+        if final and (self.failed_uids or status in (CANCELLED, SUBOPERATIONS_WITH_FAILURES)):
+            ds = Dataset()
+            ds.FailedSOPInstanceUIDList = self.failed_uids
+            syntax = self.syntax
+            identifier = encode(
+                ds, syntax.is_implicit_VR, syntax.is_little_endian, syntax.is_deflated
+            )
+            rsp.Identifier = BytesIO(identifier)
+        if self.direct is not None:
+            command = response_command(
+                command_field=0x8010,
+                sop_class_uid=str(rsp.AffectedSOPClassUID),
+                message_id=int(rsp.MessageIDBeingRespondedTo),
+                status=status,
+                has_dataset=identifier is not None,
+                counts=(
+                    rsp.NumberOfRemainingSuboperations,
+                    self.completed,
+                    self.failed,
+                    self.warnings,
+                ),
+            )
+            self.direct.command_send(self.context_id, command, identifier)
+            return
+        self.service.dimse.send_msg(rsp, self.context_id)
+
+    def refuse(self, status: int) -> None:
+        rsp = self.rsp
+        rsp.Status = status
+        rsp.Identifier = None
+        self.service.dimse.send_msg(rsp, self.context_id)
+
+
+def serve_retrieve(
+    service: Any, req: Any, context: Any, kind: str, *, config: ReceiverConfig, storage: Storage
+) -> None:
+    """Serve one C-MOVE (`kind` "move") or C-GET ("get") request, responses included."""
+    assoc = service.assoc
+    respond = _Responder(service, req, context, kind)
+    name = "C-MOVE" if kind == "move" else "C-GET"
+    model = QUERY_MODELS.get(str(context.abstract_syntax), STUDY_ROOT)
+    syntax = respond.syntax
+    try:
+        identifier = decode(
+            req.Identifier, syntax.is_implicit_VR, syntax.is_little_endian, syntax.is_deflated
+        )
+        query = retrieve_parse(identifier, model=model)
+    except QueryInvalid as exc:
+        logger.warning("%s from %s refused (0xA900): %s", name, _peer(assoc), exc)
+        respond.refuse(IDENTIFIER_MISMATCH)
+        return
+    except Exception as exc:
+        logger.warning("%s from %s: identifier unreadable (0xC000): %s", name, _peer(assoc), exc)
+        respond.refuse(CANNOT_UNDERSTAND)
+        return
+
+    peer = None
+    if kind == "move":
+        destination = str(req.MoveDestination or "").strip()
+        try:
+            peer = remote_ae_find(ae_title=destination)
+        except DatabaseError as exc:
+            logger.error("C-MOVE from %s: index unavailable: %s", _peer(assoc), exc)
+            respond.refuse(CANNOT_COUNT)
+            return
+        if peer is None:
+            logger.warning(
+                "C-MOVE from %s refused (0xA801): destination %r is not a known remote AE",
+                _peer(assoc),
+                destination,
+            )
+            respond.refuse(UNKNOWN_DESTINATION)
+            return
+    try:
+        retrieval = retrieve_instances(query)
+    except DatabaseError as exc:
+        logger.error("%s from %s: index unavailable: %s", name, _peer(assoc), exc)
+        respond.refuse(CANNOT_COUNT)
+        return
+    if len(retrieval) > MAX_SUBOPERATIONS:
+        logger.warning(
+            "%s from %s refused (0xA701): %d instances, more than %d",
+            name,
+            _peer(assoc),
+            len(retrieval),
+            MAX_SUBOPERATIONS,
+        )
+        respond.refuse(CANNOT_COUNT)
+        return
+    respond.remaining = len(retrieval)
+    if not retrieval:
+        respond.send(SUCCESS, final=True)
+        return
+
+    started = time.monotonic()
+    if peer is not None:
+        try:
+            sender = DirectStoreAssociation(
+                peer,
+                calling_ae_title=config.ae_title,
+                contexts=store_contexts(retrieval.syntaxes),
+                timeout=config.dimse_timeout,
+            ).open()
+        except AssociationFailed as exc:
+            logger.warning("C-MOVE from %s: cannot reach the destination: %s", _peer(assoc), exc)
+            respond.failed, respond.remaining = respond.remaining, 0
+            respond.failed_uids = [item.sop_instance_uid for item in retrieval.items()]
+            respond.send(CANNOT_PERFORM, final=True)
+            return
+        accepted = sender.accepted_syntaxes()
+        store = contextlib.nullcontext(sender)
+    else:
+        sender = respond.direct = AcceptedAssociationStore(assoc)
+        accepted = {}
+        for sop_class, offered in sender.accepted.values():
+            accepted.setdefault(sop_class, set()).add(offered)
+        store = contextlib.nullcontext(sender)
+
+    message_id = 0
+    status = SUCCESS
+    last_pending = 0.0
+    try:
+        with store as sending:
+            for item in retrieval.items():
+                if service.is_cancelled(req.MessageID):
+                    status = CANCELLED
+                    break
+                if not assoc.is_established or not sender.is_established:
+                    break
+                message_id = message_id % 65535 + 1
+                try:
+                    source = instance_source(
+                        storage=storage,
+                        item=item,
+                        accepted=accepted.get(item.sop_class_uid, set()),
+                    )
+                except RetrieveFailed as exc:
+                    logger.warning("%s sub-operation failed: %s", name, exc)
+                    result = None
+                else:
+                    result = sending.send(
+                        source,
+                        message_id=message_id,
+                        originator_ae_title=assoc.requestor.ae_title if peer else None,
+                        originator_message_id=req.MessageID if peer else None,
+                    )
+                    del source
+                respond.remaining -= 1
+                if result == SUCCESS:
+                    respond.completed += 1
+                elif result is not None and result & 0xF000 == 0xB000:
+                    respond.warnings += 1
+                else:
+                    respond.failed += 1
+                    respond.failed_uids.append(item.sop_instance_uid)
+                now = time.monotonic()
+                if respond.remaining and now - last_pending >= PENDING_INTERVAL:
+                    last_pending = now
+                    respond.send(PENDING)
+    finally:
+        if peer is not None and sender.is_established:
+            sender.release()
+    if not assoc.is_established:
+        return
+    if status != CANCELLED and respond.remaining:
+        # The destination went away: what was not sent failed.
+        for item in list(retrieval.items())[-respond.remaining :]:
+            respond.failed_uids.append(item.sop_instance_uid)
+        respond.failed += respond.remaining
+        respond.remaining = 0
+    if status != CANCELLED and (respond.failed or respond.warnings):
+        status = SUBOPERATIONS_WITH_FAILURES
+    logger.info(
+        "%s from %s%s: %d completed, %d failed, %d warning(s), %d remaining (0x%04X) in %.1f s",
+        name,
+        _peer(assoc),
+        f" to {peer.ae_title}" if peer else "",
+        respond.completed,
+        respond.failed,
+        respond.warnings,
+        respond.remaining,
+        status,
+        time.monotonic() - started,
+    )
+    respond.send(status, final=True)

@@ -1,0 +1,253 @@
+"""Storage Commitment Push Model, SCP side (PS3.4 J.3): transactions and their reports.
+
+A request is recorded as a row at once (`commitment_request_record`); `commitment_deliver_due`
+checks each referenced instance (indexed, file present, size and SHA-256 as recorded) and sends
+the N-EVENT-REPORT on a new association to the requester, found in the remote AE table by its
+AE title. An unreachable requester is retried with backoff; rows outlive restarts.
+`CommitmentDelivery` runs that loop in a background thread of runscp.
+"""
+
+import datetime as dt
+import hashlib
+import logging
+import threading
+
+from django.db import DatabaseError, IntegrityError, close_old_connections, connection
+from django.utils import timezone
+from pydicom.dataset import Dataset
+
+from archive.models import Instance
+from archive.storage import Storage
+from routing.models import CommitmentTransaction
+from routing.remote import remote_ae_find
+from routing.scu import AssociationFailed, associate, commitment_contexts, event_report_send
+
+logger = logging.getLogger(__name__)
+
+STORAGE_COMMITMENT_INSTANCE = "1.2.840.10008.1.20.1.1"  # the well-known SOP instance
+ALL_COMMITTED, SOME_FAILED = 1, 2  # event type IDs (PS3.4 J.3.3.1)
+NO_SUCH_OBJECT_INSTANCE = 0x0112
+PROCESSING_FAILURE = 0x0110
+FIRST_RETRY = 10.0  # seconds; doubled per failed attempt
+LAST_RETRY = 3600.0
+MAX_ATTEMPTS = 30  # about a day of retries at the longest interval
+_READ = 1 << 20
+
+
+class CommitmentInvalid(ValueError):
+    """The N-ACTION's information cannot be a Storage Commitment request."""
+
+
+def commitment_request_record(
+    *, calling_ae_title: str, information: Dataset
+) -> CommitmentTransaction:
+    """Record a Storage Commitment request; raises CommitmentInvalid for a request without a
+    Transaction UID or with malformed references."""
+    transaction_uid = str(information.get("TransactionUID", "") or "").strip()
+    if not transaction_uid:
+        raise CommitmentInvalid("no TransactionUID")
+    references = []
+    for item in information.get("ReferencedSOPSequence", None) or []:
+        sop_class = str(item.get("ReferencedSOPClassUID", "") or "").strip()
+        sop_instance = str(item.get("ReferencedSOPInstanceUID", "") or "").strip()
+        if not sop_class or not sop_instance:
+            raise CommitmentInvalid("a ReferencedSOPSequence item lacks its class or instance UID")
+        references.append([sop_class, sop_instance])
+    if not references:
+        raise CommitmentInvalid("ReferencedSOPSequence is empty")
+    try:
+        return CommitmentTransaction.objects.create(
+            transaction_uid=transaction_uid,
+            calling_ae_title=calling_ae_title.strip(),
+            references=references,
+        )
+    except IntegrityError:
+        # The same request again: answer it again.
+        row = CommitmentTransaction.objects.get(
+            transaction_uid=transaction_uid, calling_ae_title=calling_ae_title.strip()
+        )
+        row.state, row.next_attempt_at, row.references = (
+            CommitmentTransaction.PENDING,
+            timezone.now(),
+            references,
+        )
+        row.failures = None
+        row.save()
+        return row
+
+
+def commitment_check(*, references: list[list[str]], storage: Storage) -> list[list]:
+    """The references that cannot be committed: [class, instance, failure reason]."""
+    uids = [instance for _, instance in references]
+    rows = {
+        row[0]: row[1:]
+        for row in Instance.objects.filter(sop_instance_uid__in=uids).values_list(
+            "sop_instance_uid", "sop_class_uid", "path", "size", "sha256"
+        )
+    }
+    failures: list[list] = []
+    for sop_class, sop_instance in references:
+        row = rows.get(sop_instance)
+        if row is None or row[0] != sop_class:
+            failures.append([sop_class, sop_instance, NO_SUCH_OBJECT_INSTANCE])
+            continue
+        _, path, size, sha256 = row
+        if not _file_intact(storage, path, size, sha256):
+            failures.append([sop_class, sop_instance, PROCESSING_FAILURE])
+    return failures
+
+
+def _file_intact(storage: Storage, path: str, size: int, sha256: str) -> bool:
+    try:
+        if storage.size(path) != size:
+            return False
+        digest = hashlib.sha256()
+        with storage.open(path) as stream:
+            while chunk := stream.read(_READ):
+                digest.update(chunk)
+    except OSError:
+        return False
+    return digest.hexdigest() == sha256
+
+
+def commitment_report(row: CommitmentTransaction) -> tuple[int, Dataset]:
+    """The N-EVENT-REPORT's event type and information for a checked transaction."""
+    failed = {instance for _, instance, _ in row.failures or []}
+    ds = Dataset()
+    ds.TransactionUID = row.transaction_uid
+    ds.ReferencedSOPSequence = []
+    for sop_class, sop_instance in row.references:
+        if sop_instance in failed:
+            continue
+        item = Dataset()
+        item.ReferencedSOPClassUID = sop_class
+        item.ReferencedSOPInstanceUID = sop_instance
+        ds.ReferencedSOPSequence.append(item)
+    if not row.failures:
+        return ALL_COMMITTED, ds
+    ds.FailedSOPSequence = []
+    for sop_class, sop_instance, reason in row.failures:
+        item = Dataset()
+        item.ReferencedSOPClassUID = sop_class
+        item.ReferencedSOPInstanceUID = sop_instance
+        item.FailureReason = reason
+        ds.FailedSOPSequence.append(item)
+    if not ds.ReferencedSOPSequence:
+        del ds.ReferencedSOPSequence
+    return SOME_FAILED, ds
+
+
+def commitment_deliver_due(*, storage: Storage, ae_title: str) -> int:
+    """Check and report every transaction that is due; return how many were delivered."""
+    delivered = 0
+    due = CommitmentTransaction.objects.filter(
+        state=CommitmentTransaction.PENDING, next_attempt_at__lte=timezone.now()
+    ).order_by("next_attempt_at")
+    for row in list(due[:50]):
+        if row.failures is None:
+            row.failures = commitment_check(references=row.references, storage=storage)
+            row.save(update_fields=["failures"])
+        error = _deliver(row, ae_title=ae_title)
+        row.attempts += 1
+        if error is None:
+            row.state = CommitmentTransaction.DELIVERED
+            row.delivered_at = timezone.now()
+            row.last_error = ""
+            delivered += 1
+            logger.info(
+                "Storage Commitment %s reported to %s: %s",
+                row.transaction_uid,
+                row.calling_ae_title,
+                row.outcome,
+            )
+        else:
+            row.last_error = error[:255]
+            if row.attempts >= MAX_ATTEMPTS:
+                row.state = CommitmentTransaction.GAVE_UP
+                logger.error(
+                    "Storage Commitment %s: giving up after %d attempts: %s",
+                    row.transaction_uid,
+                    row.attempts,
+                    error,
+                )
+            else:
+                wait = min(FIRST_RETRY * 2 ** (row.attempts - 1), LAST_RETRY)
+                row.next_attempt_at = timezone.now() + dt.timedelta(seconds=wait)
+                logger.warning(
+                    "Storage Commitment %s not reported to %s (retry in %.0f s): %s",
+                    row.transaction_uid,
+                    row.calling_ae_title,
+                    wait,
+                    error,
+                )
+        row.save()
+    return delivered
+
+
+def _deliver(row: CommitmentTransaction, *, ae_title: str) -> str | None:
+    """Send the report; None on success, else why not."""
+    peer = remote_ae_find(ae_title=row.calling_ae_title)
+    if peer is None:
+        return f"{row.calling_ae_title} is not in the remote AE table"
+    event_type, information = commitment_report(row)
+    contexts, roles = commitment_contexts()
+    try:
+        assoc = associate(peer, calling_ae_title=ae_title, contexts=contexts, ext_neg=roles)
+    except AssociationFailed as exc:
+        return str(exc)
+    try:
+        status = event_report_send(
+            assoc,
+            event_type=event_type,
+            information=information,
+            instance_uid=STORAGE_COMMITMENT_INSTANCE,
+        )
+    except (ValueError, RuntimeError) as exc:
+        return f"N-EVENT-REPORT not sent: {exc}"
+    finally:
+        if assoc.is_established:
+            assoc.release()
+    if status is None:
+        return "no N-EVENT-REPORT response"
+    if status != 0x0000:
+        return f"N-EVENT-REPORT status 0x{status:04X}"
+    return None
+
+
+class CommitmentDelivery:
+    """The delivery loop in a background thread: every `interval` seconds, and at once when
+    `wake()` is called (a request has just been recorded)."""
+
+    def __init__(self, *, storage: Storage, ae_title: str, interval: float = 2.0) -> None:
+        self.storage = storage
+        self.ae_title = ae_title
+        self.interval = interval
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="commitment-delivery", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        self._thread.join(timeout=35)
+
+    def _run(self) -> None:
+        try:
+            while not self._stop.is_set():
+                close_old_connections()
+                try:
+                    commitment_deliver_due(storage=self.storage, ae_title=self.ae_title)
+                except DatabaseError as exc:
+                    logger.warning("Storage Commitment delivery: index unavailable: %s", exc)
+                except Exception:
+                    logger.exception("Storage Commitment delivery failed unexpectedly")
+                self._wake.wait(self.interval)
+                self._wake.clear()
+        finally:
+            connection.close()

@@ -1,0 +1,119 @@
+"""The query service on its own (what QIDO-RS will use): paging, all fields, PN rules."""
+
+import datetime as dt
+
+import pytest
+from pydicom.dataset import Dataset
+
+from archive.models import Instance, Patient, Series, Study
+from archive.query import STUDY_ROOT, QueryInvalid, query_parse, query_run
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def index():
+    now = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+    for n in range(5):
+        patient = Patient.objects.create(patient_id=f"P{n}", name=f"DOE^JANE{n}")
+        study = Study.objects.create(
+            patient=patient,
+            study_instance_uid=f"1.2.{n}",
+            study_date=dt.date(2026, 1, n + 1),
+            accession_number=f"A{n}",
+        )
+        series = Series.objects.create(study=study, series_instance_uid=f"1.3.{n}", modality="CT")
+        for i in range(n + 1):
+            Instance.objects.create(
+                series=series,
+                sop_instance_uid=f"1.4.{n}.{i}",
+                sop_class_uid="1.2.840.10008.5.1.4.1.1.2",
+                transfer_syntax_uid="1.2.840.10008.1.2.1",
+                path=f"x/{n}/{i}.dcm",
+                size=1,
+                sha256="",
+                received_at=now,
+            )
+
+
+def _study_query(**keys) -> Dataset:
+    ds = Dataset()
+    ds.QueryRetrieveLevel = "STUDY"
+    for keyword, value in keys.items():
+        setattr(ds, keyword, value)
+    return ds
+
+
+def test_limit_and_offset_page_through_the_matches(index):
+    query = query_parse(_study_query(PatientName="doe*"), model=STUDY_ROOT)
+    pages = [
+        [ds.StudyInstanceUID for ds in query_run(query, limit=2, offset=offset)]
+        for offset in (0, 2, 4)
+    ]
+    assert [len(page) for page in pages] == [2, 2, 1]
+    assert sorted(uid for page in pages for uid in page) == [f"1.2.{n}" for n in range(5)]
+
+
+def test_include_all_returns_every_indexed_and_computed_attribute(index):
+    query = query_parse(_study_query(AccessionNumber="A3"), model=STUDY_ROOT)
+    [ds] = list(query_run(query, include_all=True))
+    assert ds.PatientID == "P3"
+    assert ds.StudyDate == "20260104"
+    assert ds.NumberOfStudyRelatedInstances == 4
+    assert ds.ModalitiesInStudy == "CT"
+    assert "SeriesInstanceUID" not in ds  # below the level
+
+
+def test_case_sensitive_names_when_configured(index):
+    query = query_parse(_study_query(PatientName="doe*"), model=STUDY_ROOT)
+    assert list(query_run(query, case_insensitive_pn=False)) == []
+    assert len(list(query_run(query))) == 5
+
+
+def test_lower_level_keys_with_values_are_refused():
+    with pytest.raises(QueryInvalid, match="SeriesInstanceUID"):
+        query_parse(_study_query(SeriesInstanceUID="1.3.1"), model=STUDY_ROOT)
+
+
+@pytest.mark.slow
+def test_a_query_matching_100000_instances_streams_in_flat_memory():
+    import tracemalloc
+
+    from django.utils import timezone
+
+    patient = Patient.objects.create(patient_id="MANY", name="MANY^ROWS")
+    study = Study.objects.create(patient=patient, study_instance_uid="1.9.9")
+    series = Series.objects.create(study=study, series_instance_uid="1.9.9.1", modality="CT")
+    now = timezone.now()
+    Instance.objects.bulk_create(
+        (
+            Instance(
+                series=series,
+                sop_instance_uid=f"1.9.9.1.{n}",
+                sop_class_uid="1.2.840.10008.5.1.4.1.1.2",
+                transfer_syntax_uid="1.2.840.10008.1.2.1",
+                path=f"m/{n}.dcm",
+                size=1,
+                sha256="",
+                received_at=now,
+            )
+            for n in range(100_000)
+        ),
+        batch_size=5000,
+    )
+    identifier = Dataset()
+    identifier.QueryRetrieveLevel = "IMAGE"
+    identifier.StudyInstanceUID = "1.9.9"
+    identifier.SOPInstanceUID = ""
+    query = query_parse(identifier, model=STUDY_ROOT)
+    tracemalloc.start()
+    count = 0
+    for _match in query_run(query):
+        count += 1
+        if count == 1000:
+            early = tracemalloc.get_traced_memory()[0]
+    current, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert count == 100_000
+    # Whatever 1,000 matches took, 100,000 take no more than a couple of MB beyond it.
+    assert peak - early < 4 * 2**20, (early, current, peak)
