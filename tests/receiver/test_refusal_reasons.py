@@ -89,9 +89,10 @@ def test_refused_classes_beside_a_stored_instance_are_logged_but_no_problem(star
 @pytest.mark.parametrize(
     ("tool", "arguments", "service"),
     [
-        ("findscu", ["-S", "-k", "QueryRetrieveLevel=STUDY"], "Study Root Query/Retrieve"),
-        ("movescu", ["-S", "-aem", "ELSEWHERE", "-k", "QueryRetrieveLevel=STUDY"], "MOVE"),
-        ("getscu", ["-S", "-k", "QueryRetrieveLevel=STUDY"], "GET"),
+        # Query/Retrieve is served on the Patient and Study Root models; these are not.
+        ("findscu", ["-W", "-k", "ScheduledProcedureStepSequence"], "Modality Worklist"),
+        ("movescu", ["-O", "-aem", "ELSEWHERE", "-k", "QueryRetrieveLevel=STUDY"], "MOVE"),
+        ("getscu", ["-O", "-k", "QueryRetrieveLevel=STUDY"], "GET"),
     ],
 )
 def test_services_we_do_not_provide_are_refused_with_a_reason(scp, tool, arguments, service):
