@@ -245,7 +245,8 @@ class InstanceAdmin(IndexAdmin):
     @admin.display(description="header")
     def header(self, obj: Instance) -> SafeString:
         try:
-            text = tag_dump(_storage().resolve(obj.path))
+            with _storage().open(obj.path) as fh:
+                text = tag_dump(fh)
         except (OSError, ValueError, StorageFailure) as exc:
             return format_html("<em>The stored file cannot be read: {}</em>", exc)
         return format_html(

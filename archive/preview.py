@@ -8,6 +8,7 @@ import math
 import struct
 import zlib
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from pydicom import dcmread
@@ -23,9 +24,13 @@ class PreviewUnavailable(Exception):
 
 
 def preview_png(
-    path: Path, *, window: tuple[float, float] | None = None, max_side: int = MAX_SIDE
+    path: Path | BinaryIO,
+    *,
+    window: tuple[float, float] | None = None,
+    max_side: int = MAX_SIDE,
 ) -> bytes:
-    """The middle frame of the file at `path` as PNG, at most `max_side` pixels wide or high.
+    """The middle frame of the file at `path` (a path, or a seekable binary file such as
+    `Storage.open` returns) as PNG, at most `max_side` pixels wide or high.
 
     `window` is (center, width) in modality units; without it, the file's first Window
     Center/Width, else the 0.5th to 99.5th percentile of the frame.
@@ -39,6 +44,8 @@ def preview_png(
         raise PreviewUnavailable("no image: the instance has no Photometric Interpretation")
     frames = int(header.get("NumberOfFrames") or 1)
     attributes = Dataset()
+    if not isinstance(path, Path):
+        path.seek(0)  # read again from the start for the pixel data
     try:
         frame = pixel_array(path, index=frames // 2, ds_out=attributes)
     except Exception as exc:  # missing decoder, corrupt codestream, truncated data, ...

@@ -14,6 +14,7 @@ import itertools
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, BinaryIO, Literal
 
 from django.db import DatabaseError, IntegrityError, models, transaction
@@ -201,7 +202,7 @@ def _skip_file_meta(fh: BinaryIO) -> Dataset:
 def _stored_dataset_sha256(storage: Storage, relative: str) -> str | None:
     """SHA-256 of the dataset in a stored file; None if the file cannot be read."""
     try:
-        with storage.resolve(relative).open("rb") as fh:
+        with storage.open(relative) as fh:
             _skip_file_meta(fh)
             digest = hashlib.sha256()
             while chunk := fh.read(_CHUNK):
@@ -417,9 +418,8 @@ def instance_index_file(*, relative: str, storage: Storage) -> StoreResult:
     """Index a Part 10 file already under the storage directory, where it stays (used to repair
     an index that lost rows). Raises DatasetUnreadable for anything that is not a Part 10 file
     with the required UIDs, and IntegrityError if its SOP Instance UID is indexed already."""
-    path = storage.resolve(relative)
     try:
-        with path.open("rb") as fh:
+        with storage.open(relative) as fh:
             meta = _skip_file_meta(fh)
             syntax = str(meta.get("TransferSyntaxUID", ""))
             if not syntax:
@@ -430,8 +430,9 @@ def instance_index_file(*, relative: str, storage: Storage) -> StoreResult:
             while chunk := fh.read(_CHUNK):
                 file_digest.update(chunk)
             size = fh.tell()
+        received_at = storage.modified(relative)
     except OSError as exc:
-        raise DatasetUnreadable(f"cannot read {relative}: {exc.strerror}") from exc
+        raise DatasetUnreadable(f"cannot read {relative}: {exc.strerror or exc}") from exc
     except DatasetUnreadable:
         raise
     except Exception as exc:  # pydicom's many errors on a damaged meta group
@@ -439,12 +440,14 @@ def instance_index_file(*, relative: str, storage: Storage) -> StoreResult:
     arrival = _Arrival(
         header=header,
         transfer_syntax_uid=syntax,
-        received_at=dt.datetime.fromtimestamp(path.stat().st_mtime, tz=dt.UTC),
+        received_at=received_at,
         calling_ae_title=str(meta.get("SourceApplicationEntityTitle", "")).strip(),
         remote_address="",
         path=relative,
     )
-    existing = StagedFile(path=path, size=size, sha256=file_digest.hexdigest(), published=True)
+    existing = StagedFile(
+        path=Path(relative), size=size, sha256=file_digest.hexdigest(), published=True
+    )
     with index_writer(), transaction.atomic():
         instance = Instance.objects.create(
             series_id=_series_for(header).pk, **_instance_fields(arrival, existing)

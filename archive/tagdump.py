@@ -3,6 +3,7 @@ style of DCMTK's dcmdump: one line per element, sequence items indented."""
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 from pydicom import dcmread
 from pydicom.dataelem import DataElement
@@ -14,9 +15,9 @@ _MAX_LINES = 5000
 _BULK_VRS = {"OB", "OD", "OF", "OL", "OV", "OW", "UN"}
 
 
-def tag_dump(path: Path) -> str:
-    """The header of the file at `path`, element by element; raises OSError or ValueError if
-    the file cannot be read as DICOM."""
+def tag_dump(path: Path | BinaryIO) -> str:
+    """The header of the file at `path` (a path or an open binary file), element by element;
+    raises OSError or ValueError if the file cannot be read as DICOM."""
     try:
         dataset = dcmread(path, stop_before_pixels=True)
     except InvalidDicomError as exc:

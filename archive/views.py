@@ -2,7 +2,7 @@
 downloads. Every view here is wired through the admin site's login (pacsproject.urls)."""
 
 import logging
-from pathlib import Path
+from typing import BinaryIO
 
 from django.conf import settings
 from django.contrib import admin
@@ -82,11 +82,7 @@ def series_preview(request: HttpRequest, pk: int) -> HttpResponse:
 def instance_download(request: HttpRequest, pk: int) -> FileResponse:
     """The stored file as received, streamed."""
     instance = get_object_or_404(Instance, pk=pk)
-    path = _stored_path(instance)
-    try:
-        handle = path.open("rb")
-    except OSError:
-        raise Http404("the file of this instance is missing") from None
+    handle = _stored_file(instance)
     return FileResponse(
         handle,
         as_attachment=True,
@@ -95,13 +91,16 @@ def instance_download(request: HttpRequest, pk: int) -> FileResponse:
     )
 
 
-def _stored_path(instance: Instance) -> Path:
+def _stored_file(instance: Instance) -> BinaryIO:
+    """The instance's stored file, open; Http404 when it is missing or unreadable."""
     try:
-        # resolve() refuses any path that leads outside the storage directory.
-        return Storage(settings.DICOM_STORAGE_DIR).resolve(instance.path)
-    except StorageFailure:
-        logger.error("Instance %s has a path outside the storage directory", instance.pk)
-        raise Http404("no such file") from None
+        # The storage refuses any path that leads outside the storage directory.
+        return Storage(settings.DICOM_STORAGE_DIR).open(instance.path)
+    except FileNotFoundError:
+        raise Http404("the file of this instance is missing") from None
+    except (OSError, StorageFailure) as exc:
+        logger.error("Instance %s: stored file not readable: %s", instance.pk, exc)
+        raise Http404("the file of this instance cannot be read") from None
 
 
 def _window(request: HttpRequest) -> tuple[float, float] | None:
@@ -112,9 +111,13 @@ def _window(request: HttpRequest) -> tuple[float, float] | None:
 
 
 def _preview(instance: Instance, window: tuple[float, float] | None) -> HttpResponse:
-    path = _stored_path(instance)
     try:
-        png = preview_png(path, window=window)
+        handle = _stored_file(instance)
+    except Http404 as exc:
+        return _placeholder(f"not readable: {exc}")
+    try:
+        with handle:
+            png = preview_png(handle, window=window)
     except PreviewUnavailable as exc:
         return _placeholder(str(exc).splitlines()[0][:80])
     response = HttpResponse(png, content_type="image/png")

@@ -146,7 +146,7 @@ class ReceiverConfig:
     port: int
     ae_title: str
     bind: str
-    storage_dir: Path
+    storage_dir: Path | str  # a directory, or an s3://BUCKET/PREFIX URL (archive.storage)
     index_db: Path | None
     wal_mode: bool
     synchronous: str
@@ -302,6 +302,8 @@ def _typed(value: Any, kind: str, where: str, base: Path) -> Any:
     if kind == "path":
         if not isinstance(value, str) or not value:
             raise ConfigError(f"{where}: expected a path, got {value!r}")
+        if value.startswith("s3://"):
+            return value  # a bucket, not a path (archive.storage)
         # Relative paths are relative to the file, so a service can start from any directory.
         return (base / Path(value).expanduser()).resolve()
     if kind == "peers":
@@ -419,8 +421,10 @@ def resolve(command_line: dict[str, Any], config_file: Path | None = None) -> Re
     merged["allowed_aes"] = tuple(merged["allowed_aes"])
     _check_tls(merged, fail)
 
-    merged["storage_dir"] = Path(merged["storage_dir"] or settings.DICOM_STORAGE_DIR)
-    merged["storage_dir"] = merged["storage_dir"].expanduser().resolve()
+    storage_dir = merged["storage_dir"] or settings.DICOM_STORAGE_DIR
+    if not str(storage_dir).startswith("s3://"):  # a bucket stays a URL (archive.storage)
+        storage_dir = Path(storage_dir).expanduser().resolve()
+    merged["storage_dir"] = storage_dir
     for key in ("index_db", "tls_certificate", "tls_private_key", "tls_ca_certificates"):
         if merged[key] is not None:
             merged[key] = Path(merged[key]).expanduser().resolve()

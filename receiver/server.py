@@ -68,8 +68,8 @@ def prepare(config: ReceiverConfig) -> IngestSettings:
     except OSError as exc:
         raise StartupError(f"cannot create the index directory: {exc.strerror}") from None
     system_check(config)
-    ingest = ingest_settings(config)
     try:
+        ingest = ingest_settings(config)
         ingest.storage.prepare()
     except StorageFailure as exc:
         raise StartupError(str(exc)) from None

@@ -7,7 +7,8 @@ from typing import Any
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from archive.storage import Storage
+from archive.exceptions import StorageFailure
+from archive.storage import Storage, is_object_store
 from archive.verification import storage_verify
 from pacsproject.database import use_index_file_option
 
@@ -16,7 +17,9 @@ class Command(BaseCommand):
     help = "Check every index row against its file and every file against the index."
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("--storage-dir", type=Path, help="(DICOM_STORAGE_DIR)")
+        parser.add_argument(
+            "--storage-dir", help="directory or s3://BUCKET/PREFIX (DICOM_STORAGE_DIR)"
+        )
         parser.add_argument("--index-db", type=Path, help="SQLite index file")
         parser.add_argument("--quick", action="store_true", help="existence and size only")
         parser.add_argument(
@@ -28,9 +31,12 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         use_index_file_option(options["index_db"])
         root = options["storage_dir"] or settings.DICOM_STORAGE_DIR
-        if not Path(root).is_dir():
+        if not is_object_store(root) and not Path(root).is_dir():
             raise CommandError(f"storage directory {root} does not exist")
-        storage = Storage(root)
+        try:
+            storage = Storage(root)
+        except StorageFailure as exc:
+            raise CommandError(str(exc)) from None
         interactive = sys.stderr.isatty()
 
         def progress(done: int, total: int) -> None:
@@ -41,9 +47,15 @@ class Command(BaseCommand):
                 if done == total:
                     sys.stderr.write("\n")
 
-        report = storage_verify(
-            storage, check_hashes=not options["quick"], repair=options["repair"], progress=progress
-        )
+        try:
+            report = storage_verify(
+                storage,
+                check_hashes=not options["quick"],
+                repair=options["repair"],
+                progress=progress,
+            )
+        except StorageFailure as exc:  # a bucket that cannot be listed or read
+            raise CommandError(str(exc)) from None
         for label, paths in (
             ("missing", report.missing),
             ("size mismatch", report.size_mismatch),
