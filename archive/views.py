@@ -83,6 +83,8 @@ def instance_download(request: HttpRequest, pk: int) -> FileResponse:
     """The stored file as received, streamed."""
     instance = get_object_or_404(Instance, pk=pk)
     handle = _stored_file(instance)
+    if handle is None:
+        raise Http404("the file of this instance is missing")
     return FileResponse(
         handle,
         as_attachment=True,
@@ -91,13 +93,14 @@ def instance_download(request: HttpRequest, pk: int) -> FileResponse:
     )
 
 
-def _stored_file(instance: Instance) -> BinaryIO:
-    """The instance's stored file, open; Http404 when it is missing or unreadable."""
+def _stored_file(instance: Instance) -> BinaryIO | None:
+    """The instance's stored file, open; None when it is missing, Http404 when its path
+    leads outside the storage or it cannot be read."""
     try:
         # The storage refuses any path that leads outside the storage directory.
         return Storage(settings.DICOM_STORAGE_DIR).open(instance.path)
     except FileNotFoundError:
-        raise Http404("the file of this instance is missing") from None
+        return None
     except (OSError, StorageFailure) as exc:
         logger.error("Instance %s: stored file not readable: %s", instance.pk, exc)
         raise Http404("the file of this instance cannot be read") from None
@@ -111,10 +114,9 @@ def _window(request: HttpRequest) -> tuple[float, float] | None:
 
 
 def _preview(instance: Instance, window: tuple[float, float] | None) -> HttpResponse:
-    try:
-        handle = _stored_file(instance)
-    except Http404 as exc:
-        return _placeholder(f"not readable: {exc}")
+    handle = _stored_file(instance)
+    if handle is None:
+        return _placeholder("not readable: the file is missing")
     try:
         with handle:
             png = preview_png(handle, window=window)
