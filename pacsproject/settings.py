@@ -109,7 +109,11 @@ STATIC_ROOT = BASE_DIR / "staticfiles"
 WHITENOISE_USE_FINDERS = True
 
 # Where received instances are written; `runscp --storage-dir` overrides it.
-DICOM_STORAGE_DIR = Path(env.str("DICOM_STORAGE_DIR", default=str(BASE_DIR / "received")))
+_storage = env.str("DICOM_STORAGE_DIR", default=str(BASE_DIR / "received"))
+# A directory, or a bucket as s3://BUCKET/PREFIX (archive.storage), which stays a URL.
+DICOM_STORAGE_DIR: Path | str = _storage if _storage.startswith("s3://") else Path(_storage)
+# Local staging for a bucket: each receiver node's own (archive.storage.s3).
+DICOM_STAGING_DIR = Path(env.str("DICOM_STAGING_DIR", default=str(BASE_DIR / "staging")))
 # What to do when an instance arrives again with different bytes: keep, overwrite or reject.
 DICOM_DUPLICATES = env.str("DICOM_DUPLICATES", default="keep")
 

@@ -8,6 +8,7 @@ time, each part checked). A publish returns only once the server acknowledged th
 the caller's commit and success come after it; a crash between upload and commit leaves an
 orphan object, which `verifystorage --repair` indexes.
 
+The staging directory is DICOM_STAGING_DIR (settings), local to each receiver node.
 Endpoint, region and credentials come from the standard AWS environment (AWS_ENDPOINT_URL,
 AWS_DEFAULT_REGION, AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE). Recent botocore
 adds CRC checksums with a streaming trailer to every upload unless told otherwise, which some
@@ -39,6 +40,7 @@ from botocore.exceptions import (
     EndpointConnectionError,
     NoCredentialsError,
 )
+from django.conf import settings
 
 from archive.exceptions import StorageFailure
 from archive.storage.base import INCOMING, S3_SCHEME, StagedFile, Storage, pid_alive
@@ -86,7 +88,7 @@ class S3Storage(Storage):
             raise StorageFailure(
                 f"DICOM_S3_CHECKSUM: {self.checksum!r} is not one of {', '.join(CHECKSUMS)}"
             )
-        staging = staging_dir or os.environ.get("DICOM_STAGING_DIR") or DEFAULT_STAGING_DIR
+        staging = staging_dir or getattr(settings, "DICOM_STAGING_DIR", DEFAULT_STAGING_DIR)
         # Staging is local disk, one folder per process, exactly as for the filesystem backend.
         self.local = FilesystemStorage(staging, min_free_bytes=min_free_bytes)
         self.min_free_bytes = min_free_bytes
