@@ -15,7 +15,7 @@ import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Literal
+from typing import TYPE_CHECKING, Any, BinaryIO, Literal
 
 from django.db import DatabaseError, IntegrityError, models, transaction
 from django.utils import timezone
@@ -23,12 +23,21 @@ from pydicom.dataset import Dataset
 from pydicom.filereader import _read_file_meta_info
 
 from archive.dblock import bare_transaction, index_writer
-from archive.exceptions import DatasetMismatch, DatasetUnreadable, DuplicateRejected, IndexFailure
+from archive.exceptions import (
+    DatasetMismatch,
+    DatasetUnreadable,
+    DuplicateRejected,
+    IndexFailure,
+    StorageFailure,
+)
 from archive.header import HEADER_PREFIX, InstanceHeader, header_read
 from archive.models import Instance, Patient, Series, Study
 from archive.naming import naming_scheme, relative_path
 from archive.part10 import file_header
 from archive.storage import StagedFile, Storage
+
+if TYPE_CHECKING:
+    from archive.retention import Quota
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +54,8 @@ class IngestSettings:
     duplicates: str = "keep"
     # Refuse UIDs that break PS3.5 (0xC000) instead of storing them under safe names.
     strict_uids: bool = False
+    # storage.retention in refuse mode: StorageFailure (0xA700) once the archive is full.
+    quota: "Quota | None" = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "naming", naming_scheme(self.naming))
@@ -85,6 +96,11 @@ def instance_store(
     (SOP Class/Instance UID differs from the request's), StorageFailure (file not written),
     IndexFailure (index not committed; nothing left on disk) or DuplicateRejected.
     """
+    quota = settings.quota
+    if quota is not None and quota.full():
+        raise StorageFailure(
+            f"archive full: {quota.max_bytes} bytes of storage.retention.max_bytes (mode refuse)"
+        )
     header = header_read(_prefix(dataset), transfer_syntax_uid, strict_uids=settings.strict_uids)
     if header.sop_class_uid != sop_class_uid:
         raise DatasetMismatch(
@@ -110,6 +126,9 @@ def instance_store(
     )
     if header.nonconforming_uids:
         result = dataclasses.replace(result, nonconforming_uids=True)
+    if quota is not None and result.outcome in ("stored", "overwritten"):
+        # The dataset's size stands for the file's until the next measure of the index.
+        quota.add(len(dataset) if isinstance(dataset, bytes) else dataset.seek(0, 2))
     return result
 
 

@@ -16,6 +16,7 @@ from django.conf import settings
 from pydicom.uid import UID
 
 from archive.naming import naming_scheme
+from archive.retention import RetentionPolicy
 from archive.services import DUPLICATE_POLICIES
 from pacsproject.database import SYNCHRONOUS
 from receiver.sop_classes import sop_classes_parse
@@ -32,6 +33,7 @@ DEFAULTS: dict[str, Any] = {
     "duplicates": "keep",
     "strict_uids": False,  # True: refuse UIDs that break PS3.5 (0xC000) instead of storing them
     "min_free_mb": 0.0,
+    "retention": None,  # archive.retention.RetentionPolicy: storage.retention
     "max_associations": 10,
     "workers": 1,
     # Larger than the customary 16 KB: fewer PDUs per instance cost pynetdicom markedly less
@@ -84,6 +86,7 @@ FILE_SCHEMA: dict[str, dict[str, tuple[str, str]]] = {
         "duplicates": ("duplicates", "str"),
         "strict_uids": ("strict_uids", "bool"),
         "min_free_mb": ("min_free_mb", "number"),
+        "retention": ("retention", "retention"),
     },
     "database": {
         "path": ("index_db", "path"),
@@ -154,6 +157,7 @@ class ReceiverConfig:
     duplicates: str
     strict_uids: bool
     min_free_mb: float
+    retention: RetentionPolicy | None
     max_associations: int
     workers: int
     max_pdu: int
@@ -282,6 +286,25 @@ def config_file_read(path: Path) -> dict[str, Any]:
     return values
 
 
+def _retention(value: Any, where: str) -> RetentionPolicy:
+    """storage.retention: {max_bytes, max_age_days, mode}."""
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where}: expected keys max_bytes, max_age_days and mode")
+    known = {"max_bytes": "int", "max_age_days": "number", "mode": "str"}
+    for key in value:
+        if key not in known:
+            raise ConfigError(f"{where}.{key}: unknown key (known: {', '.join(known)})")
+    typed = {
+        key: _typed(item, known[key], f"{where}.{key}", Path("."))
+        for key, item in value.items()
+        if item is not None
+    }
+    try:
+        return RetentionPolicy(**typed)
+    except ValueError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+
+
 def _typed(value: Any, kind: str, where: str, base: Path) -> Any:
     if kind == "int":
         if isinstance(value, bool) or not isinstance(value, int):
@@ -306,6 +329,8 @@ def _typed(value: Any, kind: str, where: str, base: Path) -> Any:
             return value  # a bucket, not a path (archive.storage)
         # Relative paths are relative to the file, so a service can start from any directory.
         return (base / Path(value).expanduser()).resolve()
+    if kind == "retention":
+        return _retention(value, where)
     if kind == "peers":
         if not isinstance(value, list):
             raise ConfigError(f"{where}: expected a list of {{ae_title, host}} entries")

@@ -17,6 +17,7 @@ from pynetdicom import AE
 from pynetdicom.transport import ThreadedAssociationServer
 
 from archive.exceptions import StorageFailure
+from archive.retention import RetentionLoop, quota_for
 from archive.services import IngestSettings
 from archive.storage import Storage
 from pacsproject.database import use_sqlite_index
@@ -110,6 +111,7 @@ def ingest_settings(config: ReceiverConfig) -> IngestSettings:
         naming=config.naming,
         duplicates=config.duplicates,
         strict_uids=config.strict_uids,
+        quota=quota_for(config.retention),
     )
 
 
@@ -202,6 +204,11 @@ def run(config: ReceiverConfig) -> None:
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
     descriptor_limit_raise()
+    retention = None
+    if config.retention is not None:
+        # In this process only (the parent of workers): one pass at a time per node.
+        retention = RetentionLoop(storage=ingest.storage, policy=config.retention)
+        retention.start()
     if config.workers > 1:
         _check_tls(config)
         listener = listen(config)
@@ -216,5 +223,7 @@ def run(config: ReceiverConfig) -> None:
             "Stopping: no new associations, %.0f s for those in progress", config.shutdown_grace
         )
         running.stop()
+    if retention is not None:
+        retention.stop()
     ingest.storage.release()
     logger.info("Storage SCP stopped")

@@ -99,3 +99,17 @@ def s3_environment(moto_server: MotoServer, monkeypatch: pytest.MonkeyPatch) -> 
     for name, value in moto_server.environment.items():
         monkeypatch.setenv(name, value)
     return moto_server
+
+
+@pytest.fixture(params=["filesystem", "s3"])
+def storage(request: pytest.FixtureRequest, tmp_path):
+    """A prepared storage on each backend: a directory, then a fresh bucket on moto."""
+    from archive.storage import Storage
+
+    if request.param == "filesystem":
+        built = Storage(tmp_path / "received")
+    else:
+        server = request.getfixturevalue("s3_environment")
+        built = Storage(f"s3://{server.bucket_new()}/archive", staging_dir=tmp_path / "staging")
+    built.prepare()
+    return built

@@ -22,18 +22,6 @@ from tests.conftest import free_port, sample_file
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-@pytest.fixture(params=["filesystem", "s3"])
-def storage(request, tmp_path) -> Storage:
-    if request.param == "filesystem":
-        built = Storage(tmp_path / "received")
-    else:
-        server = request.getfixturevalue("s3_environment")
-        bucket = server.bucket_new()
-        built = Storage(f"s3://{bucket}/archive", staging_dir=tmp_path / "staging")
-    built.prepare()
-    return built
-
-
 def _incoming_files(storage: Storage) -> list:
     return [p for p in storage.incoming.rglob("*") if p.is_file()]
 
