@@ -51,6 +51,9 @@ DEFAULTS: dict[str, Any] = {
     "first_pdu_timeout": 10.0,
     "max_waiting_per_address": 50,
     "max_waiting_connections": 1000,
+    # Behind a load balancer: read the PROXY v2 header of connections from these addresses.
+    "proxy_protocol": False,
+    "proxy_addresses": (),
     "tls_certificate": None,
     "tls_private_key": None,
     "tls_ca_certificates": None,
@@ -79,6 +82,8 @@ FILE_SCHEMA: dict[str, dict[str, tuple[str, str]]] = {
         "first_pdu_timeout": ("first_pdu_timeout", "number"),
         "max_waiting_per_address": ("max_waiting_per_address", "int"),
         "max_waiting_connections": ("max_waiting_connections", "int"),
+        "proxy_protocol": ("proxy_protocol", "bool"),
+        "proxy_addresses": ("proxy_addresses", "networks"),
     },
     "storage": {
         "directory": ("storage_dir", "path"),
@@ -172,6 +177,8 @@ class ReceiverConfig:
     first_pdu_timeout: float
     max_waiting_per_address: int
     max_waiting_connections: int
+    proxy_protocol: bool
+    proxy_addresses: tuple[str, ...]
     tls_certificate: Path | None
     tls_private_key: Path | None
     tls_ca_certificates: Path | None
@@ -329,6 +336,15 @@ def _typed(value: Any, kind: str, where: str, base: Path) -> Any:
             return value  # a bucket, not a path (archive.storage)
         # Relative paths are relative to the file, so a service can start from any directory.
         return (base / Path(value).expanduser()).resolve()
+    if kind == "networks":
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list of addresses or networks")
+        for item in value:
+            try:
+                ipaddress.ip_network(str(item), strict=False)
+            except ValueError:
+                raise ConfigError(f"{where}: {item!r} is not an IP address or network") from None
+        return tuple(str(item) for item in value)
     if kind == "retention":
         return _retention(value, where)
     if kind == "peers":
@@ -444,6 +460,9 @@ def resolve(command_line: dict[str, Any], config_file: Path | None = None) -> Re
         if not merged["accepted_sop_classes"]:
             raise fail("accepted_sop_classes", "names no storage class")
     merged["allowed_aes"] = tuple(merged["allowed_aes"])
+    merged["proxy_addresses"] = tuple(merged["proxy_addresses"])
+    if merged["proxy_protocol"] and not merged["proxy_addresses"]:
+        raise fail("proxy_protocol", "needs server.proxy_addresses (the load balancers)")
     _check_tls(merged, fail)
 
     storage_dir = merged["storage_dir"] or settings.DICOM_STORAGE_DIR
