@@ -87,9 +87,9 @@ def test_echo_check_tells_live_from_dead(start_scp):
     proxied = start_scp(proxy_protocol=True, proxy_addresses=("127.0.0.1",))
     assert echo_check("127.0.0.1", proxied.port, called="TEST_SCP", proxy_v2=True)
     assert not echo_check("127.0.0.1", proxied.port, called="TEST_SCP", timeout=2)
+    command = [sys.executable, "-m", "receiver.echo_check", "127.0.0.1", str(plain.port)]
     run = subprocess.run(
-        [sys.executable, "-m", "receiver.echo_check", "127.0.0.1", str(plain.port)]
-        + ["--aec", "TEST_SCP"],  # noqa: RUF005
+        [*command, "--aec", "TEST_SCP"],
         cwd=ROOT,
         capture_output=True,
         text=True,
