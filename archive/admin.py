@@ -13,7 +13,7 @@ from django.utils.safestring import SafeString
 
 from archive.deletion import deletion_preview, index_delete
 from archive.exceptions import StorageFailure
-from archive.models import Instance, Patient, Series, Study
+from archive.models import Instance, Patient, RecycledStudy, Series, Study
 from archive.storage import Storage
 from archive.tagdump import tag_dump
 
@@ -253,3 +253,18 @@ class InstanceAdmin(IndexAdmin):
             '<pre class="tag-dump" style="max-height:40em;overflow:auto;white-space:pre">{}</pre>',
             text,
         )
+
+
+@admin.register(RecycledStudy)
+class RecycledStudyAdmin(admin.ModelAdmin):
+    """What storage.retention deleted (archive.retention): read-only, like the index."""
+
+    list_display = ("study_instance_uid", "instances", "bytes", "reason", "recycled_at")
+    list_filter = ("reason",)
+    search_fields = ("study_instance_uid",)
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
