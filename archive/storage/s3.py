@@ -50,8 +50,8 @@ logger = logging.getLogger(__name__)
 
 # Above this an instance goes up in parts; each part is read from the staged file in turn, so
 # memory stays at one part per association whatever the instance's size.
-MULTIPART_THRESHOLD = 16 * 2**20
-PART_SIZE = 16 * 2**20
+MULTIPART_THRESHOLD = 8 * 2**20
+PART_SIZE = 8 * 2**20  # S3's smallest part is 5 MB
 _DOWNLOAD_CHUNK = 2**20
 CHECKSUMS = ("md5", "sha256")
 DEFAULT_STAGING_DIR = "./staging"
