@@ -95,3 +95,35 @@ def test_echo_check_tells_live_from_dead(start_scp):
         text=True,
     )
     assert run.returncode == 0, run.stderr
+
+
+@pytest.mark.django_db(transaction=True)
+def test_haproxy_runs_the_dicom_health_check(start_scp):
+    from receiver.models import AssociationLog
+    from tests.peers import eventually
+
+    haproxy = system_tool("haproxy", "haproxy")
+    scp = start_scp(proxy_protocol=True, proxy_addresses=("127.0.0.1",))
+    process = subprocess.Popen(
+        [haproxy, "-db", "-f", str(DEPLOY / "haproxy-dicom-check.cfg")],
+        env={
+            **os.environ,
+            "PACS_FRONT": f"127.0.0.1:{free_port()}",
+            "PACS_NODE1": f"127.0.0.1:{scp.port}",
+            "PACS_NODE2": f"127.0.0.1:{scp.port}",
+            "PACS_CHECK": str(DEPLOY / "dicom-check"),
+        },
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        # The checks' C-ECHO associations reach the node, announced as HAProxy's own (LOCAL).
+        assert eventually(
+            lambda: AssociationLog.objects.filter(
+                calling_ae_title="HEALTH_CHECK", outcome="released"
+            ).exists(),
+            timeout=20,
+        )
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
