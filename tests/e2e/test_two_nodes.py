@@ -134,17 +134,29 @@ def test_two_nodes_behind_haproxy(database, moto_server, tmp_path):
             (count,) = db.execute("SELECT count(*) FROM receiver_receiverprocess").fetchone()
         assert count == 2
 
-        # Many senders, one instance per association, retrying; node 1 killed midway.
+        # Two senders, one instance per association, retrying on failure; node 1 is killed
+        # while they send (most likely in the middle of an association).
         acknowledged: list[str] = []
-        for n in range(40):
-            if n == 15:
-                nodes[0].send_signal(signal.SIGKILL)
-            ds.SOPInstanceUID = f"1.2.826.0.1.3680043.9.7133.7.{n + 1}"
-            for _attempt in range(5):
-                if _send(front, ds) == 0x0000:
-                    acknowledged.append(ds.SOPInstanceUID)
-                    break
-                time.sleep(0.5)
+
+        def sender(first: int) -> None:
+            ds = dcmread(sample_file("CT_small.dcm"))
+            for n in range(first, first + 20):
+                ds.SOPInstanceUID = f"1.2.826.0.1.3680043.9.7133.7.{n + 1}"
+                for _attempt in range(5):
+                    if _send(front, ds) == 0x0000:
+                        acknowledged.append(ds.SOPInstanceUID)
+                        break
+                    time.sleep(0.5)
+
+        senders = [threading.Thread(target=sender, args=(first,)) for first in (0, 20)]
+        for thread in senders:
+            thread.start()
+        deadline = time.monotonic() + 60
+        while len(acknowledged) < 15 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        nodes[0].send_signal(signal.SIGKILL)
+        for thread in senders:
+            thread.join()
         assert len(acknowledged) == 40
         rows = dict(_rows(database))
         assert set(acknowledged) <= set(rows)
