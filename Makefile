@@ -21,7 +21,8 @@ run: $(BIN)/.installed
 
 ## system-deps: DCMTK's storescu/echoscu/dcmsend/findscu/movescu/getscu (the peers the end-to-end
 ## tests talk to), Chromium with its driver (the browser test), Orthanc (Query/Retrieve client
-## tests) and its PostgreSQL index plugin (the benchmark's PostgreSQL pair)
+## tests) and its PostgreSQL index plugin (the benchmark's PostgreSQL pair), HAProxy (the
+## load-balanced nodes) and systemd-analyze (deploy/'s units)
 system-deps:
 	@missing=""; \
 	command -v storescu >/dev/null 2>&1 || missing="$$missing dcmtk"; \
@@ -29,6 +30,8 @@ system-deps:
 	command -v chromedriver >/dev/null 2>&1 || missing="$$missing chromium-driver"; \
 	command -v Orthanc >/dev/null 2>&1 || missing="$$missing orthanc"; \
 	[ -e /usr/share/orthanc/plugins/libOrthancPostgreSQLIndex.so ] || missing="$$missing orthanc-postgresql"; \
+	command -v haproxy >/dev/null 2>&1 || missing="$$missing haproxy"; \
+	command -v systemd-analyze >/dev/null 2>&1 || missing="$$missing systemd"; \
 	if [ -n "$$missing" ]; then \
 		echo "Installing Debian packages:$$missing"; \
 		$(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q --no-install-recommends $$missing; \

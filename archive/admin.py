@@ -19,7 +19,7 @@ from pydicom.uid import UID
 from archive.access_signals import DELETE, QUERY, VIEW, access_signal
 from archive.deletion import deletion_preview, index_delete
 from archive.exceptions import StorageFailure
-from archive.models import Instance, Patient, Series, Study
+from archive.models import Instance, Patient, RecycledStudy, Series, Study
 from archive.person_names import person_name_display
 from archive.storage import Storage
 from archive.tagdump import tag_dump
@@ -491,10 +491,26 @@ class InstanceAdmin(IndexAdmin):
     @admin.display(description="header")
     def header(self, obj: Instance) -> SafeString:
         try:
-            text = tag_dump(_storage().resolve(obj.path))
+            with _storage().open(obj.path) as fh:
+                text = tag_dump(fh)
         except (OSError, ValueError, StorageFailure) as exc:
             return format_html("<em>The stored file cannot be read: {}</em>", exc)
         return format_html(
             '<pre class="tag-dump" style="max-height:40em;overflow:auto;white-space:pre">{}</pre>',
             text,
         )
+
+
+@admin.register(RecycledStudy)
+class RecycledStudyAdmin(admin.ModelAdmin):
+    """What storage.retention deleted (archive.retention): read-only, like the index."""
+
+    list_display = ("study_instance_uid", "instances", "bytes", "reason", "recycled_at")
+    list_filter = ("reason",)
+    search_fields = ("study_instance_uid",)
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False

@@ -6,9 +6,12 @@ declares a huge image (1 kB declaring 8192x8192). Everything here inflates at mo
 number of bytes and reads the image size a codestream declares before anything decodes it.
 """
 
+import contextlib
 import io
+import os
 import struct
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -28,6 +31,18 @@ _PIXEL_DATA = 0x7FE00010
 
 class InflateLimitExceeded(Exception):
     """A deflated dataset inflates to more than allowed."""
+
+
+@contextlib.contextmanager
+def _opened(source: Path | BinaryIO) -> Iterator[BinaryIO]:
+    """A path opened for reading, or a seekable file (what `Storage.open` returns) rewound to
+    its start and left open for its owner."""
+    if isinstance(source, str | os.PathLike):
+        with open(source, "rb") as fh:
+            yield fh
+    else:
+        source.seek(0)
+        yield source
 
 
 def inflate_bounded(data: bytes, limit: int) -> tuple[bytes, bool]:
@@ -51,10 +66,12 @@ class FileHeader:
     truncated: bool = False
 
 
-def file_header_read(path: Path, *, inflate_limit: int = HEADER_INFLATE_LIMIT) -> FileHeader:
+def file_header_read(
+    path: Path | BinaryIO, *, inflate_limit: int = HEADER_INFLATE_LIMIT
+) -> FileHeader:
     """The file's meta group and dataset before its pixel data, never inflating more than
     `inflate_limit` bytes. Raises ValueError if the file cannot be read as DICOM, OSError."""
-    with path.open("rb") as fh:
+    with _opened(path) as fh:
         meta, syntax = _meta_read(fh)
         if not syntax.is_deflated:
             dataset = _dataset_read(fh, syntax, stop_before_pixels=True)
@@ -70,10 +87,10 @@ def file_header_read(path: Path, *, inflate_limit: int = HEADER_INFLATE_LIMIT) -
     return FileHeader(dataset, truncated=not complete and bool(cut))
 
 
-def deflated_dataset_read(path: Path, *, limit: int) -> Dataset:
+def deflated_dataset_read(path: Path | BinaryIO, *, limit: int) -> Dataset:
     """The whole dataset of a deflated file, pixel data included, as explicit VR little endian;
     raises InflateLimitExceeded if it inflates to more than `limit` bytes."""
-    with path.open("rb") as fh:
+    with _opened(path) as fh:
         meta, syntax = _meta_read(fh)
         inflated, complete = _inflate(fh.read(), limit)
     if not complete:
@@ -150,13 +167,13 @@ class DeclaredImage:
 
 
 def encapsulated_frames_declared(
-    path: Path, *, max_fragments: int = 100_000
+    path: Path | BinaryIO, *, max_fragments: int = 100_000
 ) -> list[DeclaredImage]:
     """What the codestreams of an encapsulated file's fragments declare (JPEG SOF, JPEG-LS SOF55,
     JPEG 2000 / HTJ2K SIZ), read from their headers without decoding. Fragments that do not
     start a codestream are skipped."""
     declared: list[DeclaredImage] = []
-    with path.open("rb") as fh:
+    with _opened(path) as fh:
         _meta, syntax = _meta_read(fh)
         _dataset_read(fh, syntax, stop_before_pixels=True)
         head = fh.read(12)

@@ -227,3 +227,23 @@ class StorageLocation(models.Model):
 
     def __str__(self) -> str:
         return f"{self.directory} ({self.identity})"
+
+
+class RecycledStudy(models.Model):
+    """One study removed by storage.retention (archive.retention): what went and why.
+
+    Append-only, newest first; `/metrics` counts it, so one scrape covers every node.
+    """
+
+    study_instance_uid = models.CharField("study instance UID", max_length=UID_KEPT)
+    instances = models.IntegerField()
+    bytes = models.BigIntegerField()
+    last_received_at = models.DateTimeField(null=True)
+    recycled_at = models.DateTimeField()
+    reason = models.CharField(max_length=16)  # "max_bytes" or "max_age_days"
+
+    class Meta:
+        ordering = ["-recycled_at"]
+
+    def __str__(self) -> str:
+        return self.study_instance_uid

@@ -13,6 +13,7 @@ import math
 import struct
 import zlib
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from pydicom.dataset import Dataset
@@ -39,13 +40,14 @@ class PreviewUnavailable(Exception):
 
 
 def preview_png(
-    path: Path,
+    path: Path | BinaryIO,
     *,
     window: tuple[float, float] | None = None,
     max_side: int = MAX_SIDE,
     max_samples: int = MAX_SAMPLES,
 ) -> bytes:
-    """The middle frame of the file at `path` as PNG, at most `max_side` pixels wide or high.
+    """The middle frame of the file at `path` (a path, or a seekable binary file such as
+    `Storage.open` returns) as PNG, at most `max_side` pixels wide or high.
 
     `window` is (center, width) in modality units; without it, the file's first Window
     Center/Width, else the 0.5th to 99.5th percentile of the frame. Raises PreviewUnavailable
@@ -98,7 +100,7 @@ def _within_budget(rows: int, columns: int, samples: int, max_samples: int, sour
 
 
 def _frame_decode(
-    path: Path,
+    path: Path | BinaryIO,
     header: Dataset,
     *,
     index: int,
@@ -121,6 +123,8 @@ def _frame_decode(
                 _within_budget(
                     image.rows, image.columns, image.samples, max_samples, " in its codestream"
                 )
+        if not isinstance(path, Path):
+            path.seek(0)  # read again from the start for the pixel data
         return pixel_array(path, index=index)
     except PreviewUnavailable:
         raise

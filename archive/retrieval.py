@@ -143,6 +143,8 @@ def instance_source(
         return instance_dataset(storage=storage, item=item, accepted=accepted)
     try:
         path = storage.local_path(item.path)
+        if path is None:  # object storage: read through the storage service
+            return instance_dataset(storage=storage, item=item, accepted=accepted)
         offset = _dataset_offset(path)
     except StorageFailure as exc:
         raise RetrieveFailed(str(exc)) from None

@@ -14,7 +14,8 @@ import itertools
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, BinaryIO, Literal
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, BinaryIO, Literal
 
 from django.db import DatabaseError, IntegrityError, models, transaction
 from django.utils import timezone
@@ -23,7 +24,13 @@ from pydicom.filereader import _read_file_meta_info
 
 from archive.dblock import bare_transaction, index_writer
 from archive.events import instance_stored_enqueue
-from archive.exceptions import DatasetMismatch, DatasetUnreadable, DuplicateRejected, IndexFailure
+from archive.exceptions import (
+    DatasetMismatch,
+    DatasetUnreadable,
+    DuplicateRejected,
+    IndexFailure,
+    StorageFailure,
+)
 from archive.header import HEADER_PREFIX, InstanceHeader, header_read
 from archive.models import Instance, Patient, Series, Study
 from archive.naming import naming_scheme, relative_path
@@ -36,6 +43,9 @@ from archive.stability import (
     stable_touch_cache_clear,
 )
 from archive.storage import StagedFile, Storage
+
+if TYPE_CHECKING:
+    from archive.retention import Quota
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +62,8 @@ class IngestSettings:
     duplicates: str = "keep"
     # Refuse UIDs that break PS3.5 (0xC000) instead of storing them under safe names.
     strict_uids: bool = False
+    # storage.retention in refuse mode: StorageFailure (0xA700) once the archive is full.
+    quota: "Quota | None" = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "naming", naming_scheme(self.naming))
@@ -96,6 +108,11 @@ def instance_store(
     (SOP Class/Instance UID differs from the request's), StorageFailure (file not written),
     IndexFailure (index not committed; nothing left on disk) or DuplicateRejected.
     """
+    quota = settings.quota
+    if quota is not None and quota.full():
+        raise StorageFailure(
+            f"archive full: {quota.max_bytes} bytes of storage.retention.max_bytes (mode refuse)"
+        )
     header = header_read(_prefix(dataset), transfer_syntax_uid, strict_uids=settings.strict_uids)
     if header.sop_class_uid != sop_class_uid:
         raise DatasetMismatch(
@@ -121,6 +138,9 @@ def instance_store(
     )
     if header.nonconforming_uids:
         result = dataclasses.replace(result, nonconforming_uids=True)
+    if quota is not None and result.outcome in ("stored", "overwritten"):
+        # The dataset's size stands for the file's until the next measure of the index.
+        quota.add(len(dataset) if isinstance(dataset, bytes) else dataset.seek(0, 2))
     return result
 
 
@@ -217,7 +237,7 @@ def _skip_file_meta(fh: BinaryIO) -> Dataset:
 def _stored_dataset_sha256(storage: Storage, relative: str) -> str | None:
     """SHA-256 of the dataset in a stored file; None if the file cannot be read."""
     try:
-        with storage.resolve(relative).open("rb") as fh:
+        with storage.open(relative) as fh:
             _skip_file_meta(fh)
             digest = hashlib.sha256()
             while chunk := fh.read(_CHUNK):
@@ -477,9 +497,8 @@ def instance_index_file(*, relative: str, storage: Storage) -> StoreResult:
     """Index a Part 10 file already under the storage directory, where it stays (used to repair
     an index that lost rows). Raises DatasetUnreadable for anything that is not a Part 10 file
     with the required UIDs, and IntegrityError if its SOP Instance UID is indexed already."""
-    path = storage.resolve(relative)
     try:
-        with path.open("rb") as fh:
+        with storage.open(relative) as fh:
             meta = _skip_file_meta(fh)
             syntax = str(meta.get("TransferSyntaxUID", ""))
             if not syntax:
@@ -490,8 +509,9 @@ def instance_index_file(*, relative: str, storage: Storage) -> StoreResult:
             while chunk := fh.read(_CHUNK):
                 file_digest.update(chunk)
             size = fh.tell()
+        received_at = storage.modified(relative)
     except OSError as exc:
-        raise DatasetUnreadable(f"cannot read {relative}: {exc.strerror}") from exc
+        raise DatasetUnreadable(f"cannot read {relative}: {exc.strerror or exc}") from exc
     except DatasetUnreadable:
         raise
     except Exception as exc:  # pydicom's many errors on a damaged meta group
@@ -499,12 +519,14 @@ def instance_index_file(*, relative: str, storage: Storage) -> StoreResult:
     arrival = _Arrival(
         header=header,
         transfer_syntax_uid=syntax,
-        received_at=dt.datetime.fromtimestamp(path.stat().st_mtime, tz=dt.UTC),
+        received_at=received_at,
         calling_ae_title=str(meta.get("SourceApplicationEntityTitle", "")).strip(),
         remote_address="",
         path=relative,
     )
-    existing = StagedFile(path=path, size=size, sha256=file_digest.hexdigest(), published=True)
+    existing = StagedFile(
+        path=Path(relative), size=size, sha256=file_digest.hexdigest(), published=True
+    )
     with index_writer(), transaction.atomic():
         instance = Instance.objects.create(
             series_id=_series_for(header).pk, **_instance_fields(arrival, existing)

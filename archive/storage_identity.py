@@ -55,7 +55,7 @@ def storage_identity_problem(storage: Storage) -> str | None:
     if location is None or not state.instances or state.marker == str(location.identity):
         return None
     return (
-        f"storage {storage.root} is not the storage this index describes "
+        f"storage {storage.location} is not the storage this index describes "
         f"({location.directory}, identity {location.identity})"
     )
 
@@ -69,7 +69,7 @@ def storage_identity_bind(*, storage: Storage, index_label: str) -> str:
     when the marker cannot be written.
     """
     state = storage_identity_state(storage)
-    root = str(storage.root)
+    root = str(storage.location)
     location, marker = state.location, state.marker
     if location is not None and marker == str(location.identity):
         if location.directory != root:
@@ -123,14 +123,14 @@ def storage_relocate(
     if problems:
         refused = StorageMismatch(
             f"not relocated: {problems} of {report.checked} indexed files are missing or "
-            f"differ in {storage.root}"
+            f"differ in {storage.location}"
         )
         refused.report = report  # type: ignore[attr-defined]  # which files, for the command
         raise refused
     location = StorageLocation.objects.order_by("pk").first()
     identity = location.identity if location is not None else uuid.uuid4()
     storage.marker_write(_marker(identity))
-    _record(identity, str(storage.root))
+    _record(identity, str(storage.location))
     return report
 
 

@@ -3,6 +3,7 @@ style of DCMTK's dcmdump: one line per element, sequence items indented."""
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
@@ -14,9 +15,10 @@ _MAX_LINES = 5000
 _BULK_VRS = {"OB", "OD", "OF", "OL", "OV", "OW", "UN"}
 
 
-def tag_dump(path: Path) -> str:
-    """The header of the file at `path`, element by element; raises OSError or ValueError if
-    the file cannot be read as DICOM. A deflated dataset is inflated up to 16 MiB only."""
+def tag_dump(path: Path | BinaryIO) -> str:
+    """The header of the file at `path` (a path or an open binary file), element by element;
+    raises OSError or ValueError if the file cannot be read as DICOM. A deflated dataset is
+    inflated up to 16 MiB only."""
     read = file_header_read(path)
     dataset = read.dataset
     lines = list(_lines(dataset.file_meta, 0))

@@ -1,4 +1,5 @@
-"""Compare the index with the storage directory: missing files, orphans, size and hash errors.
+"""Compare the index with the storage (directory or bucket): missing files, orphans, size and
+hash errors.
 
 Used by `manage.py verifystorage`. Reads every indexed file once (hashing it) unless asked for
 a quick check of existence and size only.
@@ -11,10 +12,10 @@ from dataclasses import dataclass, field
 
 from django.db import IntegrityError
 
-from archive.exceptions import DatasetUnreadable
+from archive.exceptions import DatasetUnreadable, StorageFailure
 from archive.models import Instance
 from archive.services import instance_index_file
-from archive.storage import INCOMING, MARKER, Storage
+from archive.storage import Storage
 
 logger = logging.getLogger(__name__)
 
@@ -94,11 +95,7 @@ def storage_verify(
                 report.removed_rows.append(relative)
                 logger.warning("Removed the index row of missing file %s", relative)
 
-    for path in sorted(storage.root.rglob("*")):
-        top = path.relative_to(storage.root).parts[0]
-        if not path.is_file() or top == INCOMING or top.startswith(MARKER):
-            continue
-        relative = path.relative_to(storage.root).as_posix()
+    for relative in storage.names():
         if relative in indexed:
             continue
         report.orphans.append(relative)
@@ -106,7 +103,7 @@ def storage_verify(
             try:
                 instance_index_file(relative=relative, storage=storage)
                 report.indexed_orphans.append(relative)
-            except (DatasetUnreadable, IntegrityError) as exc:
+            except (DatasetUnreadable, IntegrityError, StorageFailure) as exc:
                 report.unindexable_orphans.append(relative)
                 logger.warning("Orphan %s not indexed: %s", relative, exc)
     return report
@@ -116,18 +113,24 @@ def _check_file(
     storage: Storage, relative: str, size: int, sha256: str, check_hashes: bool
 ) -> str | None:
     try:
-        path = storage.resolve(relative)
-        if not path.is_file():
-            return "missing"
-        if path.stat().st_size != size:
-            return "size_mismatch"
         if check_hashes:
+            # One read gives existence, size and hash (one request, on a bucket).
             digest = hashlib.sha256()
-            with path.open("rb") as fh:
+            stored = 0
+            with storage.open(relative) as fh:
                 while chunk := fh.read(_CHUNK):
                     digest.update(chunk)
+                    stored += len(chunk)
+            if stored != size:
+                return "size_mismatch"
             if digest.hexdigest() != sha256:
                 return "hash_mismatch"
+        elif storage.size(relative) != size:
+            return "size_mismatch"
+    except FileNotFoundError:
+        return "missing"
+    except IsADirectoryError:
+        return "missing"
     except OSError:
         return "unreadable"
     except Exception:  # a path the storage refuses (outside the directory) counts as unreadable

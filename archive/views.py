@@ -3,7 +3,7 @@ downloads. Every view here is wired through the admin site's login (pacsproject.
 
 import logging
 import re
-from pathlib import Path
+from typing import BinaryIO
 
 from django.conf import settings
 from django.contrib import admin
@@ -95,11 +95,9 @@ def series_preview(request: HttpRequest, pk: int) -> HttpResponse:
 def instance_download(request: HttpRequest, pk: int) -> FileResponse:
     """The stored file as received, streamed."""
     instance = get_object_or_404(Instance.objects.select_related("series__study__patient"), pk=pk)
-    path = _stored_path(instance)
-    try:
-        handle = path.open("rb")
-    except OSError:
-        raise Http404("the file of this instance is missing") from None
+    handle = _stored_file(instance)
+    if handle is None:
+        raise Http404("the file of this instance is missing")
     access_signal(DOWNLOAD, request, [instance], detail={"bytes": instance.size})
     return FileResponse(
         handle,
@@ -118,13 +116,17 @@ def _download_name(instance: Instance) -> str:
     return f"instance-{instance.pk}.dcm"
 
 
-def _stored_path(instance: Instance) -> Path:
+def _stored_file(instance: Instance) -> BinaryIO | None:
+    """The instance's stored file, open; None when it is missing, Http404 when its path
+    leads outside the storage or it cannot be read."""
     try:
-        # resolve() refuses any path that leads outside the storage directory.
-        return Storage(settings.DICOM_STORAGE_DIR).resolve(instance.path)
-    except StorageFailure:
-        logger.error("Instance %s has a path outside the storage directory", instance.pk)
-        raise Http404("no such file") from None
+        # The storage refuses any path that leads outside the storage directory.
+        return Storage(settings.DICOM_STORAGE_DIR).open(instance.path)
+    except FileNotFoundError:
+        return None
+    except (OSError, StorageFailure) as exc:
+        logger.error("Instance %s: stored file not readable: %s", instance.pk, exc)
+        raise Http404("the file of this instance cannot be read") from None
 
 
 def _window(request: HttpRequest) -> tuple[float, float] | None:
@@ -139,9 +141,12 @@ def _side(request: HttpRequest) -> int:
 
 
 def _preview(instance: Instance, window: tuple[float, float] | None, side: int) -> HttpResponse:
-    path = _stored_path(instance)
+    handle = _stored_file(instance)
+    if handle is None:
+        return _placeholder("not readable: the file is missing")
     try:
-        png = preview_png(path, window=window, max_side=side)
+        with handle:
+            png = preview_png(handle, window=window, max_side=side)
     except PreviewUnavailable as exc:
         return _placeholder(str(exc).splitlines()[0][:80])
     response = HttpResponse(png, content_type="image/png")

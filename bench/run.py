@@ -168,10 +168,21 @@ def _postgres_reachable(url: str) -> bool:
     return True
 
 
-def start_ours(work: Path, *, name: str = "ours", postgres: str | None = None) -> Server:
+def start_ours(
+    work: Path,
+    *,
+    name: str = "ours",
+    postgres: str | None = None,
+    storage: str | None = None,
+    extra_env: dict[str, str] | None = None,
+) -> Server:
     port = free_port()
     store, index = work / "store", work / "index.db"
-    env = {**os.environ, "LOG_LEVEL": os.environ.get("BENCH_LOG_LEVEL", "WARNING")}
+    env = {
+        **os.environ,
+        "LOG_LEVEL": os.environ.get("BENCH_LOG_LEVEL", "WARNING"),
+        **(extra_env or {}),
+    }
     where = ["--index-db", str(index)]
     database_url = None
     postgres = postgres or OURS_DATABASE_URL
@@ -182,7 +193,7 @@ def start_ours(work: Path, *, name: str = "ours", postgres: str | None = None) -
     with (work / "server.log").open("wb") as log:
         process = subprocess.Popen(
             [PYTHON, str(ROOT / "manage.py"), "runscp", str(port), "BENCH", "--bind", "127.0.0.1",
-             "--storage-dir", str(store), *where, "--max-associations", "16",
+             "--storage-dir", storage or str(store), *where, "--max-associations", "16",
              "--workers", str(OURS_WORKERS)],
             cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=log,
         )  # fmt: skip
@@ -194,6 +205,51 @@ def start_ours_pg(work: Path) -> Server:
     """Ours with its index in PostgreSQL (--pg-url), next to Orthanc's PostgreSQL plugin."""
     assert PG_URL is not None
     return start_ours(work, name="ours-pg", postgres=PG_URL)
+
+
+# --storage s3: the endpoint of the S3-compatible server (moto, a process of its own, so that
+# its CPU is not counted as ours) that the peer ours-s3 stores into.
+S3_ENDPOINT: str | None = None
+S3_CREDENTIALS = {
+    "AWS_ACCESS_KEY_ID": "bench",
+    "AWS_SECRET_ACCESS_KEY": "bench",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
+
+
+def start_ours_s3(work: Path) -> Server:
+    """Ours storing into a fresh bucket (staging on local disk) instead of a directory."""
+    import boto3
+
+    assert S3_ENDPOINT is not None
+    bucket = f"bench-{os.getpid()}-{work.name}".lower().replace("_", "-")[:63]
+    boto3.client(
+        "s3",
+        endpoint_url=S3_ENDPOINT,
+        aws_access_key_id=S3_CREDENTIALS["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=S3_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
+        region_name=S3_CREDENTIALS["AWS_DEFAULT_REGION"],
+    ).create_bucket(Bucket=bucket)
+    environment = {
+        **S3_CREDENTIALS,
+        "AWS_ENDPOINT_URL": S3_ENDPOINT,
+        "DICOM_STAGING_DIR": str(work / "staging"),
+    }
+    return start_ours(work, name="ours-s3", storage=f"s3://{bucket}/bench", extra_env=environment)
+
+
+def s3_server_start(work: Path) -> subprocess.Popen:
+    """moto's server on a free loopback port, in its own process; sets S3_ENDPOINT."""
+    global S3_ENDPOINT
+    port = free_port()
+    process = subprocess.Popen(
+        [PYTHON, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=(work / "moto.log").open("wb"),
+    )
+    wait_port(port, process)
+    S3_ENDPOINT = f"http://127.0.0.1:{port}"
+    return process
 
 
 def start_dcmtk(work: Path) -> Server:
@@ -280,6 +336,7 @@ PEERS = {
     "pynetdicom": start_pynetdicom,
     "orthanc": start_orthanc,
     "ours-pg": start_ours_pg,
+    "ours-s3": start_ours_s3,
     "orthanc-pg": start_orthanc_pg,
 }
 
@@ -287,6 +344,8 @@ PEERS = {
 def available(peer: str) -> bool:
     """Whether a peer can run here; the reason it cannot, printed, otherwise."""
     if peer in ("ours-pg", "orthanc-pg") and not (PG_URL and _postgres_reachable(PG_URL)):
+        return False
+    if peer == "ours-s3" and S3_ENDPOINT is None:
         return False
     if peer == "orthanc-pg" and not Path(ORTHANC_PG_PLUGIN).exists():
         return False
@@ -473,6 +532,14 @@ def main() -> None:
         help="PostgreSQL server (postgres://...) for the pair ours-pg and orthanc-pg "
         "(Orthanc's PostgreSQL index plugin); without it they are skipped",
     )
+    parser.add_argument(
+        "--storage",
+        nargs="+",
+        choices=["filesystem", "s3"],
+        default=["filesystem"],
+        help="s3 adds the peer ours-s3: ours storing into a bucket on a local moto server "
+        "(compare CPU per instance with ours, not rates: moto shares the machine)",
+    )
     args = parser.parse_args()
     global OURS_WORKERS, OURS_DATABASE_URL, PG_URL
     OURS_WORKERS = args.workers
@@ -485,6 +552,20 @@ def main() -> None:
         print(large_instance(args.large_instance_mb, base))
         return
 
+    moto = None
+    if "s3" in args.storage:
+        moto = s3_server_start(base)
+        if "ours-s3" not in args.peers:
+            args.peers.append("ours-s3")
+    try:
+        _run(args, base)
+    finally:
+        if moto is not None:
+            moto.terminate()
+            moto.wait(timeout=30)
+
+
+def _run(args: argparse.Namespace, base: Path) -> None:
     peers = [p for p in args.peers if available(p)]
     skipped = sorted(set(args.peers) - set(peers))
     corpus = corpus_write(args.count, args.rows, base / "corpus", max(args.associations))
@@ -541,6 +622,19 @@ def main() -> None:
                 f"ours-pg ÷ orthanc-pg at {associations} association(s): "
                 f"{ours_pg.rate / orthanc_pg.rate:.2f}"
             )
+    for associations in args.associations:
+        ours, ours_s3 = results.get(("ours", associations)), results.get(("ours-s3", associations))
+        if ours and ours_s3 and ours.cpu_ms:
+            print(
+                f"ours-s3 ÷ ours, CPU per instance at {associations} association(s): "
+                f"{ours_s3.cpu_ms / ours.cpu_ms:.2f}"
+            )
+    s3_rates = [results.get(("ours-s3", n)) for n in args.associations]
+    if len(s3_rates) > 1 and all(s3_rates):
+        print(
+            f"ours-s3 at {args.associations[-1]} ÷ at {args.associations[0]} association(s): "
+            f"{s3_rates[-1].rate / s3_rates[0].rate:.2f}"
+        )
     shutil.rmtree(base / "corpus", ignore_errors=True)
 
 

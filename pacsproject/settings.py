@@ -166,9 +166,12 @@ STATIC_ROOT = BASE_DIR / "staticfiles"
 # folders when `collectstatic` has not been run, so a fresh clone works as it is.
 WHITENOISE_USE_FINDERS = True
 
-# Where received instances are written (storage.directory, DICOM_STORAGE_DIR); `runscp
-# --storage-dir` overrides it.
-DICOM_STORAGE_DIR = SITE_CONFIG.storage_dir
+# Where received instances are written (storage.directory, DICOM_STORAGE_DIR): a directory, or
+# a bucket as s3://BUCKET/PREFIX (archive.storage), which stays a URL; `runscp --storage-dir`
+# overrides it.
+DICOM_STORAGE_DIR: Path | str = SITE_CONFIG.storage_dir
+# Local staging for a bucket: each receiver node's own (archive.storage.s3).
+DICOM_STAGING_DIR = Path(env.str("DICOM_STAGING_DIR", default=str(BASE_DIR / "staging")))
 # What to do when an instance arrives again with different bytes: keep, overwrite or reject.
 DICOM_DUPLICATES = SITE_CONFIG.duplicates
 DICOM_AE_TITLE = SITE_CONFIG.ae_title

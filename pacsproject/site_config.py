@@ -28,7 +28,7 @@ class SiteConfig:
 
     path: Path | None
     database: dict[str, Any]
-    storage_dir: Path
+    storage_dir: Path | str  # a directory, or an s3://BUCKET/PREFIX URL
     duplicates: str
     ae_title: str
     stable_age: float
@@ -122,7 +122,11 @@ def site_config_read(env: environ.Env, *, base_dir: Path) -> SiteConfig:
     return SiteConfig(
         path=path,
         database=database,
-        storage_dir=Path(storage).expanduser().resolve(),
+        storage_dir=(
+            str(storage)
+            if str(storage).startswith("s3://")
+            else Path(storage).expanduser().resolve()
+        ),
         duplicates=pick("duplicates", "DICOM_DUPLICATES", DEFAULTS["duplicates"]),
         ae_title=str(pick("ae_title", "DICOM_AE_TITLE", DEFAULTS["ae_title"])).strip(),
         stable_age=_seconds(pick("stable_age", "DICOM_STABLE_AGE", DEFAULTS["stable_age"])),

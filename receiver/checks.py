@@ -57,6 +57,8 @@ def storage_writable_check(app_configs: Any = None, **kwargs: Any) -> list[check
     if config is None:
         return []
     directory = config.storage_dir
+    if not isinstance(directory, Path):
+        return []  # a bucket: checked when the receiver prepares its storage (archive.storage)
     # It is created at start-up when missing: then its nearest existing parent must take it.
     existing = next((p for p in (directory, *directory.parents) if p.exists()), None)
     if existing is None or not existing.is_dir():

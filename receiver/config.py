@@ -19,6 +19,7 @@ from django.conf import settings
 from pydicom.uid import UID
 
 from archive.naming import naming_scheme
+from archive.retention_policy import RetentionPolicy
 from pacsproject.database import SYNCHRONOUS, database_from_url, url_without_password
 from receiver.sop_classes import sop_classes_parse
 
@@ -41,6 +42,7 @@ DEFAULTS: dict[str, Any] = {
     "series_stable_age": None,
     "study_stable_age": None,
     "announce_stable": True,
+    "retention": None,  # archive.retention.RetentionPolicy: storage.retention
     "max_associations": 10,
     "workers": 1,
     # Larger than the customary 16 KB: fewer PDUs per instance cost pynetdicom markedly less
@@ -58,6 +60,9 @@ DEFAULTS: dict[str, Any] = {
     "first_pdu_timeout": 10.0,
     "max_waiting_per_address": 50,
     "max_waiting_connections": 1000,
+    # Behind a load balancer: read the PROXY v2 header of connections from these addresses.
+    "proxy_protocol": False,
+    "proxy_addresses": (),
     "tls_certificate": None,
     "tls_private_key": None,
     "tls_ca_certificates": None,
@@ -89,6 +94,8 @@ FILE_SCHEMA: dict[str, dict[str, tuple[str, str]]] = {
         "first_pdu_timeout": ("first_pdu_timeout", "number"),
         "max_waiting_per_address": ("max_waiting_per_address", "int"),
         "max_waiting_connections": ("max_waiting_connections", "int"),
+        "proxy_protocol": ("proxy_protocol", "bool"),
+        "proxy_addresses": ("proxy_addresses", "networks"),
     },
     "storage": {
         "directory": ("storage_dir", "path"),
@@ -100,6 +107,7 @@ FILE_SCHEMA: dict[str, dict[str, tuple[str, str]]] = {
         "series_stable_age": ("series_stable_age", "number"),
         "study_stable_age": ("study_stable_age", "number"),
         "announce_stable": ("announce_stable", "bool"),
+        "retention": ("retention", "retention"),
     },
     "database": {
         "path": ("index_db", "path"),
@@ -179,7 +187,7 @@ class ReceiverConfig:
     port: int
     ae_title: str
     bind: str
-    storage_dir: Path
+    storage_dir: Path | str  # a directory, or an s3://BUCKET/PREFIX URL (archive.storage)
     index_db: Path | None
     database_url: str | None
     wal_mode: bool
@@ -192,6 +200,7 @@ class ReceiverConfig:
     series_stable_age: float
     study_stable_age: float
     announce_stable: bool
+    retention: RetentionPolicy | None
     max_associations: int
     workers: int
     max_pdu: int
@@ -206,6 +215,8 @@ class ReceiverConfig:
     first_pdu_timeout: float
     max_waiting_per_address: int
     max_waiting_connections: int
+    proxy_protocol: bool
+    proxy_addresses: tuple[str, ...]
     tls_certificate: Path | None
     tls_private_key: Path | None
     tls_ca_certificates: Path | None
@@ -333,6 +344,25 @@ def config_file_read(path: Path) -> dict[str, Any]:
     return values
 
 
+def _retention(value: Any, where: str) -> RetentionPolicy:
+    """storage.retention: {max_bytes, max_age_days, mode}."""
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where}: expected keys max_bytes, max_age_days and mode")
+    known = {"max_bytes": "int", "max_age_days": "number", "mode": "str"}
+    for key in value:
+        if key not in known:
+            raise ConfigError(f"{where}.{key}: unknown key (known: {', '.join(known)})")
+    typed = {
+        key: _typed(item, known[key], f"{where}.{key}", Path("."))
+        for key, item in value.items()
+        if item is not None
+    }
+    try:
+        return RetentionPolicy(**typed)
+    except ValueError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+
+
 def _typed(value: Any, kind: str, where: str, base: Path) -> Any:
     if kind == "int":
         if isinstance(value, bool) or not isinstance(value, int):
@@ -353,8 +383,21 @@ def _typed(value: Any, kind: str, where: str, base: Path) -> Any:
     if kind == "path":
         if not isinstance(value, str) or not value:
             raise ConfigError(f"{where}: expected a path, got {value!r}")
+        if value.startswith("s3://"):
+            return value  # a bucket, not a path (archive.storage)
         # Relative paths are relative to the file, so a service can start from any directory.
         return (base / Path(value).expanduser()).resolve()
+    if kind == "networks":
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list of addresses or networks")
+        for item in value:
+            try:
+                ipaddress.ip_network(str(item), strict=False)
+            except ValueError:
+                raise ConfigError(f"{where}: {item!r} is not an IP address or network") from None
+        return tuple(str(item) for item in value)
+    if kind == "retention":
+        return _retention(value, where)
     if kind == "peers":
         if not isinstance(value, list):
             raise ConfigError(f"{where}: expected a list of {{ae_title, host}} entries")
@@ -524,6 +567,9 @@ def resolve(command_line: dict[str, Any], config_file: Path | None = None) -> Re
         if not merged["accepted_sop_classes"]:
             raise fail("accepted_sop_classes", "names no storage class")
     merged["allowed_aes"] = tuple(merged["allowed_aes"])
+    merged["proxy_addresses"] = tuple(merged["proxy_addresses"])
+    if merged["proxy_protocol"] and not merged["proxy_addresses"]:
+        raise fail("proxy_protocol", "needs server.proxy_addresses (the load balancers)")
     _check_tls(merged, fail)
     if merged["database_url"] is not None:
         try:
@@ -533,8 +579,10 @@ def resolve(command_line: dict[str, Any], config_file: Path | None = None) -> Re
         if merged["index_db"] is not None and sources["index_db"] == sources["database_url"]:
             raise fail("database_url", "give database.path or database.url, not both")
 
-    merged["storage_dir"] = Path(merged["storage_dir"] or settings.DICOM_STORAGE_DIR)
-    merged["storage_dir"] = merged["storage_dir"].expanduser().resolve()
+    storage_dir = merged["storage_dir"] or settings.DICOM_STORAGE_DIR
+    if not str(storage_dir).startswith("s3://"):  # a bucket stays a URL (archive.storage)
+        storage_dir = Path(storage_dir).expanduser().resolve()
+    merged["storage_dir"] = storage_dir
     for key in ("index_db", "tls_certificate", "tls_private_key", "tls_ca_certificates"):
         if merged[key] is not None:
             merged[key] = Path(merged[key]).expanduser().resolve()

@@ -10,6 +10,7 @@ from typing import Any
 from receiver.association_log import connections_dropped_record
 from receiver.config import ReceiverConfig
 from receiver.transport.lobby import DropCounter, Lobby, LobbyLimits
+from receiver.transport.proxy_protocol import trusted_proxies
 
 
 def lobby_build(
@@ -19,6 +20,7 @@ def lobby_build(
     tls: ssl.SSLContext | None,
     complete_pdu: bool = True,
     on_tick: Callable[[], None] | None = None,
+    proxy: bool = True,
 ) -> Lobby:
     """The lobby for this configuration; `deliver(sock, address)` receives each connection
     whose first PDU is complete (or, with `complete_pdu=False`, has begun)."""
@@ -45,4 +47,8 @@ def lobby_build(
         tls=tls,
         complete_pdu=complete_pdu,
         on_tick=on_tick,
+        # Read where connections arrive (not again in a worker the parent handed them to).
+        proxies=trusted_proxies(config.proxy_addresses)
+        if proxy and config.proxy_protocol
+        else None,
     )

@@ -12,7 +12,7 @@ from django.utils import timezone
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from archive.models import Instance
+from archive.models import Instance, RecycledStudy
 from receiver.models import AssociationLog, ReceiverProcess
 from receiver.transport.lobby import DROP_REASONS
 
@@ -100,6 +100,24 @@ class ArchiveCollector:
         yield GaugeMetricFamily("dicom_archive_instances", "Instances in the index.", archive["n"])
         yield GaugeMetricFamily(
             "dicom_archive_bytes", "Bytes of the stored files.", archive["size"] or 0
+        )
+        recycled = RecycledStudy.objects.aggregate(
+            studies=Count("id"), instances=Sum("instances"), size=Sum("bytes")
+        )
+        yield CounterMetricFamily(
+            "dicom_retention_recycled_studies",
+            "Studies deleted by storage.retention.",
+            recycled["studies"],
+        )
+        yield CounterMetricFamily(
+            "dicom_retention_recycled_instances",
+            "Instances deleted by storage.retention.",
+            recycled["instances"] or 0,
+        )
+        yield CounterMetricFamily(
+            "dicom_retention_recycled_bytes",
+            "Bytes of the files deleted by storage.retention.",
+            recycled["size"] or 0,
         )
         try:
             usage = shutil.disk_usage(self.storage_dir)

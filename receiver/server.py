@@ -18,6 +18,7 @@ from pynetdicom import AE
 from pynetdicom.transport import ThreadedAssociationServer
 
 from archive.exceptions import StorageFailure, StorageMismatch
+from archive.retention import RetentionLoop, quota_for
 from archive.services import IngestSettings
 from archive.storage import Storage
 from archive.storage_identity import storage_identity_bind
@@ -81,8 +82,8 @@ def prepare(config: ReceiverConfig) -> tuple[IngestSettings, str]:
     except OSError as exc:
         raise StartupError(f"cannot create the index directory: {exc.strerror}") from None
     system_check(config)
-    ingest = ingest_settings(config)
     try:
+        ingest = ingest_settings(config)
         ingest.storage.prepare()
     except StorageFailure as exc:
         raise StartupError(str(exc)) from None
@@ -128,6 +129,7 @@ def ingest_settings(config: ReceiverConfig) -> IngestSettings:
         naming=config.naming,
         duplicates=config.duplicates,
         strict_uids=config.strict_uids,
+        quota=quota_for(config.retention),
     )
 
 
@@ -244,6 +246,11 @@ def run(config: ReceiverConfig) -> None:
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
     descriptor_limit_raise()
+    retention = None
+    if config.retention is not None:
+        # In this process only (the parent of workers): one pass at a time per node.
+        retention = RetentionLoop(storage=ingest.storage, policy=config.retention)
+        retention.start()
     if config.workers > 1:
         _check_tls(config)
         listener = listen(config)
@@ -264,5 +271,7 @@ def run(config: ReceiverConfig) -> None:
             "Stopping: no new associations, %.0f s for those in progress", config.shutdown_grace
         )
         running.stop()
+    if retention is not None:
+        retention.stop()
     ingest.storage.release()
     logger.info("Storage SCP stopped")

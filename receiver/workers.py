@@ -52,14 +52,14 @@ def _worker(
     # once their first byte arrived: their handshakes are done here, in a lobby of our own.
     lobby = None
     if ssl_context is not None:
-        lobby = lobby_build(config, deliver=server.process_request, tls=ssl_context)
+        lobby = lobby_build(config, deliver=server.process_request, tls=ssl_context, proxy=False)
         lobby.start(name="lobby:tls")
     live.start()
     stop_announcements = announcements.announcements_start(config)
     channel.settimeout(0.5)
     while not stopping.is_set():
         try:
-            _, fds, _, _ = socket.recv_fds(channel, 16, 1)
+            message, fds, _, _ = socket.recv_fds(channel, 256, 1)
         except TimeoutError:
             continue
         except OSError:
@@ -68,7 +68,7 @@ def _worker(
             break  # the parent has gone
         connection = socket.socket(fileno=fds[0])
         try:
-            address = connection.getpeername()
+            address = _address_received(message) or connection.getpeername()
         except OSError:
             connection.close()  # gone while being handed over
             continue
@@ -151,14 +151,19 @@ class WorkerPool:
         for slot in range(self.count):
             self._spawn(slot)
 
-    def hand_over(self, connection: socket.socket) -> None:
-        """Give an accepted connection to the next live worker."""
+    def hand_over(self, connection: socket.socket, address: Any = None) -> None:
+        """Give an accepted connection to the next live worker, with the peer's address when
+        it is not the socket's own (a PROXY protocol header named it)."""
+        message = b"c"
+        with contextlib.suppress(OSError):  # a peer gone already: its worker finds out
+            if isinstance(address, tuple) and address[:2] != connection.getpeername()[:2]:
+                message += f"{address[0]} {address[1]}".encode()
         for _ in range(self.count):
             slot = self._next
             self._next = (self._next + 1) % self.count
             pid, channel = self.workers[slot]
             try:
-                socket.send_fds(channel, [b"c"], [connection.fileno()])
+                socket.send_fds(channel, [message], [connection.fileno()])
                 return
             except OSError:
                 logger.error("Worker %d is not answering; starting a new one", pid)
@@ -210,6 +215,12 @@ class WorkerPool:
                 os.kill(pid, signal.SIGKILL)
 
 
+def _address_received(message: bytes) -> tuple[str, int] | None:
+    """The peer address a parent sent with a connection (after "c"), if any."""
+    host, _, port = message[1:].decode(errors="replace").partition(" ")
+    return (host, int(port)) if host and port.isdigit() else None
+
+
 def serve(
     config: ReceiverConfig,
     ingest: IngestSettings,
@@ -235,7 +246,7 @@ def serve(
 
     def deliver(connection: socket.socket, address: Any) -> None:
         with connection:
-            pool.hand_over(connection)
+            pool.hand_over(connection, address)
 
     def tick() -> None:
         nonlocal last_reap

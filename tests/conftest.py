@@ -70,3 +70,8 @@ def stored_files(storage_dir: Path) -> list[Path]:
 
 def staging_files(storage_dir: Path) -> list[Path]:
     return sorted(p for p in (storage_dir / ".incoming").rglob("*") if p.is_file())
+
+
+# The S3-compatible test server (moto), the environment pointing at it, and `storage` on
+# each backend, for every test.
+from tests.s3 import moto_server, s3_environment, storage  # noqa: E402, F401

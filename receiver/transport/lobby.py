@@ -40,6 +40,12 @@ from typing import Any
 
 from archive.dicom_bytes import A_ASSOCIATE_RQ, PDU_HEADER
 from receiver.transport.pdu_guard import OTHER_PDU_LIMIT
+from receiver.transport.proxy_protocol import (
+    HEADER,
+    MAX_LENGTH,
+    ProxyHeaderInvalid,
+    proxy_header_parse,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +62,15 @@ PER_ADDRESS_LIMIT = "per-address limit"
 TOTAL_LIMIT = "total limit"
 DESCRIPTOR_LIMIT = "descriptor limit"
 TLS_FAILED = "TLS handshake failed"
-DROP_REASONS = (FIRST_PDU_TIMEOUT, PER_ADDRESS_LIMIT, TOTAL_LIMIT, DESCRIPTOR_LIMIT, TLS_FAILED)
+PROXY_INVALID = "PROXY header invalid"
+DROP_REASONS = (
+    FIRST_PDU_TIMEOUT,
+    PER_ADDRESS_LIMIT,
+    TOTAL_LIMIT,
+    DESCRIPTOR_LIMIT,
+    TLS_FAILED,
+    PROXY_INVALID,
+)
 
 Report = Callable[[dict[str, int], collections.Counter[str], float], None]
 
@@ -107,6 +121,8 @@ class _Waiting:
     address: Any
     deadline: float
     handshaking: bool = False
+    # From a trusted proxy: its PROXY v2 header comes first (receiver.transport.proxy_protocol).
+    proxied: bool = False
 
 
 @dataclass
@@ -162,8 +178,10 @@ class Lobby:
         tls: ssl.SSLContext | None = None,
         complete_pdu: bool = True,
         on_tick: Callable[[], None] | None = None,
+        proxies: Callable[[str], bool] | None = None,
     ) -> None:
         self.deliver = deliver
+        self.proxies = proxies
         self.limits = limits
         self.total = total_bounded(limits.total)
         self.drops = drops
@@ -293,9 +311,12 @@ class Lobby:
             self._drop(self.waiting[next(iter(same_host))], PER_ADDRESS_LIMIT)
         while len(self.waiting) >= self.total:
             self._drop(next(iter(self.waiting.values())), TOTAL_LIMIT)
+        proxied = self.proxies is not None and self.proxies(host)
         try:
             sock.setblocking(False)
-            if self.tls is not None:
+            if proxied:
+                _lowat_set(sock, HEADER.size)  # TLS, if any, starts after the PROXY header
+            elif self.tls is not None:
                 sock = self.tls.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
             elif self.complete_pdu:
                 _lowat_set(sock, PDU_HEADER.size)
@@ -307,7 +328,8 @@ class Lobby:
             host=host,
             address=address,
             deadline=time.monotonic() + self.limits.first_pdu_timeout,
-            handshaking=self.tls is not None,
+            handshaking=self.tls is not None and not proxied,
+            proxied=proxied,
         )
         fd = sock.fileno()
         self.waiting[fd] = entry
@@ -327,7 +349,9 @@ class Lobby:
         entry = self.waiting.get(sock.fileno())
         if entry is None:
             return
-        if entry.handshaking:
+        if entry.proxied:
+            self._read_proxy_header(entry)
+        elif entry.handshaking:
             self._handshake(entry)
         elif self.tls is not None:
             self._hand_over(entry)
@@ -385,6 +409,67 @@ class Lobby:
         except OSError:
             self._forget(entry)
             sock.close()
+
+    def _read_proxy_header(self, entry: _Waiting) -> None:
+        """Consume a trusted proxy's PROXY v2 header; the real peer's address replaces the
+        proxy's for everything after (access control, limits, logs)."""
+        sock = entry.sock
+        try:
+            count = sock.recv_into(self._peek, MAX_LENGTH, socket.MSG_PEEK)
+        except BlockingIOError:
+            return
+        except OSError:
+            count = 0
+        if count == 0:
+            self._forget(entry)
+            sock.close()
+            return
+        try:
+            parsed = proxy_header_parse(memoryview(self._peek)[:count])
+        except ProxyHeaderInvalid as exc:
+            logger.debug("Connection from proxy %s: %s", entry.host, exc)
+            self._drop(entry, PROXY_INVALID)
+            return
+        if parsed is None:  # incomplete: wait for the rest of the header
+            needed = HEADER.size
+            if count >= HEADER.size:
+                needed = HEADER.size + HEADER.unpack_from(self._peek)[3]
+            if _peer_closed(sock):
+                self._forget(entry)
+                sock.close()
+                return
+            with contextlib.suppress(OSError):
+                _lowat_set(sock, needed)
+            return
+        length, source = parsed
+        try:
+            sock.recv(length)  # already in the buffer: the header leaves the stream here
+        except OSError:
+            self._forget(entry)
+            sock.close()
+            return
+        self._forget(entry)
+        entry.proxied = False
+        if source is not None:
+            entry.host, entry.address = source[0], source
+        try:
+            if self.tls is not None:
+                sock = self.tls.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+                entry.sock = sock
+                entry.handshaking = True
+            elif self.complete_pdu:
+                _lowat_set(sock, PDU_HEADER.size)
+            else:
+                _lowat_set(sock, 1)
+        except OSError:
+            sock.close()
+            return
+        fd = sock.fileno()
+        self.waiting[fd] = entry
+        self.by_host[entry.host][fd] = None
+        self.selector.register(sock, selectors.EVENT_READ, self._readable)
+        if entry.handshaking:
+            self._handshake(entry)
 
     def _handshake(self, entry: _Waiting) -> None:
         sock = entry.sock

@@ -9,7 +9,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from archive.exceptions import StorageFailure, StorageMismatch
 from archive.safetext import terminal_safe
-from archive.storage import Storage
+from archive.storage import Storage, is_object_store
 from archive.storage_identity import storage_identity_problem, storage_relocate
 from archive.verification import VerificationReport, storage_verify
 from pacsproject.database import use_index_file_option
@@ -19,7 +19,9 @@ class Command(BaseCommand):
     help = "Check every index row against its file and every file against the index."
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("--storage-dir", type=Path, help="(DICOM_STORAGE_DIR)")
+        parser.add_argument(
+            "--storage-dir", help="directory or s3://BUCKET/PREFIX (DICOM_STORAGE_DIR)"
+        )
         parser.add_argument("--index-db", type=Path, help="SQLite index file")
         parser.add_argument("--quick", action="store_true", help="existence and size only")
         parser.add_argument(
@@ -38,9 +40,12 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         use_index_file_option(options["index_db"])
         root = options["relocate"] or options["storage_dir"] or settings.DICOM_STORAGE_DIR
-        if not Path(root).is_dir():
+        if not is_object_store(root) and not Path(root).is_dir():
             raise CommandError(f"storage directory {root} does not exist")
-        storage = Storage(root)
+        try:
+            storage = Storage(root)
+        except StorageFailure as exc:
+            raise CommandError(str(exc)) from None
         interactive = sys.stderr.isatty()
 
         def progress(done: int, total: int) -> None:
@@ -64,16 +69,22 @@ class Command(BaseCommand):
                 raise CommandError(str(exc)) from None
             self._list(report)
             self.stdout.write(
-                f"relocated: the index's storage is now {storage.root}; "
+                f"relocated: the index's storage is now {storage.location}; "
                 "set storage.directory to it before the next start"
             )
             return
         problem = storage_identity_problem(storage)
         if problem:
             self.stderr.write(f"warning: {problem}")
-        report = storage_verify(
-            storage, check_hashes=not options["quick"], repair=options["repair"], progress=progress
-        )
+        try:
+            report = storage_verify(
+                storage,
+                check_hashes=not options["quick"],
+                repair=options["repair"],
+                progress=progress,
+            )
+        except StorageFailure as exc:  # a bucket that cannot be listed or read
+            raise CommandError(str(exc)) from None
         self._list(report)
         if not report.consistent:
             sys.exit(1)

@@ -1,4 +1,4 @@
-"""Durable, atomic files under the storage directory.
+"""The filesystem backend: durable, atomic files under the storage directory.
 
 A file is first written under `.incoming/<host>.<pid>/` (same file system, so the final rename
 is atomic), fsync'd, then renamed to its final name and the directory fsync'd. A crash at any
@@ -8,6 +8,7 @@ files another live process is writing.
 """
 
 import contextlib
+import datetime as dt
 import errno
 import hashlib
 import itertools
@@ -18,30 +19,17 @@ import shutil
 import socket
 import tempfile
 import uuid
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
 from archive.exceptions import StorageFailure
+from archive.storage.base import INCOMING, MARKER, StagedFile, Storage, pid_alive
 
 logger = logging.getLogger(__name__)
 
-INCOMING = ".incoming"
-# The storage directory's identity, which the index records (archive.storage_identity).
-MARKER = ".pacs-storage.json"
 _staging_names = itertools.count()
 _KNOWN_DIRS_LIMIT = 10_000
-
-
-@dataclass
-class StagedFile:
-    """A complete, fsync'd file waiting under `.incoming` for its final name."""
-
-    path: Path
-    size: int
-    sha256: str
-    published: bool = False
 
 
 def _fsync_directory(path: Path) -> None:
@@ -57,7 +45,7 @@ def _failure(action: str, exc: OSError) -> StorageFailure:
     return StorageFailure(f"cannot {action}: {reason}")
 
 
-class Storage:
+class FilesystemStorage(Storage):
     """The storage directory: staging, publishing and removing instance files."""
 
     def __init__(self, root: str | Path, *, min_free_bytes: int = 0) -> None:
@@ -310,6 +298,21 @@ class Storage:
             staging.unlink(missing_ok=True)
             raise _failure(f"write {MARKER} in {self.root}", exc) from exc
 
+    def modified(self, relative: str) -> dt.datetime:
+        """When the stored file was last written (UTC); FileNotFoundError when missing."""
+        return dt.datetime.fromtimestamp(os.stat(self.resolve(relative)).st_mtime, tz=dt.UTC)
+
+    def names(self) -> Iterator[str]:
+        """Every stored file's relative name, staging excluded, sorted."""
+        for path in sorted(self.root.rglob("*")):
+            relative = path.relative_to(self.root)
+            if relative.parts[0] not in (INCOMING, MARKER) and path.is_file():
+                yield relative.as_posix()
+
+    @property
+    def location(self) -> str:
+        return self._root_text
+
     def resolve(self, relative: str) -> Path:
         """The absolute path of `relative`, refusing anything that leaves the storage directory."""
         target = os.path.normpath(os.path.join(self._root_text, relative))
@@ -340,14 +343,3 @@ class Storage:
         if len(self._known_dirs) >= _KNOWN_DIRS_LIMIT:
             self._known_dirs.clear()
         self._known_dirs.add(key)
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether a process of this host has that pid."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

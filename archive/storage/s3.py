@@ -1,0 +1,456 @@
+"""The S3 backend: instance files as objects in an S3-compatible bucket.
+
+Datasets are staged on local disk exactly as for the filesystem backend (`.incoming/<host>.<pid>`
+under the staging directory), then uploaded from there: one PUT with its integrity checked by
+the server (Content-MD5, or x-amz-checksum-sha256 from the hash we already have) for most
+instances, a multipart upload read from the staged file for large ones (one part in memory at a
+time, each part checked). A publish returns only once the server acknowledged the object, so
+the caller's commit and success come after it; a crash between upload and commit leaves an
+orphan object, which `verifystorage --repair` indexes.
+
+The staging directory is DICOM_STAGING_DIR (settings), local to each receiver node.
+Endpoint, region and credentials come from the standard AWS environment (AWS_ENDPOINT_URL,
+AWS_DEFAULT_REGION, AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE). Recent botocore
+adds CRC checksums with a streaming trailer to every upload unless told otherwise, which some
+S3-compatible servers refuse: we ask for checksums only where the API requires them and send our
+own (DICOM_S3_CHECKSUM: md5, the default, or sha256); AWS_REQUEST_CHECKSUM_CALCULATION=
+when_supported restores botocore's default.
+"""
+
+import base64
+import contextlib
+import datetime as dt
+import hashlib
+import json
+import logging
+import os
+import posixpath
+import socket
+import tempfile
+import threading
+import uuid
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    EndpointConnectionError,
+    NoCredentialsError,
+)
+from django.conf import settings
+
+from archive.exceptions import StorageFailure
+from archive.storage.base import INCOMING, MARKER, S3_SCHEME, StagedFile, Storage, pid_alive
+from archive.storage.filesystem import FilesystemStorage
+
+logger = logging.getLogger(__name__)
+
+# Above this an instance goes up in parts; each part is read from the staged file in turn, so
+# memory stays at one part per association whatever the instance's size.
+MULTIPART_THRESHOLD = 8 * 2**20
+PART_SIZE = 8 * 2**20  # S3's smallest part is 5 MB
+_DOWNLOAD_CHUNK = 2**20
+CHECKSUMS = ("md5", "sha256")
+DEFAULT_STAGING_DIR = "./staging"
+
+
+def location_parse(location: str) -> tuple[str, str]:
+    """(bucket, prefix) of `s3://BUCKET/PREFIX`; ValueError naming what is wrong."""
+    if not location.startswith(S3_SCHEME):
+        raise ValueError(f"{location!r} is not an s3://BUCKET/PREFIX URL")
+    bucket, _, prefix = location[len(S3_SCHEME) :].partition("/")
+    if not bucket:
+        raise ValueError(f"{location!r} names no bucket")
+    return bucket, prefix.strip("/")
+
+
+class S3Storage(Storage):
+    """Instance files as objects under `s3://BUCKET/PREFIX/<relative name>`."""
+
+    def __init__(
+        self,
+        location: str | Path,
+        *,
+        min_free_bytes: int = 0,
+        staging_dir: str | Path | None = None,
+        checksum: str | None = None,
+    ) -> None:
+        self._location = str(location)
+        try:
+            self.bucket, self.prefix = location_parse(self._location)
+        except ValueError as exc:
+            raise StorageFailure(f"storage.directory: {exc}") from None
+        self.checksum = (checksum or os.environ.get("DICOM_S3_CHECKSUM") or "md5").lower()
+        if self.checksum not in CHECKSUMS:
+            raise StorageFailure(
+                f"DICOM_S3_CHECKSUM: {self.checksum!r} is not one of {', '.join(CHECKSUMS)}"
+            )
+        staging = staging_dir or getattr(settings, "DICOM_STAGING_DIR", DEFAULT_STAGING_DIR)
+        # Staging is local disk, one folder per process, exactly as for the filesystem backend.
+        self.local = FilesystemStorage(staging, min_free_bytes=min_free_bytes)
+        self.min_free_bytes = min_free_bytes
+        self._clients: tuple[int, Any] | None = None
+        self._client_lock = threading.Lock()
+
+    # --- the client --------------------------------------------------------------------
+
+    @property
+    def client(self) -> Any:
+        # One client per process (boto3 clients are thread-safe, not fork-safe): worker
+        # processes forked after construction make their own.
+        pid = os.getpid()
+        clients = self._clients
+        if clients is None or clients[0] != pid:
+            with self._client_lock:
+                if self._clients is None or self._clients[0] != pid:
+                    self._clients = (pid, _client_make())
+                clients = self._clients
+        return clients[1]
+
+    @property
+    def location(self) -> str:
+        return self._location
+
+    @property
+    def incoming(self) -> Path:  # type: ignore[override]
+        return self.local.incoming
+
+    def key(self, relative: str) -> str:
+        """The object key of a relative name; StorageFailure for a name that leaves the prefix."""
+        normal = posixpath.normpath(relative.replace("\\", "/")) if relative else ""
+        first = normal.partition("/")[0]
+        if not normal or normal.startswith("/") or first in ("", ".", "..", INCOMING, MARKER):
+            raise StorageFailure(f"refusing path outside the storage directory: {relative!r}")
+        return f"{self.prefix}/{normal}" if self.prefix else normal
+
+    def _relative(self, key: str) -> str:
+        return key[len(self.prefix) + 1 :] if self.prefix else key
+
+    def _aside_prefix(self, host_pid: str = "") -> str:
+        base = f"{self.prefix}/{INCOMING}/" if self.prefix else f"{INCOMING}/"
+        return base + host_pid
+
+    # --- life cycle ----------------------------------------------------------------------
+
+    def prepare(self) -> int:
+        """Check the staging directory and the bucket; remove what dead processes left.
+
+        Raises StorageFailure with one line naming the setting at fault: the bucket missing,
+        credentials refused or missing, the endpoint unreachable.
+        """
+        removed = self.local.prepare()
+        try:
+            self.client.head_bucket(Bucket=self.bucket)
+        except Exception as exc:
+            raise self._failure(f"use bucket {self.bucket}", exc, startup=True) from None
+        return removed + self._remove_stale_asides()
+
+    def _remove_stale_asides(self) -> int:
+        host = socket.gethostname()
+        removed = 0
+        paginator = self.client.get_paginator("list_objects_v2")
+        try:
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=self._aside_prefix(host)):
+                for item in page.get("Contents", []):
+                    folder = item["Key"][len(self._aside_prefix()) :].partition("/")[0]
+                    name, _, pid = folder.rpartition(".")
+                    if name != host or not pid.isdigit() or pid_alive(int(pid)):
+                        continue
+                    if int(pid) == os.getpid():
+                        continue
+                    self.client.delete_object(Bucket=self.bucket, Key=item["Key"])
+                    removed += 1
+        except (BotoCoreError, ClientError) as exc:
+            logger.warning("Could not clear objects set aside by stopped receivers: %s", exc)
+        return removed
+
+    def release(self) -> None:
+        self.local.release()
+
+    def free_bytes(self) -> int | None:
+        return None  # a bucket has no volume to fill; storage.retention sets a limit instead
+
+    # --- writing -------------------------------------------------------------------------
+
+    def stage(self, parts: Iterable[bytes]) -> StagedFile:
+        return self.local.stage(parts)
+
+    def publish(self, staged: StagedFile, relative: str, *, durable: bool = True) -> str:
+        """Upload a staged file as the object of `relative`; return once the server has
+        acknowledged it with its integrity checked. The staged file is removed then."""
+        key = self.key(relative)
+        try:
+            if staged.size <= MULTIPART_THRESHOLD:
+                self._put(staged, key)
+            else:
+                self._put_multipart(staged, key)
+        except Exception as exc:
+            raise self._failure(f"store {relative}", exc) from None
+        staged.published = True
+        staged.path.unlink(missing_ok=True)
+        return key
+
+    def _put(self, staged: StagedFile, key: str) -> None:
+        with open(staged.path, "rb") as fh:
+            data = fh.read()
+        if self.checksum == "sha256":
+            integrity = {"ChecksumSHA256": _b64(bytes.fromhex(staged.sha256))}
+        else:
+            integrity = {"ContentMD5": _b64(hashlib.md5(data).digest())}
+        self.client.put_object(
+            Bucket=self.bucket,
+            Key=key,
+            Body=data,
+            ContentType="application/dicom",
+            **integrity,
+        )
+
+    def _put_multipart(self, staged: StagedFile, key: str) -> None:
+        client = self.client
+        upload_id = client.create_multipart_upload(
+            Bucket=self.bucket, Key=key, ContentType="application/dicom"
+        )["UploadId"]
+        try:
+            parts = []
+            with open(staged.path, "rb") as fh:
+                number = 1
+                while chunk := fh.read(PART_SIZE):
+                    answer = client.upload_part(
+                        Bucket=self.bucket,
+                        Key=key,
+                        UploadId=upload_id,
+                        PartNumber=number,
+                        Body=chunk,
+                        ContentMD5=_b64(hashlib.md5(chunk).digest()),
+                    )
+                    parts.append({"ETag": answer["ETag"], "PartNumber": number})
+                    number += 1
+                    del chunk
+            client.complete_multipart_upload(
+                Bucket=self.bucket,
+                Key=key,
+                UploadId=upload_id,
+                MultipartUpload={"Parts": parts},
+            )
+        except BaseException:
+            with contextlib.suppress(Exception):
+                client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
+            raise
+
+    def make_durable(self, published: Any) -> None:
+        """Nothing to do: publish returned only once the server acknowledged the object."""
+
+    def discard(self, staged: StagedFile) -> None:
+        if not staged.published:
+            staged.path.unlink(missing_ok=True)
+
+    def set_aside(self, relative: str) -> str | None:
+        """Copy the object to a second key, so it can be restored if its replacement fails."""
+        return self._aside(relative, "previous", move=False)
+
+    def move_aside(self, relative: str) -> str | None:
+        """Take the object away from its key (deletion); `restore` puts it back."""
+        return self._aside(relative, "deleted", move=True)
+
+    def _aside(self, relative: str, kind: str, *, move: bool) -> str | None:
+        key = self.key(relative)
+        aside = f"{self._aside_prefix(f'{socket.gethostname()}.{os.getpid()}')}/"
+        aside += f"{uuid.uuid4().hex}.{kind}"
+        try:
+            self._copy(key, aside)
+            if move:
+                self.client.delete_object(Bucket=self.bucket, Key=key)
+        except Exception as exc:
+            if _missing(exc):
+                return None
+            raise self._failure(f"set aside {relative}", exc) from None
+        return aside
+
+    def _copy(self, source: str, target: str) -> None:
+        # The managed copy switches to a multipart copy past 5 GB, where CopyObject stops.
+        self.client.copy({"Bucket": self.bucket, "Key": source}, self.bucket, target)
+
+    def restore(self, aside: str | None, relative: str) -> None:
+        if aside is None:
+            return
+        try:
+            self._copy(aside, self.key(relative))
+            self.client.delete_object(Bucket=self.bucket, Key=aside)
+        except Exception as exc:
+            logger.error("Could not restore %s (kept as %s): %s", relative, aside, exc)
+
+    def drop_aside(self, aside: str | None) -> None:
+        if aside is None:
+            return
+        try:
+            self.client.delete_object(Bucket=self.bucket, Key=aside)
+        except Exception as exc:
+            logger.error("Could not remove %s: %s", aside, exc)
+
+    def prune_directories(self, relative: str) -> None:
+        """Nothing to do: a bucket has no folders."""
+
+    def remove(self, relative: str) -> None:
+        try:
+            self.client.delete_object(Bucket=self.bucket, Key=self.key(relative))
+        except StorageFailure:
+            raise
+        except Exception as exc:
+            logger.error("Could not remove %s: %s", relative, exc)
+
+    # --- reading -------------------------------------------------------------------------
+
+    def open(self, relative: str) -> BinaryIO:
+        """The object, downloaded in chunks into an unnamed local file (readers seek: previews,
+        tag dumps, duplicate checks), positioned at its start."""
+        key = self.key(relative)
+        copy = tempfile.TemporaryFile(dir=self._download_dir())  # noqa: SIM115 (returned open)
+        try:
+            body = self.client.get_object(Bucket=self.bucket, Key=key)["Body"]
+            with contextlib.closing(body):
+                for chunk in body.iter_chunks(_DOWNLOAD_CHUNK):
+                    copy.write(chunk)
+            copy.seek(0)
+        except Exception as exc:
+            copy.close()
+            if _missing(exc):
+                raise FileNotFoundError(relative) from None
+            raise self._failure(f"read {relative}", exc) from None
+        return copy  # type: ignore[return-value]
+
+    def _download_dir(self) -> Path:
+        folder = self.local.incoming
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder
+
+    def _head(self, relative: str) -> dict[str, Any]:
+        try:
+            return self.client.head_object(Bucket=self.bucket, Key=self.key(relative))
+        except StorageFailure:
+            raise
+        except Exception as exc:
+            if _missing(exc):
+                raise FileNotFoundError(relative) from None
+            raise self._failure(f"read {relative}", exc) from None
+
+    def size(self, relative: str) -> int:
+        return int(self._head(relative)["ContentLength"])
+
+    def exists(self, relative: str) -> bool:
+        try:
+            self._head(relative)
+        except FileNotFoundError:
+            return False
+        return True
+
+    def modified(self, relative: str) -> dt.datetime:
+        return self._head(relative)["LastModified"].astimezone(dt.UTC)
+
+    def names(self) -> Iterator[str]:
+        prefix = f"{self.prefix}/" if self.prefix else ""
+        staging = self._aside_prefix()
+        paginator = self.client.get_paginator("list_objects_v2")
+        try:
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
+                for item in page.get("Contents", []):
+                    key = item["Key"]
+                    if key.startswith(staging) or key.endswith("/") or key == self._marker_key:
+                        continue
+                    yield self._relative(key)
+        except (BotoCoreError, ClientError) as exc:
+            raise self._failure(f"list bucket {self.bucket}", exc) from None
+
+    # --- identity ------------------------------------------------------------------------
+
+    @property
+    def _marker_key(self) -> str:
+        return f"{self.prefix}/{MARKER}" if self.prefix else MARKER
+
+    def marker_read(self) -> dict | None:
+        try:
+            body = self.client.get_object(Bucket=self.bucket, Key=self._marker_key)["Body"]
+            with contextlib.closing(body):
+                marker = json.loads(body.read().decode("utf-8"))
+        except Exception:
+            return None
+        return marker if isinstance(marker, dict) and "identity" in marker else None
+
+    def marker_write(self, marker: dict) -> None:
+        data = (json.dumps(marker, indent=1) + "\n").encode("utf-8")
+        try:
+            self.client.put_object(
+                Bucket=self.bucket,
+                Key=self._marker_key,
+                Body=data,
+                ContentMD5=base64.b64encode(hashlib.md5(data).digest()).decode("ascii"),
+            )
+        except Exception as exc:
+            raise self._failure(f"write {MARKER}", exc) from None
+
+    # --- errors --------------------------------------------------------------------------
+
+    def _failure(self, action: str, exc: BaseException, *, startup: bool = False) -> StorageFailure:
+        """One line naming what failed and, where the fix is a setting, which one."""
+        where = f"storage.directory {self._location}"
+        if isinstance(exc, StorageFailure):
+            return exc
+        if isinstance(exc, EndpointConnectionError):
+            endpoint = os.environ.get("AWS_ENDPOINT_URL", "the default AWS endpoint")
+            return StorageFailure(
+                f"cannot {action}: endpoint {endpoint} unreachable (AWS_ENDPOINT_URL)"
+            )
+        if isinstance(exc, NoCredentialsError):
+            return StorageFailure(
+                f"cannot {action}: no credentials "
+                "(AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE)"
+            )
+        if isinstance(exc, ClientError):
+            code = str(exc.response.get("Error", {}).get("Code", ""))
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            if code in ("NoSuchBucket", "404") or (startup and status == 404):
+                return StorageFailure(
+                    f"cannot {action}: bucket {self.bucket} does not exist ({where})"
+                )
+            if code in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "403", "AccessDenied"):
+                return StorageFailure(
+                    f"cannot {action}: credentials refused ({code}; "
+                    "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE)"
+                )
+            return StorageFailure(f"cannot {action}: {code or exc} ({where})")
+        if isinstance(exc, OSError):
+            return StorageFailure(f"cannot {action}: {exc.strerror or exc}")
+        return StorageFailure(f"cannot {action}: {exc} ({where})")
+
+
+def _client_make() -> Any:
+    config = Config(
+        # Only where the API requires one: see the module docstring.
+        request_checksum_calculation=os.environ.get(
+            "AWS_REQUEST_CHECKSUM_CALCULATION", "when_required"
+        ),
+        response_checksum_validation=os.environ.get(
+            "AWS_RESPONSE_CHECKSUM_VALIDATION", "when_required"
+        ),
+        connect_timeout=5,
+        read_timeout=60,
+        retries={"max_attempts": 3, "mode": "standard"},
+        # Each association uploads on its own thread; botocore's default pool of 10 would
+        # queue the eleventh.
+        max_pool_connections=64,
+    )
+    return boto3.session.Session().client("s3", config=config)
+
+
+def _missing(exc: BaseException) -> bool:
+    if isinstance(exc, ClientError):
+        code = str(exc.response.get("Error", {}).get("Code", ""))
+        return code in ("NoSuchKey", "404", "NotFound")
+    return False
+
+
+def _b64(digest: bytes) -> str:
+    return base64.b64encode(digest).decode("ascii")

@@ -1,0 +1,205 @@
+"""The storage service on both backends: a directory, and a bucket on an S3-compatible server
+(moto's server mode on loopback). Ingest, resends, overwrite, restore of a lost file, deletion,
+reading back and verification behave the same on both."""
+
+import hashlib
+
+import pytest
+from pydicom import dcmread
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_dataset
+from pydicom.uid import ExplicitVRLittleEndian
+
+from archive.deletion import index_delete
+from archive.exceptions import IndexFailure, StorageFailure
+from archive.models import Instance, Patient
+from archive.services import IngestSettings, instance_store
+from archive.storage import FilesystemStorage, S3Storage, Storage
+from archive.verification import storage_verify
+from tests.archive.test_services import instance_inserts_fail
+from tests.conftest import free_port, sample_file
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def _incoming_files(storage: Storage) -> list:
+    return [p for p in storage.incoming.rglob("*") if p.is_file()]
+
+
+def _store(
+    storage: Storage, *, payload: bytes | None = None, duplicates: str = "keep", **ds_changes
+):
+    path = sample_file("CT_small.dcm")
+    ds = dcmread(path)
+    for keyword, value in ds_changes.items():
+        setattr(ds, keyword, value)
+    # The dataset without its file meta group, as it arrives over the network.
+    encoded = payload or dataset_bytes_of(ds)
+    return instance_store(
+        dataset=encoded,
+        transfer_syntax_uid=ExplicitVRLittleEndian,
+        sop_class_uid=ds.SOPClassUID,
+        sop_instance_uid=ds.SOPInstanceUID,
+        calling_ae_title="UNIT",
+        remote_address="127.0.0.1",
+        settings=IngestSettings(storage=storage, duplicates=duplicates),
+    )
+
+
+def dataset_bytes_of(ds) -> bytes:
+    buffer = DicomBytesIO()
+    buffer.is_little_endian = True
+    buffer.is_implicit_VR = False
+    write_dataset(buffer, ds)
+    return buffer.getvalue()
+
+
+def test_the_factory_picks_the_backend(storage):
+    assert isinstance(storage, FilesystemStorage | S3Storage)
+    assert isinstance(storage, Storage)
+
+
+def test_a_stored_instance_reads_back_bit_for_bit(storage):
+    result = _store(storage)
+    row = Instance.objects.get()
+    assert result.outcome == "stored"
+    assert list(storage.names()) == [row.path]
+    assert storage.exists(row.path)
+    assert storage.size(row.path) == row.size
+    with storage.open(row.path) as fh:
+        data = fh.read()
+    assert hashlib.sha256(data).hexdigest() == row.sha256
+    assert data[128:132] == b"DICM"
+    assert _incoming_files(storage) == []  # staging left clean
+
+
+def test_an_identical_resend_is_acknowledged_once(storage):
+    first = _store(storage)
+    again = _store(storage)
+    assert (first.outcome, again.outcome) == ("stored", "identical")
+    assert len(list(storage.names())) == 1
+    assert Instance.objects.count() == 1
+
+
+def test_different_content_is_kept_or_overwritten_as_configured(storage):
+    _store(storage)
+    original = Instance.objects.get().sha256
+    kept = _store(storage, PatientName="Other^Name")
+    assert kept.outcome == "kept"
+    assert Instance.objects.get().sha256 == original
+    overwritten = _store(storage, PatientName="Other^Name", duplicates="overwrite")
+    assert overwritten.outcome == "overwritten"
+    row = Instance.objects.get()
+    assert row.sha256 != original
+    with storage.open(row.path) as fh:
+        assert b"Other^Name" in fh.read()
+    assert len(list(storage.names())) == 1
+    assert _incoming_files(storage) == []
+
+
+def test_a_lost_file_is_restored_by_a_resend(storage):
+    _store(storage)
+    row = Instance.objects.get()
+    storage.remove(row.path)
+    assert not storage.exists(row.path)
+    _store(storage)
+    assert storage.exists(row.path)
+    assert storage_verify(storage).consistent
+
+
+def test_an_index_failure_leaves_nothing_stored(storage):
+    with instance_inserts_fail(), pytest.raises(IndexFailure):
+        _store(storage)
+    assert Instance.objects.count() == 0
+    assert list(storage.names()) == []
+    assert _incoming_files(storage) == []
+
+
+def test_deletion_removes_rows_and_files_together(storage):
+    _store(storage)
+    _store(storage, SOPInstanceUID="1.2.826.0.1.3680043.9.7133.3.1")
+    assert len(list(storage.names())) == 2
+    counts = index_delete(Patient.objects.all(), storage)
+    assert counts.instances == 2
+    assert list(storage.names()) == []
+    assert Instance.objects.count() == 0
+    assert storage_verify(storage).consistent
+
+
+def test_verify_repair_indexes_orphans_and_drops_rows_of_lost_files(storage):
+    _store(storage)
+    lost = Instance.objects.get().path
+    # An orphan: published without a row, as a crash between upload and commit leaves it.
+    with open(sample_file("MR_small.dcm"), "rb") as fh:
+        staged = storage.stage([fh.read()])
+    storage.publish(staged, "orphans/MR_small.dcm")
+    storage.remove(lost)
+    report = storage_verify(storage)
+    assert report.missing == [lost]
+    assert report.orphans == ["orphans/MR_small.dcm"]
+    repaired = storage_verify(storage, repair=True)
+    assert repaired.consistent
+    assert Instance.objects.get().path == "orphans/MR_small.dcm"
+    assert storage_verify(storage).consistent
+
+
+def test_names_that_leave_the_storage_are_refused(storage):
+    for name in ("../outside.dcm", "/etc/passwd", ".incoming/x.dcm", ""):
+        with pytest.raises(StorageFailure):
+            storage.open(name)
+
+
+def test_a_large_instance_goes_up_in_checked_parts(s3_environment, tmp_path, monkeypatch):
+    from archive.storage import s3
+
+    monkeypatch.setattr(s3, "MULTIPART_THRESHOLD", 2**20)
+    monkeypatch.setattr(s3, "PART_SIZE", 5 * 2**20)  # S3's smallest part
+    bucket = s3_environment.bucket_new()
+    storage = Storage(f"s3://{bucket}/big", staging_dir=tmp_path / "staging")
+    storage.prepare()
+    payload = bytes(range(256)) * (12 * 2**20 // 256)
+    staged = storage.stage([payload[: 2**20], payload[2**20 :]])
+    storage.publish(staged, "a/big.dcm")
+    assert s3_environment.keys(bucket) == ["big/a/big.dcm"]
+    assert storage.size("a/big.dcm") == len(payload)
+    with storage.open("a/big.dcm") as fh:
+        assert fh.read() == payload
+    assert not staged.path.exists()
+
+
+def test_sha256_checksums_can_replace_content_md5(s3_environment, tmp_path):
+    bucket = s3_environment.bucket_new()
+    storage = Storage(f"s3://{bucket}", staging_dir=tmp_path / "staging", checksum="sha256")
+    storage.prepare()
+    _store(storage)
+    assert storage_verify(storage).consistent
+    assert s3_environment.keys(bucket) == [Instance.objects.get().path]
+
+
+def test_a_missing_bucket_is_named_at_start(s3_environment, tmp_path):
+    storage = Storage("s3://no-such-bucket-here/x", staging_dir=tmp_path / "staging")
+    with pytest.raises(StorageFailure, match="bucket no-such-bucket-here does not exist"):
+        storage.prepare()
+
+
+def test_an_unreachable_endpoint_is_named_at_start(s3_environment, tmp_path, monkeypatch):
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")
+    storage = Storage("s3://anything/x", staging_dir=tmp_path / "staging")
+    with pytest.raises(StorageFailure, match="unreachable \\(AWS_ENDPOINT_URL\\)"):
+        storage.prepare()
+
+
+def test_missing_credentials_are_named_at_start(s3_environment, tmp_path, monkeypatch):
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    storage = Storage("s3://anything/x", staging_dir=tmp_path / "staging")
+    with pytest.raises(StorageFailure, match="no credentials"):
+        storage.prepare()
+
+
+def test_a_bad_location_is_refused(tmp_path):
+    with pytest.raises(StorageFailure, match=r"storage\.directory"):
+        Storage("s3:///prefix-only", staging_dir=tmp_path)
