@@ -1,4 +1,5 @@
-"""Query/Retrieve: C-FIND, C-MOVE and C-GET, served by these functions (receiver.retrieve_service).
+"""Query/Retrieve: C-FIND, C-MOVE and C-GET, served by these functions (see
+receiver.transport.retrieve_service).
 
 Statuses (PS3.4 C.4): 0xFF00 pending with each match or after each sub-operation; 0x0000 done;
 0xB000 sub-operations complete with failures (FailedSOPInstanceUIDList); 0xFE00 cancelled;
@@ -26,16 +27,13 @@ from pynetdicom.sop_class import (
     StudyRootQueryRetrieveInformationModelMove,
 )
 
+from archive.dimse_codec import response_command
 from archive.query import PATIENT_ROOT, STUDY_ROOT, QueryInvalid, query_parse, query_run
 from archive.retrieval import RetrieveFailed, instance_source, retrieve_instances, retrieve_parse
 from archive.storage import Storage
 from receiver.config import ReceiverConfig
-from routing.direct import (
-    AcceptedAssociationStore,
-    DirectStoreAssociation,
-    QueuedWriter,
-    response_command,
-)
+from receiver.transport.accepted import AcceptedAssociationStore, QueuedWriter
+from routing.direct import DirectStoreAssociation
 from routing.remote import remote_ae_find
 from routing.scu import AssociationFailed, store_contexts
 
@@ -79,7 +77,8 @@ def serve_find(service: Any, req: Any, context: Any, *, config: ReceiverConfig) 
     """One C-FIND: a pending response per match from archive.query (0xFF01 when a key the
     index cannot match was given a value), then 0x0000; or 0xFE00 on C-CANCEL, 0xA900,
     0xC000 or 0xA700 (see the module docstring). Responses are encoded by
-    routing.direct (no pydicom command sets), written as routing.direct._writer says."""
+    archive.dimse_codec (no pydicom command sets), written as receiver.transport.accepted
+    says."""
     assoc = service.assoc
     syntax = context.transfer_syntax[0]
     model = QUERY_MODELS.get(str(context.abstract_syntax), STUDY_ROOT)
@@ -159,7 +158,7 @@ class _Responder:
         self.rsp.AffectedSOPClassUID = req.AffectedSOPClassUID
         self.remaining = self.completed = self.failed = self.warnings = 0
         self.failed_uids: list[str] = []
-        # C-GET: responses written on the socket with the C-STOREs (see routing.direct).
+        # C-GET: responses written with the C-STOREs (see receiver.transport.accepted).
         self.direct: AcceptedAssociationStore | None = None
 
     def send(self, status: int, *, final: bool = False) -> None:

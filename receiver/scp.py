@@ -17,13 +17,13 @@ from pynetdicom.sop_class import StorageCommitmentPushModel, Verification
 
 from archive.part10 import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from archive.services import IngestSettings
-from receiver import commitment_handlers, handlers, query_handlers, retrieve_service, transport
+from receiver import commitment_handlers, handlers, query_handlers, transport
 from receiver.config import ReceiverConfig
 from receiver.handlers import requests_served
 from receiver.limits import AssociationSlots
 from receiver.live import LiveStatus
 from receiver.sop_classes import storage_sop_classes
-from receiver.transport import fastpath
+from receiver.transport import fastpath, retrieve_service
 from routing import scu
 
 # pynetdicom logs each PDU and DIMSE message; we log one line per association instead.
@@ -109,8 +109,7 @@ def build_ae(
     # C-STOREs are served on the connection's own thread (receiver.transport.fastpath); the
     # EVT_C_STORE handler serves the few it passes on to pynetdicom.
     fastpath.enable(ae, functools.partial(handlers.dataset_store, ingest=ingest))
-    # C-FIND, C-MOVE and C-GET are served by query_handlers (see receiver.retrieve_service).
-    retrieve_service.install()
+    # C-FIND, C-MOVE and C-GET are served by query_handlers (receiver.transport.retrieve_service).
     retrieve_service.enable(
         ae,
         functools.partial(query_handlers.serve_retrieve, config=config, storage=ingest.storage),
