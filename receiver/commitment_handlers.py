@@ -11,6 +11,7 @@ from django.db import DatabaseError
 from pydicom.dataset import Dataset
 from pynetdicom.events import Event
 
+from receiver.query_audit import commitment_audit_write
 from routing.commitment import (
     STORAGE_COMMITMENT_INSTANCE,
     CommitmentInvalid,
@@ -30,15 +31,30 @@ REQUEST_STORAGE_COMMITMENT = 1  # Action Type ID (PS3.4 J.3.2.1)
 def handle_n_action(event: Event, wake: Callable[[], None]) -> tuple[int, Dataset | None]:
     """EVT_N_ACTION: record the request and answer 0x0000 (no dataset); 0x0123 for another
     action type, 0x0112 for another SOP instance than the well-known one, 0x0115 for a
-    request without Transaction UID or references, 0x0110 when the index is unavailable."""
+    request without Transaction UID or references, 0x0110 when the index is unavailable.
+    Each request, accepted or not, leaves one audit record (receiver.query_audit)."""
+    status, transaction_uid, instances, reason = _n_action(event, wake)
+    commitment_audit_write(
+        assoc=event.assoc,
+        transaction_uid=transaction_uid,
+        instances=instances,
+        status=status,
+        reason=reason,
+    )
+    return status, None
+
+
+def _n_action(event: Event, wake: Callable[[], None]) -> tuple[int, str, int, str]:
+    """The status, transaction UID, number of references and reason of one N-ACTION."""
     request = event.request
     peer = f"{event.assoc.requestor.ae_title.strip()}@{event.assoc.requestor.address}"
     if request.ActionTypeID != REQUEST_STORAGE_COMMITMENT:
         logger.warning("N-ACTION from %s: unknown action type %s", peer, request.ActionTypeID)
-        return NO_SUCH_ACTION, None
+        return NO_SUCH_ACTION, "", 0, f"action type {request.ActionTypeID}"
     if str(request.RequestedSOPInstanceUID) != STORAGE_COMMITMENT_INSTANCE:
         logger.warning("N-ACTION from %s: not the Storage Commitment instance", peer)
-        return NO_SUCH_INSTANCE, None
+        return NO_SUCH_INSTANCE, "", 0, "not the Storage Commitment instance"
+    information = None
     try:
         information = event.action_information
         row = commitment_request_record(
@@ -46,13 +62,13 @@ def handle_n_action(event: Event, wake: Callable[[], None]) -> tuple[int, Datase
         )
     except CommitmentInvalid as exc:
         logger.warning("Storage Commitment request from %s refused (0x0115): %s", peer, exc)
-        return INVALID_ARGUMENT, None
+        return INVALID_ARGUMENT, _transaction_uid(information), 0, str(exc)
     except DatabaseError as exc:
         logger.error("Storage Commitment request from %s failed: %s", peer, exc)
-        return PROCESSING_FAILURE, None
+        return PROCESSING_FAILURE, _transaction_uid(information), 0, "index unavailable"
     except Exception as exc:
         logger.warning("Storage Commitment request from %s unreadable (0x0115): %s", peer, exc)
-        return INVALID_ARGUMENT, None
+        return INVALID_ARGUMENT, "", 0, "unreadable action information"
     logger.info(
         "Storage Commitment %s requested by %s for %d instance(s)",
         row.transaction_uid,
@@ -60,4 +76,11 @@ def handle_n_action(event: Event, wake: Callable[[], None]) -> tuple[int, Datase
         len(row.references),
     )
     wake()
-    return SUCCESS, None
+    return SUCCESS, row.transaction_uid, len(row.references), ""
+
+
+def _transaction_uid(information: Dataset | None) -> str:
+    try:
+        return str(information.get("TransactionUID", "") or "")[:64] if information else ""
+    except Exception:
+        return ""

@@ -128,9 +128,11 @@ def build_ae(
         (evt.EVT_CONN_CLOSE, handlers.handle_connection_closed, [slots]),
     ]
     # Notifications that tell why an association ends or what it asked that we do not serve.
+    # Query/Retrieve has no event handler: retrieve_service hands it to query_handlers.
+    served = requests_served(event_handlers) | {"C_FIND_RQ", "C_MOVE_RQ", "C_GET_RQ", "C_CANCEL_RQ"}
     event_handlers += [
         (evt.EVT_ACSE_RECV, handlers.handle_acse_received),
-        (evt.EVT_DIMSE_RECV, handlers.handle_dimse_received, [requests_served(event_handlers)]),
+        (evt.EVT_DIMSE_RECV, handlers.handle_dimse_received, [served]),
     ]
     return ae, event_handlers
 
