@@ -28,7 +28,13 @@ from pynetdicom.sop_class import (
 )
 
 from archive.dimse_codec import response_command
-from archive.query import PATIENT_ROOT, STUDY_ROOT, QueryInvalid, query_parse, query_run
+from archive.query import (
+    PATIENT_ROOT,
+    STUDY_ROOT,
+    QueryInvalid,
+    query_parse,
+    query_run_encoded,
+)
 from archive.retrieval import RetrieveFailed, instance_source, retrieve_instances, retrieve_parse
 from archive.storage import Storage
 from receiver.config import ReceiverConfig
@@ -112,13 +118,8 @@ def _find(service: Any, req: Any, context: Any, config: ReceiverConfig, found: _
     sop_class = str(req.AffectedSOPClassUID)
     started = time.monotonic()
 
-    def respond(status: int, identifier: Dataset | None = None) -> None:
-        encoded = None
-        if identifier is not None:
-            encoded = encode(
-                identifier, syntax.is_implicit_VR, syntax.is_little_endian, syntax.is_deflated
-            )
-        else:
+    def respond(status: int, encoded: bytes | None = None) -> None:
+        if encoded is None:
             found.status = status
         command = response_command(
             command_field=C_FIND_RSP,
@@ -147,9 +148,15 @@ def _find(service: Any, req: Any, context: Any, config: ReceiverConfig, found: _
     pending = PENDING_WITH_UNSUPPORTED_KEYS if query.unmatched else PENDING
     if query.unmatched:
         logger.debug("C-FIND keys not matched (not indexed): %s", ", ".join(query.unmatched))
-    wants_retrieve_ae = "RetrieveAETitle" in identifier
+    extra = {"RetrieveAETitle": config.ae_title} if "RetrieveAETitle" in identifier else None
+    matches = query_run_encoded(
+        query,
+        explicit_vr=not syntax.is_implicit_VR,
+        extra=extra,
+        case_insensitive_pn=config.query_pn_case_insensitive,
+    )
     try:
-        for match in query_run(query, case_insensitive_pn=config.query_pn_case_insensitive):
+        for match in matches:
             if service.is_cancelled(req.MessageID):
                 logger.info(
                     "C-FIND from %s cancelled after %d matches", _peer(assoc), found.matches
@@ -159,8 +166,6 @@ def _find(service: Any, req: Any, context: Any, config: ReceiverConfig, found: _
             if not assoc.is_established:
                 found.status = CANCELLED
                 return
-            if wants_retrieve_ae:
-                match.RetrieveAETitle = config.ae_title
             found.matches += 1
             respond(pending, match)
     except DatabaseError as exc:
