@@ -1,7 +1,8 @@
 """Storage Commitment Push Model, SCP side: the N-ACTION that asks for commitment.
 
 The N-ACTION-RSP goes at once; the result follows as an N-EVENT-REPORT from routing.commitment's
-delivery loop, on a new association to the requester.
+delivery loop: on the same association while the requester keeps it open, if it accepted the
+SCP role there (SCP/SCU role selection, PS3.4 J.3.3), else on a new association to it.
 """
 
 import logging
@@ -15,6 +16,7 @@ from receiver.query_audit import commitment_audit_write
 from routing.commitment import (
     STORAGE_COMMITMENT_INSTANCE,
     CommitmentInvalid,
+    commitment_association_offer,
     commitment_request_record,
 )
 
@@ -57,6 +59,16 @@ def _n_action(event: Event, wake: Callable[[], None]) -> tuple[int, str, int, st
     information = None
     try:
         information = event.action_information
+        if _report_here(event):
+            # Before the row exists, so that the delivery loop never finds the row without
+            # the offer. The report may come on this association (PS3.4 J.3.3) while the
+            # requester keeps it open; pynetdicom sends it after this N-ACTION-RSP (the
+            # reactor is busy until then).
+            commitment_association_offer(
+                calling_ae_title=event.assoc.requestor.ae_title,
+                transaction_uid=_transaction_uid(information),
+                assoc=event.assoc,
+            )
         row = commitment_request_record(
             calling_ae_title=event.assoc.requestor.ae_title, information=information
         )
@@ -79,8 +91,19 @@ def _n_action(event: Event, wake: Callable[[], None]) -> tuple[int, str, int, st
     return SUCCESS, row.transaction_uid, len(row.references), ""
 
 
+def _report_here(event: Event) -> bool:
+    """Whether the requester accepted the SCP role on the N-ACTION's context, so that we may
+    send the N-EVENT-REPORT on this association."""
+    context_id = getattr(event, "context", None)
+    context_id = getattr(context_id, "context_id", None)
+    for context in event.assoc.accepted_contexts:
+        if context.context_id == context_id:
+            return bool(context.as_scu)
+    return False
+
+
 def _transaction_uid(information: Dataset | None) -> str:
     try:
-        return str(information.get("TransactionUID", "") or "")[:64] if information else ""
+        return str(information.get("TransactionUID", "") or "").strip()[:64] if information else ""
     except Exception:
         return ""

@@ -104,7 +104,9 @@ def build_ae(
     uncompressed = [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
     for sop_class in query_handlers.QUERY_RETRIEVE_CLASSES:
         ae.add_supported_context(sop_class, uncompressed)
-    ae.add_supported_context(StorageCommitmentPushModel, uncompressed)
+    # Role selection accepted so that a requester taking the SCP role gets its report on the
+    # same association while it keeps it open (PS3.4 J.3.3).
+    ae.add_supported_context(StorageCommitmentPushModel, uncompressed, scu_role=True, scp_role=True)
 
     # C-STOREs are served on the connection's own thread (receiver.transport.fastpath); the
     # EVT_C_STORE handler serves the few it passes on to pynetdicom.
