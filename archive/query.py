@@ -16,7 +16,11 @@ Matching runs in the database, on indexed columns where the index has them:
   `Yamada^Tarou=山田^太郎`).
 
 Keys the index does not hold are returned empty, as PS3.4 C.2.2.1.1 allows, and do not
-restrict the matches. A key of a level below the query's is an error (`QueryInvalid`).
+restrict the matches (C-FIND then answers 0xFF01). No indexed attribute lives in a sequence, so
+sequence matching (C.2.2.2.6) never restricts either: a sequence key (e.g.
+ReferencedStudySequence, RequestAttributesSequence) comes back as a zero-length sequence, and
+one whose item gives a key a value counts as a key not matched. A key of a level below the
+query's is an error (`QueryInvalid`).
 """
 
 import datetime as dt
@@ -175,6 +179,13 @@ def query_parse(identifier: Dataset, *, model: str, level: str | None = None) ->
         keyword = element.keyword or keyword_for_tag(tag)
         if not keyword or keyword in _IGNORED:
             continue
+        if element.VR == "SQ":
+            # Nothing the index holds lives in a sequence (PS3.4 C.2.2.2.6): the key is
+            # returned as a zero-length sequence; an item key with a value cannot be matched.
+            order.append(keyword)
+            if _sequence_keyed(element.value):
+                unmatched.append(keyword)
+            continue
         text = _text(element.value)
         attribute_level = (
             ATTRIBUTES[keyword].level
@@ -195,6 +206,18 @@ def query_parse(identifier: Dataset, *, model: str, level: str | None = None) ->
         elif not _universal(text) and element.VR != "SQ":
             unmatched.append(keyword)
     return Query(level=level, keys=keys, return_keys=tuple(order), unmatched=tuple(unmatched))
+
+
+def _sequence_keyed(items: Any) -> bool:
+    """Whether any item of a sequence key (at any depth) gives a key a value."""
+    for item in items or []:
+        for element in item:
+            if element.VR == "SQ":
+                if _sequence_keyed(element.value):
+                    return True
+            elif not _universal(_text(element.value)):
+                return True
+    return False
 
 
 def _level_of(keyword: str) -> str | None:
