@@ -1,4 +1,5 @@
-"""Query/Retrieve: C-FIND, C-MOVE and C-GET, served by these functions (receiver.retrieve_service).
+"""Query/Retrieve: C-FIND, C-MOVE and C-GET, served by these functions (see
+receiver.transport.retrieve_service).
 
 Statuses (PS3.4 C.4): 0xFF00 pending with each match or after each sub-operation; 0x0000 done;
 0xB000 sub-operations complete with failures (FailedSOPInstanceUIDList); 0xFE00 cancelled;
@@ -26,16 +27,20 @@ from pynetdicom.sop_class import (
     StudyRootQueryRetrieveInformationModelMove,
 )
 
-from archive.query import PATIENT_ROOT, STUDY_ROOT, QueryInvalid, query_parse, query_run
+from archive.dimse_codec import response_command
+from archive.query import (
+    PATIENT_ROOT,
+    STUDY_ROOT,
+    QueryInvalid,
+    query_parse,
+    query_run_encoded,
+)
 from archive.retrieval import RetrieveFailed, instance_source, retrieve_instances, retrieve_parse
 from archive.storage import Storage
 from receiver.config import ReceiverConfig
-from routing.direct import (
-    AcceptedAssociationStore,
-    DirectStoreAssociation,
-    QueuedWriter,
-    response_command,
-)
+from receiver.query_audit import query_audit_write, retrieve_audit_write
+from receiver.transport.accepted import AcceptedAssociationStore, QueuedWriter
+from routing.direct import DirectStoreAssociation
 from routing.remote import remote_ae_find
 from routing.scu import AssociationFailed, store_contexts
 
@@ -79,7 +84,33 @@ def serve_find(service: Any, req: Any, context: Any, *, config: ReceiverConfig) 
     """One C-FIND: a pending response per match from archive.query (0xFF01 when a key the
     index cannot match was given a value), then 0x0000; or 0xFE00 on C-CANCEL, 0xA900,
     0xC000 or 0xA700 (see the module docstring). Responses are encoded by
-    routing.direct (no pydicom command sets), written as routing.direct._writer says."""
+    archive.dimse_codec (no pydicom command sets), written as receiver.transport.accepted
+    says. One audit record per request once it is answered (receiver.query_audit)."""
+    outcome = _Found()
+    try:
+        _find(service, req, context, config, outcome)
+    finally:
+        if outcome.status is not None:
+            query_audit_write(
+                assoc=service.assoc,
+                level=outcome.level,
+                keys=outcome.keys,
+                matches=outcome.matches,
+                status=outcome.status,
+            )
+
+
+class _Found:
+    """What one C-FIND asked and how it ended, for its audit record."""
+
+    def __init__(self) -> None:
+        self.level: str | None = None
+        self.keys: dict[str, str] = {}
+        self.matches = 0
+        self.status: int | None = None
+
+
+def _find(service: Any, req: Any, context: Any, config: ReceiverConfig, found: _Found) -> None:
     assoc = service.assoc
     syntax = context.transfer_syntax[0]
     model = QUERY_MODELS.get(str(context.abstract_syntax), STUDY_ROOT)
@@ -87,12 +118,9 @@ def serve_find(service: Any, req: Any, context: Any, *, config: ReceiverConfig) 
     sop_class = str(req.AffectedSOPClassUID)
     started = time.monotonic()
 
-    def respond(status: int, identifier: Dataset | None = None) -> None:
-        encoded = None
-        if identifier is not None:
-            encoded = encode(
-                identifier, syntax.is_implicit_VR, syntax.is_little_endian, syntax.is_deflated
-            )
+    def respond(status: int, encoded: bytes | None = None) -> None:
+        if encoded is None:
+            found.status = status
         command = response_command(
             command_field=C_FIND_RSP,
             sop_class_uid=sop_class,
@@ -106,6 +134,7 @@ def serve_find(service: Any, req: Any, context: Any, *, config: ReceiverConfig) 
         identifier = decode(
             req.Identifier, syntax.is_implicit_VR, syntax.is_little_endian, syntax.is_deflated
         )
+        found.level = str(identifier.get("QueryRetrieveLevel", "") or "").strip()[:16]
         query = query_parse(identifier, model=model)
     except QueryInvalid as exc:
         logger.warning("C-FIND from %s refused (0xA900): %s", _peer(assoc), exc)
@@ -115,22 +144,29 @@ def serve_find(service: Any, req: Any, context: Any, *, config: ReceiverConfig) 
         logger.warning("C-FIND from %s: identifier unreadable (0xC000): %s", _peer(assoc), exc)
         respond(CANNOT_UNDERSTAND)
         return
+    found.level, found.keys = query.level, query.matching_keys
     pending = PENDING_WITH_UNSUPPORTED_KEYS if query.unmatched else PENDING
     if query.unmatched:
         logger.debug("C-FIND keys not matched (not indexed): %s", ", ".join(query.unmatched))
-    wants_retrieve_ae = "RetrieveAETitle" in identifier
-    matches = 0
+    extra = {"RetrieveAETitle": config.ae_title} if "RetrieveAETitle" in identifier else None
+    matches = query_run_encoded(
+        query,
+        explicit_vr=not syntax.is_implicit_VR,
+        extra=extra,
+        case_insensitive_pn=config.query_pn_case_insensitive,
+    )
     try:
-        for match in query_run(query, case_insensitive_pn=config.query_pn_case_insensitive):
+        for match in matches:
             if service.is_cancelled(req.MessageID):
-                logger.info("C-FIND from %s cancelled after %d matches", _peer(assoc), matches)
+                logger.info(
+                    "C-FIND from %s cancelled after %d matches", _peer(assoc), found.matches
+                )
                 respond(CANCELLED)
                 return
             if not assoc.is_established:
+                found.status = CANCELLED
                 return
-            if wants_retrieve_ae:
-                match.RetrieveAETitle = config.ae_title
-            matches += 1
+            found.matches += 1
             respond(pending, match)
     except DatabaseError as exc:
         logger.error("C-FIND from %s failed (0xA700): index unavailable: %s", _peer(assoc), exc)
@@ -140,7 +176,7 @@ def serve_find(service: Any, req: Any, context: Any, *, config: ReceiverConfig) 
         "C-FIND from %s at %s level: %d match(es) in %.0f ms",
         _peer(assoc),
         query.level,
-        matches,
+        found.matches,
         1000 * (time.monotonic() - started),
     )
     respond(SUCCESS)
@@ -159,10 +195,16 @@ class _Responder:
         self.rsp.AffectedSOPClassUID = req.AffectedSOPClassUID
         self.remaining = self.completed = self.failed = self.warnings = 0
         self.failed_uids: list[str] = []
-        # C-GET: responses written on the socket with the C-STOREs (see routing.direct).
+        # C-GET: responses written with the C-STOREs (see receiver.transport.accepted).
         self.direct: AcceptedAssociationStore | None = None
+        # For the audit record: the retrieve keys, the move destination, the final status.
+        self.keys: dict[str, str] = {}
+        self.destination: str | None = None
+        self.final: int | None = None
 
     def send(self, status: int, *, final: bool = False) -> None:
+        if final:
+            self.final = status
         rsp = self.rsp
         rsp.Status = status
         rsp.Identifier = None
@@ -201,6 +243,7 @@ class _Responder:
         self.service.dimse.send_msg(rsp, self.context_id)
 
     def refuse(self, status: int) -> None:
+        self.final = status
         rsp = self.rsp
         rsp.Status = status
         rsp.Identifier = None
@@ -210,9 +253,34 @@ class _Responder:
 def serve_retrieve(
     service: Any, req: Any, context: Any, kind: str, *, config: ReceiverConfig, storage: Storage
 ) -> None:
-    """Serve one C-MOVE (`kind` "move") or C-GET ("get") request, responses included."""
-    assoc = service.assoc
+    """Serve one C-MOVE (`kind` "move") or C-GET ("get") request, responses included, then
+    write its one audit record (receiver.query_audit): 0xA702 there when the association
+    ended before the final response."""
     respond = _Responder(service, req, context, kind)
+    name = "C-MOVE" if kind == "move" else "C-GET"
+    try:
+        _retrieve(service, req, context, kind, config, storage, respond)
+    finally:
+        retrieve_audit_write(
+            assoc=service.assoc,
+            service=name,
+            destination=respond.destination,
+            keys=respond.keys,
+            counts=(respond.completed, respond.failed, respond.warnings),
+            status=CANNOT_PERFORM if respond.final is None else respond.final,
+        )
+
+
+def _retrieve(
+    service: Any,
+    req: Any,
+    context: Any,
+    kind: str,
+    config: ReceiverConfig,
+    storage: Storage,
+    respond: _Responder,
+) -> None:
+    assoc = service.assoc
     name = "C-MOVE" if kind == "move" else "C-GET"
     model = QUERY_MODELS.get(str(context.abstract_syntax), STUDY_ROOT)
     syntax = respond.syntax
@@ -222,6 +290,7 @@ def serve_retrieve(
         )
         query = retrieve_parse(identifier, model=model)
     except QueryInvalid as exc:
+        respond.keys = {"QueryRetrieveLevel": str(identifier.get("QueryRetrieveLevel", ""))}
         logger.warning("%s from %s refused (0xA900): %s", name, _peer(assoc), exc)
         respond.refuse(IDENTIFIER_MISMATCH)
         return
@@ -230,9 +299,11 @@ def serve_retrieve(
         respond.refuse(CANNOT_UNDERSTAND)
         return
 
+    respond.keys = dict(query.keys)
     peer = None
     if kind == "move":
         destination = str(req.MoveDestination or "").strip()
+        respond.destination = destination
         try:
             peer = remote_ae_find(ae_title=destination)
         except DatabaseError as exc:

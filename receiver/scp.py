@@ -17,13 +17,13 @@ from pynetdicom.sop_class import StorageCommitmentPushModel, Verification
 
 from archive.part10 import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from archive.services import IngestSettings
-from receiver import commitment_handlers, handlers, query_handlers, retrieve_service, transport
+from receiver import commitment_handlers, handlers, query_handlers, transport
 from receiver.config import ReceiverConfig
 from receiver.handlers import requests_served
 from receiver.limits import AssociationSlots
 from receiver.live import LiveStatus
 from receiver.sop_classes import storage_sop_classes
-from receiver.transport import fastpath
+from receiver.transport import fastpath, retrieve_service
 from routing import scu
 
 # pynetdicom logs each PDU and DIMSE message; we log one line per association instead.
@@ -104,13 +104,14 @@ def build_ae(
     uncompressed = [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
     for sop_class in query_handlers.QUERY_RETRIEVE_CLASSES:
         ae.add_supported_context(sop_class, uncompressed)
-    ae.add_supported_context(StorageCommitmentPushModel, uncompressed)
+    # Role selection accepted so that a requester taking the SCP role gets its report on the
+    # same association while it keeps it open (PS3.4 J.3.3).
+    ae.add_supported_context(StorageCommitmentPushModel, uncompressed, scu_role=True, scp_role=True)
 
     # C-STOREs are served on the connection's own thread (receiver.transport.fastpath); the
     # EVT_C_STORE handler serves the few it passes on to pynetdicom.
     fastpath.enable(ae, functools.partial(handlers.dataset_store, ingest=ingest))
-    # C-FIND, C-MOVE and C-GET are served by query_handlers (see receiver.retrieve_service).
-    retrieve_service.install()
+    # C-FIND, C-MOVE and C-GET are served by query_handlers (receiver.transport.retrieve_service).
     retrieve_service.enable(
         ae,
         functools.partial(query_handlers.serve_retrieve, config=config, storage=ingest.storage),
@@ -129,9 +130,11 @@ def build_ae(
         (evt.EVT_CONN_CLOSE, handlers.handle_connection_closed, [slots]),
     ]
     # Notifications that tell why an association ends or what it asked that we do not serve.
+    # Query/Retrieve has no event handler: retrieve_service hands it to query_handlers.
+    served = requests_served(event_handlers) | {"C_FIND_RQ", "C_MOVE_RQ", "C_GET_RQ", "C_CANCEL_RQ"}
     event_handlers += [
         (evt.EVT_ACSE_RECV, handlers.handle_acse_received),
-        (evt.EVT_DIMSE_RECV, handlers.handle_dimse_received, [requests_served(event_handlers)]),
+        (evt.EVT_DIMSE_RECV, handlers.handle_dimse_received, [served]),
     ]
     return ae, event_handlers
 

@@ -2,15 +2,19 @@
 
 A request is recorded as a row at once (`commitment_request_record`); `commitment_deliver_due`
 checks each referenced instance (indexed, file present, size and SHA-256 as recorded) and sends
-the N-EVENT-REPORT on a new association to the requester, found in the remote AE table by its
-AE title. An unreachable requester is retried with backoff; rows outlive restarts.
-`CommitmentDelivery` runs that loop in a background thread of runscp.
+the N-EVENT-REPORT on the requester's own association when it is still open and the requester
+accepted the SCP role there (PS3.4 J.3.3; `commitment_association_offer`), else on a new
+association to the requester, found in the remote AE table by its AE title. An unreachable
+requester is retried with backoff; rows outlive restarts. `CommitmentDelivery` runs that loop
+in a background thread of runscp.
 """
 
 import datetime as dt
 import hashlib
 import logging
 import threading
+import weakref
+from typing import Any
 
 from django.db import DatabaseError, IntegrityError, close_old_connections, connection
 from django.utils import timezone
@@ -32,6 +36,27 @@ FIRST_RETRY = 10.0  # seconds; doubled per failed attempt
 LAST_RETRY = 3600.0
 MAX_ATTEMPTS = 30  # about a day of retries at the longest interval
 _READ = 1 << 20
+
+
+# (calling AE title, transaction UID) → the requester's association, where it may take the
+# report (weak: a closed association must not be kept alive by a report not yet due).
+_OFFERED: "weakref.WeakValueDictionary[tuple[str, str], Any]" = weakref.WeakValueDictionary()
+_OFFERED_LOCK = threading.Lock()
+
+
+def commitment_association_offer(
+    *, calling_ae_title: str, transaction_uid: str, assoc: Any
+) -> None:
+    """The requester of `transaction_uid` accepted the SCP role of Storage Commitment on
+    `assoc` (a pynetdicom Association, the N-ACTION's): report there while it stays open."""
+    with _OFFERED_LOCK:
+        _OFFERED[(calling_ae_title.strip(), transaction_uid)] = assoc
+
+
+def _offered(row: CommitmentTransaction) -> Any:
+    with _OFFERED_LOCK:
+        assoc = _OFFERED.pop((row.calling_ae_title, row.transaction_uid), None)
+    return assoc if assoc is not None and assoc.is_established else None
 
 
 class CommitmentInvalid(ValueError):
@@ -185,11 +210,31 @@ def commitment_deliver_due(*, storage: Storage, ae_title: str) -> int:
 
 
 def _deliver(row: CommitmentTransaction, *, ae_title: str) -> str | None:
-    """Send the report; None on success, else why not."""
+    """Send the report, on the request's association if offered and still open; None on
+    success, else why not."""
+    event_type, information = commitment_report(row)
+    same = _offered(row)
+    if same is not None:
+        try:
+            status = event_report_send(
+                same,
+                event_type=event_type,
+                information=information,
+                instance_uid=STORAGE_COMMITMENT_INSTANCE,
+            )
+        except (ValueError, RuntimeError) as exc:
+            status = None
+            logger.info(
+                "Storage Commitment %s: not on the request's association: %s",
+                row.transaction_uid,
+                exc,
+            )
+        if status == 0x0000:
+            return None
+        # Released meanwhile, or refused there: a new association, as without the offer.
     peer = remote_ae_find(ae_title=row.calling_ae_title)
     if peer is None:
         return f"{row.calling_ae_title} is not in the remote AE table"
-    event_type, information = commitment_report(row)
     contexts, roles = commitment_contexts()
     try:
         assoc = associate(peer, calling_ae_title=ae_title, contexts=contexts, ext_neg=roles)

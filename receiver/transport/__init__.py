@@ -36,11 +36,31 @@ it was measured to bring.
     copies, UIDs being immutable. About 80 ms of CPU per association.
 11. `dimse_messages._MESSAGE_TYPES[0x0001]`, replaced (spool): a C-STORE-RQ's dataset goes to a
     SpoolBuffer that moves to a file when large. A 1 GB instance no longer costs 1 GB of memory.
+12. `association.uid_to_service_class` (the name pynetdicom.association imported), wrapped
+    (retrieve_service): Query/Retrieve requests get a `QueryRetrieveServiceClass` subclass
+    whose private `_c_find_scp`, `_move_scp` and `_get_scp` hand the request to
+    receiver.query_handlers. Correctness first: pynetdicom answers 0xA801 with no counts when
+    a C-MOVE destination cannot be reached, and wants every sub-operation as a decoded Dataset
+    before it knows which syntaxes were accepted; C-FIND responses without pydicom's
+    command-set encoding take a third less time each.
+13. `DULServiceProvider.socket.socket` (the raw socket under `AssociationSocket`), written
+    directly by the thread serving a C-FIND or C-GET on plain TCP (accepted): no hand-off to
+    the DUL thread per PDU. C-GET of small instances ~1.5x faster (bench/qr.py).
+14. `DULServiceProvider.send_pdu`, `to_provider_queue`, `_kill_thread` (accepted): on TLS the
+    same PDUs go through the DUL thread, the queue kept to a few PDUs so that a large file is
+    never all in memory. Correctness (one writer per TLS connection), memory.
+15. `Association.dimse.get_msg(block=True)` (accepted): the peer's C-STORE-RSP to a C-GET
+    sub-operation, taken by the serving thread as pynetdicom's own C-GET SCP does.
+
+Outside this package, routing.direct opens its own sockets for C-MOVE destinations and the
+forwarding queue and uses only pynetdicom's documented PDU classes: no reach-in. The command
+sets both write come from archive.dimse_codec, below both (routing must not import receiver).
 
 Attributes we keep in pynetdicom's objects (through `__dict__`, so that a property or slot of
 the same name in a later version cannot be shadowed silently): `AE._receiver_store`,
 `DULServiceProvider._receiver_fastpath`, `DULServiceProvider._receiver_pipe`,
-`Association._receiver_wake`, `AssociationSocket._pdu_body_next`, `DIMSEMessage._spool`; and,
+`Association._receiver_wake`, `AssociationSocket._pdu_body_next`, `DIMSEMessage._spool`,
+`AE._receiver_find`, `AE._receiver_retrieve` (retrieve_service.enable); and,
 outside this package, `Association.receiver_tally` (receiver.handlers: the association's
 counts). Private attributes we read: `DULServiceProvider._idle_timer`, `_decode_pdu`,
 `_recv_pdu`, `_kill_thread`, `event_queue`, `to_provider_queue`, `Association._accepted_cx`.
@@ -61,7 +81,15 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-from receiver.transport import contexts, fastpath, pdu_guard, reactor, spool
+from receiver.transport import (
+    accepted,
+    contexts,
+    fastpath,
+    pdu_guard,
+    reactor,
+    retrieve_service,
+    spool,
+)
 
 SUPPORTED_PYNETDICOM = "3.0.4"
 
@@ -110,3 +138,16 @@ def install(
     reactor.install(on_exit=on_association_exit)
     fastpath.install(on_thread_exit=on_thread_exit)
     contexts.install()
+    retrieve_service.install()
+
+
+__all__ = [
+    "accepted",
+    "contexts",
+    "fastpath",
+    "install",
+    "pdu_guard",
+    "reactor",
+    "retrieve_service",
+    "spool",
+]

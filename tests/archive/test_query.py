@@ -117,3 +117,42 @@ def test_a_query_matching_100000_instances_streams_in_flat_memory():
     assert count == 100_000
     # Whatever 1,000 matches took, 100,000 take no more than a couple of MB beyond it.
     assert peak - early < 4 * 2**20, (early, current, peak)
+
+
+@pytest.mark.parametrize("explicit_vr", [True, False])
+def test_encoded_identifiers_are_what_pydicom_encodes_from_the_datasets(index, explicit_vr):
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filereader import read_dataset
+    from pydicom.filewriter import write_dataset
+
+    from archive.query import query_run_encoded
+
+    Patient.objects.filter(patient_id="P2").update(name="Müller^Jörg=ミュラー")
+    Series.objects.create(
+        study=Study.objects.get(study_instance_uid="1.2.2"), series_instance_uid="1.3.9",
+        modality="MR",
+    )  # fmt: skip
+    identifier = _study_query(
+        PatientName="", PatientID="", StudyDate="", StudyTime="", ModalitiesInStudy="",
+        NumberOfStudyRelatedInstances="", NumberOfStudyRelatedSeries="", StudyDescription="",
+        ReferencedStudySequence=[], OtherPatientIDs="", RetrieveAETitle="",
+    )  # fmt: skip
+    query = query_parse(identifier, model=STUDY_ROOT)
+    expected = []
+    for ds in query_run(query):
+        ds.RetrieveAETitle = "ARCHIVE"
+        buffer = DicomBytesIO()
+        buffer.is_implicit_VR, buffer.is_little_endian = not explicit_vr, True
+        write_dataset(buffer, ds)
+        expected.append(buffer.getvalue())
+    encoded = list(
+        query_run_encoded(query, explicit_vr=explicit_vr, extra={"RetrieveAETitle": "ARCHIVE"})
+    )
+    assert len(encoded) == 5
+    assert encoded == expected
+    [mixed] = [
+        read_dataset(DicomBytesIO(raw), not explicit_vr, True) for raw in encoded if b"1.2.2" in raw
+    ]
+    mixed.decode()
+    assert str(mixed.PatientName) == "Müller^Jörg=ミュラー"
+    assert mixed.ModalitiesInStudy == ["CT", "MR"]

@@ -583,3 +583,25 @@ def test_a_stored_file_gone_missing_fails_its_sub_operation_only(archive, storag
     assert (final.NumberOfCompletedSuboperations, final.NumberOfFailedSuboperations) == (2, 1)
     assert identifier.FailedSOPInstanceUIDList == instances[1].sop_instance_uid
     assert len(destination.received) == 2
+
+
+def test_sequence_keys_come_back_empty_and_an_item_value_is_a_key_not_matched(archive, tmp_path):
+    # findscu: a universal sequence key (one item, its key empty) → a zero-length sequence.
+    [found] = findscu(
+        archive.port, tmp_path, "QueryRetrieveLevel=STUDY", "PatientID=1CT1",
+        "ReferencedStudySequence[0].ReferencedSOPInstanceUID",
+    )  # fmt: skip
+    assert found.PatientID == "1CT1"
+    assert "ReferencedStudySequence" in found
+    assert len(found.ReferencedStudySequence) == 0
+    # An item key with a value cannot be matched (nothing indexed lives in a sequence): the
+    # match is still returned, with 0xFF01 (PS3.4 C.4.1.1.4), not refused.
+    identifier = Dataset()
+    identifier.QueryRetrieveLevel = "STUDY"
+    identifier.PatientID = "1CT1"
+    item = Dataset()
+    item.ReferencedSOPInstanceUID = "1.2.3.4"
+    identifier.ReferencedStudySequence = [item]
+    responses = _find_statuses(archive.port, identifier)
+    assert [status for status, _ in responses] == [0xFF01, 0x0000]
+    assert len(responses[0][1].ReferencedStudySequence) == 0

@@ -1,6 +1,7 @@
 """Storage Commitment Push Model against the real SCP, with pynetdicom as the requester (SCU)
 that also listens for the N-EVENT-REPORT."""
 
+import contextlib
 import queue
 
 import pytest
@@ -164,3 +165,77 @@ def test_pending_report_survives_a_restart_and_an_unreachable_requester(start_sc
         peer.stop()
     assert event_type == 1
     assert info.TransactionUID == uid
+
+
+def _request_keeping_the_association(port: int, references, uid: str, *, scp_role: bool):
+    """N-ACTION from a requester that proposes the SCP role (or not) and keeps its association
+    open for 15 s at most, taking an N-EVENT-REPORT there; (status, reports received)."""
+    from pynetdicom import build_role
+
+    reports: queue.Queue = queue.Queue()
+
+    def report(event):
+        reports.put((event.request.EventTypeID, event.event_information))
+        return 0x0000, None
+
+    ae = scu("KEEPER")
+    ae.add_requested_context(StorageCommitmentPushModel)
+    role = build_role(StorageCommitmentPushModel, scu_role=True, scp_role=True)
+    roles = [role] if scp_role else []
+    assoc = ae.associate(
+        "127.0.0.1", port, ae_title="TEST_SCP", ext_neg=roles,
+        evt_handlers=[(evt.EVT_N_EVENT_REPORT, report)],
+    )  # fmt: skip
+    assert assoc.is_established
+    info = Dataset()
+    info.TransactionUID = uid
+    info.ReferencedSOPSequence = []
+    for sop_class, sop_instance in references:
+        item = Dataset()
+        item.ReferencedSOPClassUID = sop_class
+        item.ReferencedSOPInstanceUID = sop_instance
+        info.ReferencedSOPSequence.append(item)
+    try:
+        status, _ = assoc.send_n_action(info, 1, StorageCommitmentPushModel, INSTANCE)
+        received = []
+        with contextlib.suppress(queue.Empty):
+            received.append(reports.get(timeout=15 if scp_role else 3))
+        return status.Status, received
+    finally:
+        assoc.release()
+
+
+def test_report_on_the_same_association_when_the_requester_took_the_scp_role(scp):
+    # Not in the remote AE table: a new association to it would be impossible.
+    references = _stored(scp)
+    uid = generate_uid()
+    status, received = _request_keeping_the_association(scp.port, references, uid, scp_role=True)
+    assert status == 0x0000
+    [(event_type, info)] = received
+    assert event_type == 1
+    assert info.TransactionUID == uid
+    assert len(info.ReferencedSOPSequence) == 2
+    assert eventually(
+        lambda: (
+            CommitmentTransaction.objects.get(transaction_uid=uid).state
+            == CommitmentTransaction.DELIVERED
+        )
+    )
+
+
+def test_without_the_scp_role_the_report_goes_on_a_new_association(scp):
+    references = _stored(scp)
+    requester = Requester("KEEPER")
+    requester.start()
+    RemoteAE.objects.create(ae_title="KEEPER", host="127.0.0.1", port=requester.port)
+    try:
+        uid = generate_uid()
+        status, received = _request_keeping_the_association(
+            scp.port, references, uid, scp_role=False
+        )
+        assert status == 0x0000
+        assert received == []  # nothing on the requester's own association
+        event_type, info = requester.reports.get(timeout=20)
+        assert (event_type, info.TransactionUID) == (1, uid)
+    finally:
+        requester.stop()

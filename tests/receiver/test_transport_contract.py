@@ -13,11 +13,11 @@ import inspect
 from pathlib import Path
 
 import pytest
-from pynetdicom import association, dimse_messages, dul, fsm, transport
+from pynetdicom import association, dimse, dimse_messages, dul, fsm, service_class, transport
 from pynetdicom.presentation import PresentationContext
 
 from receiver import transport as ours
-from receiver.transport import reactor, spool
+from receiver.transport import reactor, retrieve_service, spool
 
 
 def _module(module) -> ast.Module:
@@ -192,6 +192,47 @@ def test_incoming_messages_are_typed_through_the_message_table():
     assert entries[0x0001] == "('C-STORE-RQ', C_STORE_RQ)"
 
 
+# 12: the service class of a Query/Retrieve request comes from the name association imported,
+# called with the context's abstract syntax, and the private methods we override take
+# (req, context).
+def test_query_retrieve_requests_go_through_the_service_class_we_substitute():
+    imports = [
+        n for n in _module(association).body if isinstance(n, ast.ImportFrom) and n.level == 0
+    ]
+    assert any(
+        n.module == "pynetdicom.sop_class" and "uid_to_service_class" in {a.name for a in n.names}
+        for n in imports
+    )
+    source = ast.unparse(_method(association, "Association", "_serve_request"))
+    assert "uid_to_service_class(class_uid)(self)" in source
+    for owner, name in (
+        ("ServiceClass", "_c_find_scp"),
+        ("QueryRetrieveServiceClass", "_move_scp"),
+        ("QueryRetrieveServiceClass", "_get_scp"),
+    ):
+        assert _arguments(_method(service_class, owner, name)) == ["self", "req", "context"], name
+    scp = ast.unparse(_method(service_class, "QueryRetrieveServiceClass", "SCP"))
+    for call in ("self._c_find_scp(req, context)", "self._move_scp(req, context)"):
+        assert call in scp
+    assert "self._get_scp(req, context)" in scp
+    assert _arguments(_method(service_class, "ServiceClass", "is_cancelled")) == [
+        "self",
+        "msg_id",
+    ]
+
+
+# 13, 14, 15: what receiver.transport.accepted writes to and reads from.
+def test_accepted_association_writers_find_the_socket_queue_and_responses():
+    init = _method(dul, "DULServiceProvider", "__init__")
+    assert {"socket", "to_provider_queue", "_kill_thread"} <= _assigned_attributes(init)
+    init = _method(transport, "AssociationSocket", "__init__")
+    assert "socket" in _assigned_attributes(init)
+    assert _arguments(_method(dul, "DULServiceProvider", "send_pdu")) == ["self", "primitive"]
+    get_msg = _method(dimse, "DIMSEServiceProvider", "get_msg")
+    assert _arguments(get_msg) == ["self", "block"]
+    assert "self.msg_queue.get(block=block, timeout=self.dimse_timeout)" in ast.unparse(get_msg)
+
+
 def _dict(node: ast.AST) -> tuple[list, list]:
     assert isinstance(node, ast.Dict)
     return node.keys, node.values
@@ -206,6 +247,9 @@ def test_install_applies_every_reach_in(scp):
     assert type(association.time).__name__ == "_AssociationTime"
     assert transport.deepcopy is ours.contexts.contexts_copy
     assert dimse_messages._MESSAGE_TYPES[0x0001][1].__module__ == spool.__name__
+    assert getattr(association.uid_to_service_class, "retrieve_service", False)
+    query_class = association.uid_to_service_class("1.2.840.10008.5.1.4.1.2.2.1")
+    assert query_class is retrieve_service._RetrieveService
     for target in (
         association.Association._run_reactor,
         fsm.StateMachine.do_action,

@@ -10,8 +10,10 @@ which sends the pending and final responses itself; C-FIND likewise goes to
 query_handlers.serve_find, which encodes its responses without pydicom's command-set
 machinery (a third of the time per response).
 
-This reaches into pynetdicom: the `uid_to_service_class` that pynetdicom.association imported is
-wrapped. tests/e2e/test_query_retrieve.py covers both services against DCMTK and pynetdicom.
+This reaches into pynetdicom (package docstring, 12): the `uid_to_service_class` that
+pynetdicom.association imported is wrapped, and the subclass overrides the private
+`_c_find_scp`, `_move_scp` and `_get_scp`. Applied by receiver.transport.install();
+tests/e2e/test_query_retrieve.py covers the services against DCMTK and pynetdicom.
 """
 
 from collections.abc import Callable
