@@ -44,8 +44,10 @@ def test_storescu_into_a_bucket_and_back(moto_server, tmp_path):
     assert f"s3://{bucket}/archive" in output
     assert "Traceback" not in output
 
+    # The two instances and the storage's identity marker (archive.storage_identity).
     keys = moto_server.keys(bucket)
-    assert len(keys) == 2 and all(key.startswith("archive/") for key in keys)
+    assert sorted(key.rpartition("/")[2].endswith(".dcm") for key in keys) == [False, True, True]
+    assert "archive/.pacs-storage.json" in keys and all(k.startswith("archive/") for k in keys)
     assert not list((tmp_path / "staging").rglob("*.part"))
 
     verify = subprocess.run(
@@ -112,7 +114,8 @@ def test_endpoint_down_during_ingest_then_back(start_scp, s3_environment, tmp_pa
         s3_environment.start()
     assert send_dataset(scp.port, ds) == 0x0000
     assert Instance.objects.count() == 2
-    assert len(s3_environment.keys(bucket)) == 2
+    instances = [k for k in s3_environment.keys(bucket) if not k.endswith(".pacs-storage.json")]
+    assert len(instances) == 2
     assert not [p for p in (tmp_path / "staging").rglob("*") if p.is_file()]
 
 
