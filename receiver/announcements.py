@@ -13,6 +13,7 @@ from collections.abc import Callable
 from archive.events import dispatcher_flush
 from archive.stability import StabilitySweeper, StableAges
 from receiver.config import ReceiverConfig
+from routing.forwarding import RuleWatcher
 
 logger = logging.getLogger(__name__)
 
@@ -29,8 +30,11 @@ def announcements_start(config: ReceiverConfig) -> Callable[[], None]:
             ages.series,
             ages.study,
         )
+    # Connects the forwarding rules' in-transaction receivers in this process when a rule exists.
+    rules = RuleWatcher().start()
 
     def stop() -> None:
+        rules.stop()
         if sweeper is not None:
             sweeper.stop()
         dispatcher_flush(timeout=5.0)

@@ -30,6 +30,7 @@ from receiver.live import LiveStatus
 from receiver.scp import build_ae, tls_context
 from receiver.transport.lobby import Lobby, descriptor_limit_raise
 from routing.commitment import CommitmentDelivery
+from routing.forwarding import ForwardingWorker, RuleInvalid, forwarding_rules_sync
 from routing.remote import remote_aes_sync
 
 logger = logging.getLogger(__name__)
@@ -47,6 +48,7 @@ class RunningServer:
     live: LiveStatus
     lobby: Lobby
     commitment: CommitmentDelivery | None = None
+    forwarding: ForwardingWorker | None = None
     stopped: bool = False
     stop_announcements: Callable[[], None] | None = None
 
@@ -67,6 +69,8 @@ class RunningServer:
             self.stop_announcements()
         if self.commitment is not None:
             self.commitment.stop()
+        if self.forwarding is not None:
+            self.forwarding.stop()
         self.live.stop()
 
 
@@ -202,6 +206,7 @@ def start(config: ReceiverConfig, ingest: IngestSettings) -> RunningServer:
         lobby=lobby,
         stop_announcements=announcements.announcements_start(config),
         commitment=commitment,
+        forwarding=forwarding_start(config, ingest),
     )
 
 
@@ -212,11 +217,27 @@ def commitment_start(config: ReceiverConfig, ingest: IngestSettings) -> Commitme
         remote_aes_sync(entries=config.remote_aes)
     except DatabaseError as exc:
         raise StartupError(f"remote_aes: cannot write the remote AE table: {exc}") from None
+    try:
+        forwarding_rules_sync(entries=config.forwarding)
+    except RuleInvalid as exc:
+        raise StartupError(str(exc)) from None
+    except DatabaseError as exc:
+        raise StartupError(f"forwarding: cannot write the rules: {exc}") from None
     finally:
         connections.close_all()
     commitment = CommitmentDelivery(storage=ingest.storage, ae_title=config.ae_title)
     commitment.start()
     return commitment
+
+
+def forwarding_start(config: ReceiverConfig, ingest: IngestSettings) -> ForwardingWorker:
+    """The forwarding delivery loop (routing.forwarding): one per runscp, in the parent of
+    `--workers N`; beside `manage.py forward --watch` elsewhere, their claims never clash."""
+    worker = ForwardingWorker(
+        storage=ingest.storage, ae_title=config.ae_title, timeout=config.dimse_timeout
+    )
+    worker.start()
+    return worker
 
 
 def listen(config: ReceiverConfig) -> socket.socket:
@@ -250,9 +271,11 @@ def run(config: ReceiverConfig) -> None:
         logger.info("Storage SCP started: %s, %d workers", config.describe(), config.workers)
         logger.info("%s", storage_found)
         commitment = commitment_start(config, ingest)
+        forwarding = forwarding_start(config, ingest)
         try:
             workers.serve(config, ingest, listener, config.workers, stop)
         finally:
+            forwarding.stop()
             commitment.stop()
     else:
         running = start(config, ingest)
