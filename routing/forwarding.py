@@ -419,7 +419,7 @@ def forward_send(
     done = set(sent) | {pk for pk, *_ in failed}
     unsent = [pk for pk in batch.ids if pk in rows and pk not in done]
     result.sent = len(sent)
-    result.dead = _record(batch, sent, failed)
+    result.dead = _record(batch, sent, failed, warnings=result.warnings)
     result.failed = len(failed)
     if unsent:
         _release(batch, unsent, "association broken off", FIRST_BACKOFF)
@@ -427,20 +427,24 @@ def forward_send(
     return result
 
 
-def _record(batch: Batch, sent: list[int], failed: list[tuple[int, int, int | None, str]]) -> int:
+def _record(
+    batch: Batch, sent: list[int], failed: list[tuple[int, int, int | None, str]], *, warnings: int
+) -> int:
     now = timezone.now()
     dead = 0
     counts: Counter[str] = Counter()
     with index_writer(), transaction.atomic():
         mine = ForwardItem.objects.filter(state=ForwardItem.SENDING, lease_until=batch.lease)
         if sent:
-            counts[SENT] += mine.filter(pk__in=sent).update(
+            updated = mine.filter(pk__in=sent).update(
                 state=ForwardItem.SENT,
                 sent_at=now,
                 attempts=F("attempts") + 1,
                 lease_until=None,
                 last_error="",
             )
+            counts[WARNING] = min(warnings, updated)
+            counts[SENT] = updated - counts[WARNING]
         for pk, attempts, status, error in failed:
             attempts += 1
             if attempts >= MAX_ATTEMPTS:
@@ -581,6 +585,27 @@ def forward_queue_summary() -> list[DestinationQueue]:
             )
         )
     return summary
+
+
+def forward_failures_recent(limit: int = 20) -> list[dict]:
+    """The latest unsent rows with an error (retrying or dead letters), JSON-ready."""
+    rows = (
+        ForwardItem.objects.exclude(state=ForwardItem.SENT)
+        .exclude(last_error="")
+        .select_related("destination")
+        .order_by("-next_attempt_at")[:limit]
+    )
+    return [
+        {
+            "id": row.pk,
+            "destination": row.destination.ae_title,
+            "state": row.state,
+            "attempts": row.attempts,
+            "next_attempt_at": row.next_attempt_at.isoformat(),
+            "error": row.last_error,
+        }
+        for row in rows
+    ]
 
 
 class ForwardingWorker:

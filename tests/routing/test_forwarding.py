@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from django.db.models import Sum
+from django.utils import timezone
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, RLELossless, generate_uid
@@ -18,6 +19,9 @@ from pynetdicom import AE, AllStoragePresentationContexts, evt
 from archive.models import Instance
 from archive.storage import Storage
 from receiver.config import ConfigError, ForwardingEntry, RemoteAEEntry, resolve
+from receiver.management.commands.scpstatus import status_text
+from receiver.metrics import metrics_text
+from receiver.status import receiver_status
 from routing import forwarding
 from routing.forwarding import forward_claim, forward_once, forward_queue_summary
 from routing.models import ForwardCount, ForwardingRule, ForwardItem, RemoteAE
@@ -138,6 +142,12 @@ def test_each_instance_arrives_at_storescp_bit_for_bit(start_scp, storage_dir, t
             assert dataset_bytes(path) == stored_dataset(storage_dir, uid)
         counts = dict(ForwardCount.objects.values_list("outcome", "count"))
         assert counts == {"sent": 5}
+        metrics = metrics_text(storage_dir).decode()
+        assert 'dicom_forwarded_total{destination="DEST",outcome="sent"} 5.0' in metrics
+        assert 'dicom_forward_queue_depth{destination="DEST"} 0.0' in metrics
+        status = receiver_status(timezone.now())
+        assert status["forwarding"][0]["destination"] == "DEST"
+        assert "DEST" in status_text(status)
     finally:
         dest.stop()
 
