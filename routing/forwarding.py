@@ -519,10 +519,12 @@ def _audit(batch: Batch, result: BatchResult) -> None:
         logger.error("Audit record of a forwarding batch not written: %s", exc)
 
 
-def forward_once(*, storage: Storage, ae_title: str, timeout: float = 30.0) -> int:
+def forward_once(
+    *, storage: Storage, ae_title: str, timeout: float = 30.0, lease: float = LEASE
+) -> int:
     """Claim and send batches until nothing is due; returns how many instances were sent."""
     sent = 0
-    while (batch := forward_claim()) is not None:
+    while (batch := forward_claim(lease=lease)) is not None:
         sent += forward_send(batch=batch, storage=storage, ae_title=ae_title, timeout=timeout).sent
     return sent
 
@@ -613,9 +615,16 @@ class ForwardingWorker:
     `interval` seconds. Also reloads the rules and removes old sent rows now and then."""
 
     def __init__(
-        self, *, storage: Storage, ae_title: str, interval: float = 1.0, timeout: float = 30.0
+        self,
+        *,
+        storage: Storage,
+        ae_title: str,
+        interval: float = 1.0,
+        timeout: float = 30.0,
+        lease: float = LEASE,
     ) -> None:
         self.storage = storage
+        self.lease = lease
         self.ae_title = ae_title
         self.interval = interval
         self.timeout = timeout
@@ -647,7 +656,7 @@ class ForwardingWorker:
                     if time.monotonic() - purged > 3600:
                         forward_purge()
                         purged = time.monotonic()
-                    batch = forward_claim()
+                    batch = forward_claim(lease=self.lease)
                     if batch is not None:
                         busy = True
                         forward_send(
