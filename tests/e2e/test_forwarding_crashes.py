@@ -118,9 +118,10 @@ def test_forwarder_killed_mid_batch_resumes_after_its_lease(tmp_path):
         process.wait(10)
         assert queue(index).get("sending", 0) > 0
         time.sleep(3.5)  # its lease runs out
-        result = subprocess.run([*forward], cwd=ROOT, capture_output=True, text=True, timeout=120)
-        assert result.returncode == 0, result.stderr
-        assert queue(index) == {"sent": 300}
+        process = subprocess.Popen([*forward, "--watch"], cwd=ROOT, stdout=subprocess.DEVNULL)
+        assert eventually(lambda: queue(index) == {"sent": 300}, timeout=60)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(30) == 0
         uids = {str(dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in paths}
         assert set(dest.received()) == uids
         counts = counters(index)
