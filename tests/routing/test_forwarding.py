@@ -356,3 +356,29 @@ def test_rule_naming_an_unknown_destination_stops_the_start(start_scp):
     with pytest.raises(StartupError, match=r"forwarding\[0\]\.destination: 'NOWHERE' is not"):
         start_scp(forwarding=(ForwardingEntry("NOWHERE"),))
     assert not ForwardingRule.objects.exists()
+
+
+def test_each_instance_arrives_at_orthanc_bit_for_bit(start_scp, storage_dir, tmp_path):
+    import urllib.request
+
+    from tests.orthanc import Orthanc
+
+    orthanc = Orthanc(tmp_path / "orthanc", ae_title="ORTHANC", modalities={})
+    try:
+        scp = start_scp(
+            remote_aes=(RemoteAEEntry("ORTHANC", "127.0.0.1", orthanc.dicom_port),),
+            forwarding=(ForwardingEntry("ORTHANC"),),
+        )
+        items = datasets(3) + datasets(1, "SC_rgb_rle.dcm")
+        assert send(scp.port, items[:3]) == [0] * 3
+        assert send(scp.port, items[3:]) == [0]
+        assert eventually(lambda: len(orthanc.get("/instances")) == 4 and all_sent(), timeout=30)
+        for orthanc_id in orthanc.get("/instances"):
+            with urllib.request.urlopen(orthanc.url(f"/instances/{orthanc_id}/file")) as answer:
+                raw = answer.read()
+            path = tmp_path / "from-orthanc.dcm"
+            path.write_bytes(raw)
+            uid = str(dcmread(path, stop_before_pixels=True).SOPInstanceUID)
+            assert dataset_bytes(path) == stored_dataset(storage_dir, uid)
+    finally:
+        orthanc.stop()
