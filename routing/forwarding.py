@@ -37,7 +37,7 @@ from django.db.models.signals import post_delete, post_save
 from django.utils import timezone
 
 from archive.dblock import index_writer
-from archive.models import Instance, Study
+from archive.models import Instance, Series, Study
 from archive.retrieval import RetrieveFailed, RetrieveItem, instance_source
 from archive.signals import instance_stored_in_transaction, study_stable_in_transaction
 from archive.storage import Storage
@@ -180,23 +180,39 @@ def _fresh_rules() -> _Rules:
     return _rules
 
 
+# Series id → (modality, study id): what matching needs of the series, read once per process.
+_series: dict[int, tuple[str, int]] = {}
+_SERIES_LIMIT = 100_000
+
+
 def _on_instance_stored(
     sender: object, *, instance_id: int, series_id: int, created: bool, **kwargs: object
 ) -> None:
     rules = _fresh_rules().instance
     if not rules:
         return
-    row = (
-        Instance.objects.filter(pk=instance_id)
-        .values_list("sop_class_uid", "calling_ae_title", "series__modality", "series__study_id")
-        .first()
-    )
-    if row is None:
-        return
-    sop_class, calling_ae, modality, study_id = row
+    known = _series.get(series_id)
+    if known is None:
+        known = Series.objects.filter(pk=series_id).values_list("modality", "study_id").first()
+        if known is None:
+            return
+        if len(_series) >= _SERIES_LIMIT:
+            _series.clear()
+        _series[series_id] = known
+    modality, study_id = known
+    sop_class = calling_ae = ""
+    if any(r.calling_aes or r.sop_classes for r in rules):
+        row = (
+            Instance.objects.filter(pk=instance_id)
+            .values_list("sop_class_uid", "calling_ae_title")
+            .first()
+        )
+        if row is None:
+            return
+        sop_class, calling_ae = row
     destinations = {r.destination_id for r in rules if r.matches(modality, calling_ae, sop_class)}
     if destinations:
-        _enqueue([(instance_id, study_id)], destinations, resend=True)
+        _enqueue([(instance_id, study_id)], destinations, resend=not created)
 
 
 def _on_study_stable(sender: object, *, study: Study, updated: bool, **kwargs: object) -> None:
