@@ -382,3 +382,29 @@ def test_each_instance_arrives_at_orthanc_bit_for_bit(start_scp, storage_dir, tm
             assert dataset_bytes(path) == stored_dataset(storage_dir, uid)
     finally:
         orthanc.stop()
+
+
+def test_admin_sends_a_selected_study_through_the_queue(admin_client, start_scp, tmp_path):
+    from archive.models import Study
+
+    dest = StoreSCP(tmp_path / "dest")
+    try:
+        scp = start_scp(remote_aes=(RemoteAEEntry("DEST", "127.0.0.1", dest.port),))
+        items = datasets(3)
+        assert send(scp.port, items) == [0] * 3
+        assert not ForwardItem.objects.exists()  # no rule
+        study = Study.objects.get()
+        url = "/admin/archive/study/"
+        chosen = {"action": "forward_to_remote_ae", "_selected_action": [study.pk]}
+        page = admin_client.post(url, chosen)
+        assert page.status_code == 200
+        assert b"Send 3 instances of 1 selected" in page.content
+        remote = RemoteAE.objects.get(ae_title="DEST")
+        answer = admin_client.post(url, {**chosen, "confirm": "yes", "destination": remote.pk})
+        assert answer.status_code == 302
+        assert set(ForwardItem.objects.values_list("origin", flat=True)) == {"admin"}
+        assert eventually(lambda: len(dest.received()) == 3 and all_sent(), timeout=20)
+        listing = admin_client.get("/admin/routing/forwarditem/?state=sent")
+        assert listing.status_code == 200 and b"DEST" in listing.content
+    finally:
+        dest.stop()
