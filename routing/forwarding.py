@@ -373,6 +373,10 @@ def forward_send(
             "instance__path",
         )
     }
+    gone = [pk for pk in batch.ids if pk not in rows]
+    if gone:  # their instances were deleted since they were queued
+        with index_writer(), transaction.atomic():
+            ForwardItem.objects.filter(pk__in=gone).delete()
     syntaxes: dict[str, set[str]] = {}
     for _, item in rows.values():
         syntaxes.setdefault(item.sop_class_uid, set()).add(item.transfer_syntax_uid)

@@ -160,8 +160,11 @@ class ForwardItem(models.Model):
     DEAD = "dead"
     STATES = [(PENDING, "pending"), (SENDING, "sending"), (SENT, "sent"), (DEAD, "dead letter")]
 
+    # No database constraint and no cascade: deleting a patient of 100,000 instances stays one
+    # DELETE (a cascade would make Django load every instance); the worker drops the rows of
+    # instances deleted since they were queued. Instance ids are never reused.
     instance = models.ForeignKey(
-        "archive.Instance", on_delete=models.CASCADE, related_name="+", db_constraint=True
+        "archive.Instance", on_delete=models.DO_NOTHING, related_name="+", db_constraint=False
     )
     destination = models.ForeignKey(RemoteAE, on_delete=models.CASCADE, related_name="+")
     # Groups a batch on one association; kept here so the claim needs no join.

@@ -408,3 +408,18 @@ def test_admin_sends_a_selected_study_through_the_queue(admin_client, start_scp,
         assert listing.status_code == 200 and b"DEST" in listing.content
     finally:
         dest.stop()
+
+
+def test_rows_of_instances_deleted_since_they_were_queued_are_dropped(
+    transactional_db, storage_dir
+):
+    from archive.deletion import index_delete
+
+    instance = _indexed_instance(storage_dir)
+    remote = RemoteAE.objects.create(ae_title="DEST", host="127.0.0.1", port=free_port())
+    forwarding.forward_enqueue(instance_ids=[instance.pk], destination=remote, origin="test")
+    storage = Storage(storage_dir)
+    index_delete(Instance.objects.filter(pk=instance.pk), storage)
+    assert ForwardItem.objects.count() == 1  # deletion stays one DELETE, no cascade
+    assert forward_once(storage=storage, ae_title="TEST_SCP") == 0
+    assert not ForwardItem.objects.exists()
