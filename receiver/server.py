@@ -30,7 +30,7 @@ from receiver.live import LiveStatus
 from receiver.scp import build_ae, tls_context
 from receiver.transport.lobby import Lobby, descriptor_limit_raise
 from routing.commitment import CommitmentDelivery
-from routing.forwarding import ForwardingWorker, RuleInvalid, forwarding_rules_sync
+from routing.forwarding import RuleInvalid, forwarding_rules_sync
 from routing.remote import remote_aes_sync
 
 logger = logging.getLogger(__name__)
@@ -48,7 +48,6 @@ class RunningServer:
     live: LiveStatus
     lobby: Lobby
     commitment: CommitmentDelivery | None = None
-    forwarding: ForwardingWorker | None = None
     stopped: bool = False
     stop_announcements: Callable[[], None] | None = None
 
@@ -69,8 +68,6 @@ class RunningServer:
             self.stop_announcements()
         if self.commitment is not None:
             self.commitment.stop()
-        if self.forwarding is not None:
-            self.forwarding.stop()
         self.live.stop()
 
 
@@ -204,9 +201,8 @@ def start(config: ReceiverConfig, ingest: IngestSettings) -> RunningServer:
         config=config,
         live=live,
         lobby=lobby,
-        stop_announcements=announcements.announcements_start(config),
+        stop_announcements=announcements.announcements_start(config, storage=ingest.storage),
         commitment=commitment,
-        forwarding=forwarding_start(config, ingest),
     )
 
 
@@ -228,16 +224,6 @@ def commitment_start(config: ReceiverConfig, ingest: IngestSettings) -> Commitme
     commitment = CommitmentDelivery(storage=ingest.storage, ae_title=config.ae_title)
     commitment.start()
     return commitment
-
-
-def forwarding_start(config: ReceiverConfig, ingest: IngestSettings) -> ForwardingWorker:
-    """The forwarding delivery loop (routing.forwarding): one per runscp, in the parent of
-    `--workers N`; beside `manage.py forward --watch` elsewhere, their claims never clash."""
-    worker = ForwardingWorker(
-        storage=ingest.storage, ae_title=config.ae_title, timeout=config.dimse_timeout
-    )
-    worker.start()
-    return worker
 
 
 def listen(config: ReceiverConfig) -> socket.socket:
@@ -271,11 +257,9 @@ def run(config: ReceiverConfig) -> None:
         logger.info("Storage SCP started: %s, %d workers", config.describe(), config.workers)
         logger.info("%s", storage_found)
         commitment = commitment_start(config, ingest)
-        forwarding = forwarding_start(config, ingest)
         try:
             workers.serve(config, ingest, listener, config.workers, stop)
         finally:
-            forwarding.stop()
             commitment.stop()
     else:
         running = start(config, ingest)
