@@ -130,3 +130,27 @@ def test_forwarder_killed_mid_batch_resumes_after_its_lease(tmp_path):
         assert counts["repeat"] > 0
     finally:
         dest.stop()
+
+
+def test_runscp_with_two_workers_forwards_each_instance_once(tmp_path):
+    dest = StoreSCP(tmp_path / "dest")
+    paths = write_study(tmp_path / "study", 40)
+    port = free_port()
+    process = runscp(
+        port, "MY_PACS", "--config", config(tmp_path, dest.port), "--bind", "127.0.0.1",
+        "--workers", "2",
+    )  # fmt: skip
+    try:
+        wait_listening(port, process)
+        for half in (paths[:20], paths[20:]):  # two associations, one per worker
+            result = run_dcmtk("storescu", "-aet", "MODALITY", "-aec", "MY_PACS", "127.0.0.1",
+                               port, *half)  # fmt: skip
+            assert result.returncode == 0, result.stderr
+        index = tmp_path / "index.db"
+        assert eventually(lambda: queue(index) == {"sent": 40}, timeout=60)
+        assert len(dest.received()) == 40
+        assert counters(index) == {"sent": 40}
+    finally:
+        code, output = stop(process)
+        dest.stop()
+    assert code == 0, output
