@@ -205,6 +205,7 @@ def test_no_rule_means_no_receiver_in_the_ingest_transaction(start_scp):
     assert not ForwardItem.objects.exists()
 
 
+@pytest.mark.slow
 def test_destination_down_while_200_arrive_then_all_delivered(start_scp, tmp_path):
     port = free_port()
     scp = start_scp(**forwarder(port))
