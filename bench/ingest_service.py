@@ -1,11 +1,14 @@
 """Per-instance cost of the ingest service alone (no network), on a temporary SQLite index.
 
     python bench/ingest_service.py --count 400 --series 4 --repeat 5
+    python bench/ingest_service.py --count 400 --series 4 --repeat 5 --forwarding-rule
 
 Calls archive.services.instance_store for `count` small CT instances spread over `series`
 series of one study (sent interleaved, as several associations would), in a fresh index and
 storage directory per repeat, and prints the median wall time per instance and the SQL
 statements it ran per instance. Point PYTHONPATH at another checkout to compare revisions.
+With `--forwarding-rule`, a rule (modality CT, to a remote AE nothing listens on) is active:
+each instance is also queued in its transaction (routing.forwarding), the cost to compare.
 """
 
 import argparse
@@ -30,6 +33,9 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument(
         "--work-dir", help="where index and files go (/dev/shm takes the disk's fsyncs out)"
+    )
+    parser.add_argument(
+        "--forwarding-rule", action="store_true", help="with a forwarding rule that matches"
     )
     args = parser.parse_args()
 
@@ -74,6 +80,13 @@ def main() -> None:
         use_sqlite_index(run_dir / "index.db")
         call_command("migrate", verbosity=0)
         services.series_cache_clear()
+        if args.forwarding_rule:
+            from routing.forwarding import forwarding_rules_load
+            from routing.models import ForwardingRule, RemoteAE
+
+            remote = RemoteAE.objects.create(ae_title="NOWHERE", host="127.0.0.1", port=9)
+            ForwardingRule.objects.create(destination=remote, modalities="CT")
+            forwarding_rules_load()
         storage = Storage(run_dir / "received")
         storage.prepare()
         settings = IngestSettings(storage=storage)

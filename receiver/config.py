@@ -68,6 +68,7 @@ DEFAULTS: dict[str, Any] = {
     "tls_ca_certificates": None,
     "tls_require_client_certificate": False,
     "remote_aes": (),
+    "forwarding": (),
     "query_pn_case_insensitive": True,
 }
 
@@ -136,7 +137,7 @@ FILE_SCHEMA: dict[str, dict[str, tuple[str, str]]] = {
 }
 LIST_SECTIONS = {"accepted_sop_classes": "accepted_sop_classes"}
 # Sections that are lists of entries, each read by its own function.
-ENTRY_SECTIONS = {"remote_aes": "remote_aes"}
+ENTRY_SECTIONS = {"remote_aes": "remote_aes", "forwarding": "forwarding"}
 
 
 class ConfigError(ValueError):
@@ -183,6 +184,17 @@ class RemoteAEEntry:
 
 
 @dataclass(frozen=True)
+class ForwardingEntry:
+    """A forwarding rule: send what matches to `destination` (a remote AE title)."""
+
+    destination: str
+    when: str = "instance"
+    modalities: tuple[str, ...] = ()
+    calling_aes: tuple[str, ...] = ()
+    sop_classes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class ReceiverConfig:
     port: int
     ae_title: str
@@ -222,6 +234,7 @@ class ReceiverConfig:
     tls_ca_certificates: Path | None
     tls_require_client_certificate: bool
     remote_aes: tuple[RemoteAEEntry, ...] = ()
+    forwarding: tuple[ForwardingEntry, ...] = ()
     query_pn_case_insensitive: bool = True
     sources: dict[str, str] = field(default_factory=dict, compare=False)
     # The configuration file the values were read from (DICOM_CONFIG or --config).
@@ -259,6 +272,8 @@ class ReceiverConfig:
                 value = ", ".join(f"{p.ae_title}@{p.host or '*'}" for p in value) or "(none)"
             elif item.name == "remote_aes":
                 value = ", ".join(f"{r.ae_title}@{r.host}:{r.port}" for r in value) or "(none)"
+            elif item.name == "forwarding":
+                value = ", ".join(f"{r.when} → {r.destination}" for r in value) or "(none)"
             elif item.name == "index_db" and value is None:
                 value = database_label()
                 if self.database_url is None and "DATABASE_URL" in os.environ:
@@ -326,7 +341,8 @@ def config_file_read(path: Path) -> dict[str, Any]:
             values[LIST_SECTIONS[section]] = content
             continue
         if section in ENTRY_SECTIONS:
-            values[ENTRY_SECTIONS[section]] = remote_aes_read(content, f"{path}: {section}")
+            read = remote_aes_read if section == "remote_aes" else forwarding_read
+            values[ENTRY_SECTIONS[section]] = read(content, f"{path}: {section}")
             continue
         if section not in FILE_SCHEMA:
             known = ", ".join([*FILE_SCHEMA, *LIST_SECTIONS, *ENTRY_SECTIONS])
@@ -458,6 +474,68 @@ def remote_aes_read(content: Any, where: str) -> tuple[RemoteAEEntry, ...]:
         description = str(entry.get("description") or "")
         entries.append(RemoteAEEntry(title, host.strip(), port, tls, description))
     return tuple(entries)
+
+
+# Modality (0008,0060) defined terms, PS3.3 C.7.3.1.1.1 (retired ones included: old devices).
+_MODALITY_TERMS = (
+    "ANN AR ASMT AU BDUS BI BMD CFM CR CT CTPROTOCOL DG DMS DOC DX ECG EEG EMG EOG EPS ES FID "
+    "GM HC HD IO IOL IVOCT IVUS KER KO LEN LS MG MR M3D NM OAM OCT OP OPM OPT OPTBSV OPTENF "
+    "OPV OSS OT PA PLAN POS PR PT PX REG RESP RF RG RTDOSE RTIMAGE RTINTENT RTPLAN RTRAD "
+    "RTRECORD RTSEGANN RTSTRUCT RWV SEG SM SMR SR SRF STAIN TEXTUREMAP TG US VA XA XAPROTOCOL "
+    "XC AS CD CF CP CS DD DF DM DS EC FA FS LP MA MS OPR ST VF"
+)
+MODALITIES = frozenset(_MODALITY_TERMS.split())
+FORWARD_WHEN = ("instance", "study_stable")
+
+
+def forwarding_read(content: Any, where: str) -> tuple[ForwardingEntry, ...]:
+    """The `forwarding:` section: a list of {destination, when, modalities, calling_aes,
+    sop_classes}. Whether the destination is in the remote AE table is checked at start-up,
+    when the table (with the admin's rows) is known."""
+    if content is None:
+        return ()
+    if not isinstance(content, list):
+        raise ConfigError(f"{where}: expected a list of {{destination, when, ...}} rules")
+    rules: list[ForwardingEntry] = []
+    for i, entry in enumerate(content):
+        at = f"{where}[{i}]"
+        if not isinstance(entry, dict) or "destination" not in entry:
+            raise ConfigError(f"{at}: expected a rule with a destination")
+        unknown = set(entry) - {"destination", "when", "modalities", "calling_aes", "sop_classes"}
+        if unknown:
+            raise ConfigError(f"{at}: unknown key(s) {', '.join(sorted(unknown))}")
+        try:
+            destination = ae_title_valid(entry["destination"])
+        except ConfigError as exc:
+            raise ConfigError(f"{at}.destination: {exc}") from None
+        when = entry.get("when", "instance")
+        if when not in FORWARD_WHEN:
+            raise ConfigError(f"{at}.when: {when!r} is not one of {', '.join(FORWARD_WHEN)}")
+        lists: dict[str, tuple[str, ...]] = {}
+        for key in ("modalities", "calling_aes", "sop_classes"):
+            value = entry.get(key) or []
+            if isinstance(value, str):
+                value = value.replace(",", " ").split()
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise ConfigError(f"{at}.{key}: expected a list of names")
+            lists[key] = tuple(v.strip() for v in value if v.strip())
+        modalities = tuple(m.upper() for m in lists["modalities"])
+        for modality in modalities:
+            if modality not in MODALITIES:
+                raise ConfigError(f"{at}.modalities: unknown modality {modality!r}")
+        for title in lists["calling_aes"]:
+            try:
+                ae_title_valid(title)
+            except ConfigError as exc:
+                raise ConfigError(f"{at}.calling_aes: {exc}") from None
+        try:
+            sop_classes = tuple(str(uid) for uid in sop_classes_parse(lists["sop_classes"]))
+        except ValueError as exc:
+            raise ConfigError(f"{at}.sop_classes: {exc}") from None
+        rules.append(
+            ForwardingEntry(destination, when, modalities, lists["calling_aes"], sop_classes)
+        )
+    return tuple(rules)
 
 
 def _environment() -> dict[str, Any]:

@@ -15,6 +15,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from archive.models import Instance, RecycledStudy
 from receiver.models import AssociationLog, ReceiverProcess
 from receiver.transport.lobby import DROP_REASONS
+from routing.forwarding import forward_queue_summary
+from routing.models import ForwardCount
 
 
 class ArchiveCollector:
@@ -96,6 +98,8 @@ class ArchiveCollector:
             "dicom_receiver_processes", "Receiver processes with a recent heartbeat.", len(alive)
         )
 
+        yield from _forwarding()
+
         archive = Instance.objects.aggregate(n=Count("id"), size=Sum("size"))
         yield GaugeMetricFamily("dicom_archive_instances", "Instances in the index.", archive["n"])
         yield GaugeMetricFamily(
@@ -129,6 +133,35 @@ class ArchiveCollector:
         yield GaugeMetricFamily(
             "dicom_storage_size_bytes", "Size of the storage volume.", usage.total
         )
+
+
+def _forwarding() -> Iterator[Metric]:
+    depth = GaugeMetricFamily(
+        "dicom_forward_queue_depth",
+        "Instances waiting to be forwarded (pending or being sent), by destination.",
+        labels=["destination"],
+    )
+    oldest = GaugeMetricFamily(
+        "dicom_forward_oldest_pending_seconds",
+        "Age of the oldest instance waiting to be forwarded, by destination.",
+        labels=["destination"],
+    )
+    for row in forward_queue_summary():
+        depth.add_metric([row.destination], row.depth)
+        oldest.add_metric([row.destination], row.oldest_pending_seconds or 0)
+    yield depth
+    yield oldest
+    forwarded = CounterMetricFamily(
+        "dicom_forwarded",
+        "Forwarding C-STOREs by destination and outcome: sent, warning, failed (retried), "
+        "dead (given up), repeat (sent again after a worker died mid-batch).",
+        labels=["destination", "outcome"],
+    )
+    for destination, outcome, count in ForwardCount.objects.values_list(
+        "destination", "outcome", "count"
+    ).order_by("destination", "outcome"):
+        forwarded.add_metric([destination, outcome], count)
+    yield forwarded
 
 
 def metrics_text(storage_dir: Path) -> bytes:

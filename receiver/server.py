@@ -31,6 +31,7 @@ from receiver.live import LiveStatus
 from receiver.scp import build_ae, tls_context
 from receiver.transport.lobby import Lobby, descriptor_limit_raise
 from routing.commitment import CommitmentDelivery
+from routing.forwarding import RuleInvalid, forwarding_rules_sync
 from routing.remote import remote_aes_sync
 
 logger = logging.getLogger(__name__)
@@ -202,7 +203,7 @@ def start(config: ReceiverConfig, ingest: IngestSettings) -> RunningServer:
         config=config,
         live=live,
         lobby=lobby,
-        stop_announcements=announcements.announcements_start(config),
+        stop_announcements=announcements.announcements_start(config, storage=ingest.storage),
         commitment=commitment,
     )
 
@@ -214,6 +215,12 @@ def commitment_start(config: ReceiverConfig, ingest: IngestSettings) -> Commitme
         remote_aes_sync(entries=config.remote_aes)
     except DatabaseError as exc:
         raise StartupError(f"remote_aes: cannot write the remote AE table: {exc}") from None
+    try:
+        forwarding_rules_sync(entries=config.forwarding)
+    except RuleInvalid as exc:
+        raise StartupError(str(exc)) from None
+    except DatabaseError as exc:
+        raise StartupError(f"forwarding: cannot write the rules: {exc}") from None
     finally:
         connections.close_all()
     commitment = CommitmentDelivery(storage=ingest.storage, ae_title=config.ae_title)

@@ -9,6 +9,7 @@ from django.db.models.functions import TruncMinute
 
 from archive.statistics import ingest_by, periods_filled, recent_periods
 from receiver.models import AssociationLog, ReceiverProcess
+from routing.forwarding import forward_failures_recent, forward_queue_summary
 
 # Processes that stopped within this window are still listed (stopped, or down when they died
 # without saying so); rejections and failures within it are listed as problems. Starts that
@@ -69,6 +70,9 @@ def receiver_status(now: dt.datetime) -> dict[str, Any]:
             for minute, n, size in per_minute
         ],
         "problems": [_problem(a) for a in problems],
+        # Per destination: waiting rows, the oldest's age, dead letters; then recent failures.
+        "forwarding": [vars(row) for row in forward_queue_summary()],
+        "forward_failures": forward_failures_recent(),
     }
 
 

@@ -55,7 +55,7 @@ def _worker(
         lobby = lobby_build(config, deliver=server.process_request, tls=ssl_context, proxy=False)
         lobby.start(name="lobby:tls")
     live.start()
-    stop_announcements = announcements.announcements_start(config)
+    stop_announcements = announcements.announcements_start(config, storage=ingest.storage)
     channel.settimeout(0.5)
     while not stopping.is_set():
         try:

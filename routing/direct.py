@@ -72,6 +72,7 @@ class DirectStoreAssociation:
         # context ID → (abstract syntax, transfer syntax), accepted ones only.
         self.accepted: dict[int, tuple[str, str]] = {}
         self.peer_maximum = 0  # 0: no limit
+        self.error_comment = ""  # the last C-STORE-RSP's Error Comment (0000,0902)
 
     @property
     def is_established(self) -> bool:
@@ -198,6 +199,8 @@ class DirectStoreAssociation:
                     answered = _unsigned(elements.get(0x0120))
                     status = _unsigned(elements.get(0x0900))
                     if field == C_STORE_RSP and answered == message_id and status is not None:
+                        comment = elements.get(0x0902, b"")
+                        self.error_comment = comment.decode("ascii", "replace").strip(" \0")
                         return status
                     logger.warning("Ignoring an unexpected DIMSE message from %s", self.peer)
 

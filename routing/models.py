@@ -110,3 +110,118 @@ class CommitmentTransaction(models.Model):
         if not self.failures:
             return f"all {len(self.references)} committed"
         return f"{len(self.failures)} of {len(self.references)} failed"
+
+
+INSTANCE = "instance"
+STUDY_STABLE = "study_stable"
+WHEN = [(INSTANCE, "each instance as it is stored"), (STUDY_STABLE, "the study once stable")]
+
+
+class ForwardingRule(models.Model):
+    """Send what matches to a remote AE. Empty filters match everything.
+
+    Rows with `configured` set mirror the configuration file's `forwarding:` section.
+    """
+
+    destination = models.ForeignKey(RemoteAE, on_delete=models.CASCADE, related_name="rules")
+    when = models.CharField(max_length=16, choices=WHEN, default=INSTANCE)
+    # Space- or comma-separated lists (CS 16, AE 16, UI 64 each).
+    modalities = models.CharField(max_length=255, blank=True, help_text="e.g. CT MR; empty: all")
+    calling_aes = models.CharField(
+        "calling AE titles", max_length=1024, blank=True, help_text="empty: from any sender"
+    )
+    sop_classes = models.TextField("SOP class UIDs", blank=True, help_text="empty: all")
+    enabled = models.BooleanField(default=True)
+    configured = models.BooleanField("from configuration file", default=False, editable=False)
+
+    class Meta:
+        ordering = ["destination__ae_title", "pk"]
+
+    def __str__(self) -> str:
+        return f"{self.get_when_display()} → {self.destination.ae_title}"
+
+
+class ForwardItemQuerySet(models.QuerySet):
+    def waiting(self) -> "ForwardItemQuerySet":
+        return self.filter(state__in=(ForwardItem.PENDING, ForwardItem.SENDING))
+
+
+class ForwardItem(models.Model):
+    """One instance to deliver to one destination: the forwarding queue (routing.forwarding).
+
+    Written in the transaction that indexes the instance (or claims its study as stable), so an
+    acknowledged instance a rule selects is never missing from it. A row being sent holds a
+    lease; a worker that dies leaves it to be claimed again once the lease has expired.
+    """
+
+    PENDING = "pending"
+    SENDING = "sending"
+    SENT = "sent"
+    DEAD = "dead"
+    STATES = [(PENDING, "pending"), (SENDING, "sending"), (SENT, "sent"), (DEAD, "dead letter")]
+
+    # No database constraint and no cascade: deleting a patient of 100,000 instances stays one
+    # DELETE (a cascade would make Django load every instance); the worker drops the rows of
+    # instances deleted since they were queued. Instance ids are never reused.
+    instance = models.ForeignKey(
+        "archive.Instance", on_delete=models.DO_NOTHING, related_name="+", db_constraint=False
+    )
+    destination = models.ForeignKey(RemoteAE, on_delete=models.CASCADE, related_name="+")
+    # Groups a batch on one association; kept here so the claim needs no join.
+    study_id = models.BigIntegerField(db_index=False)
+    state = models.CharField(max_length=8, choices=STATES, default=PENDING)
+    attempts = models.PositiveIntegerField(default=0)
+    # Claimed again after a lease ran out: the destination may have received it twice.
+    repeats = models.PositiveIntegerField(default=0)
+    next_attempt_at = models.DateTimeField(default=timezone.now)
+    lease_until = models.DateTimeField(null=True, blank=True)
+    queued_at = models.DateTimeField(default=timezone.now)
+    sent_at = models.DateTimeField(null=True, blank=True)
+    last_status = models.PositiveIntegerField(null=True, blank=True)
+    last_error = models.CharField(max_length=255, blank=True)
+    # "rule" or the admin user who asked.
+    origin = models.CharField(max_length=150, default="rule")
+
+    objects = ForwardItemQuerySet.as_manager()
+
+    class Meta:
+        verbose_name = "forwarding queue item"
+        ordering = ["pk"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["instance", "destination"],
+                name="routing_forwarditem_unique_instance_destination",
+            ),
+        ]
+        indexes = [
+            # The claim's "what is due now", per destination, oldest first.
+            models.Index(
+                fields=["state", "destination", "next_attempt_at"], name="routing_fwd_due_idx"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"instance {self.instance_id} → {self.destination_id} ({self.state})"
+
+    @property
+    def last_status_hex(self) -> str:
+        return "" if self.last_status is None else f"0x{self.last_status:04X}"
+
+
+class ForwardCount(models.Model):
+    """Instances forwarded, by destination and outcome: the counters of /metrics, kept apart
+    from the queue so that removing old sent rows does not reset them."""
+
+    destination = models.CharField(max_length=AE)
+    outcome = models.CharField(max_length=16)
+    count = models.BigIntegerField(default=0)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["destination", "outcome"], name="routing_forwardcount_unique"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.destination} {self.outcome}: {self.count}"

@@ -59,3 +59,25 @@ def test_postgresql_pair_smoke_run_stores_everything(tmp_path):
     assert len(rows) == 2, result.stdout
     assert all("| 24/24 |" in line for line in rows), rows
     assert "ours-pg ÷ orthanc-pg at 1 association(s)" in result.stdout
+
+
+def test_forwarding_benchmark_smoke_run_delivers_both_ways(tmp_path):
+    dcmtk_tool("storescp")
+    system_tool("Orthanc" if not Path("/usr/sbin/Orthanc").is_file() else "true", "orthanc")
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "forward.py"), "--count", "6", "--pixels", "64",
+         "--repeat", "1", "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "64x64 CT" in result.stdout
+
+
+def test_ingest_service_benchmark_runs_with_a_forwarding_rule():
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "ingest_service.py"), "--count", "8", "--series",
+         "2", "--repeat", "1", "--forwarding-rule"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "SQL statements per instance" in result.stdout

@@ -104,6 +104,19 @@ def status_text(status: dict[str, Any]) -> str:
             f"  {_local(p['started_at'])}  {p['calling_ae_title'] or '?':16} {p['peer']:15}"
             f" {p['outcome']:9} {p['reason'] or failures}"
         )
+    lines += ["", "Forwarding queue:"]
+    if not status.get("forwarding"):
+        lines.append("  no forwarding rule or queue")
+    for f in status.get("forwarding", []):
+        oldest = f["oldest_pending_seconds"]
+        lines.append(
+            f"  {f['destination']:16} {f['depth']:7d} waiting"
+            + (f", oldest {oldest:.0f} s" if oldest is not None else "")
+            + f", {f['dead']} dead"
+            + (f"  last error: {f['last_error']}" if f["last_error"] else "")
+        )
+    for f in status.get("forward_failures", []):
+        lines.append(f"  failed: {f['destination']:16} {f['state']:8} {f['error']}")
     return "\n".join(lines)
 
 

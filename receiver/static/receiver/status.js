@@ -105,6 +105,15 @@
       (p) => when(p.started_at), (p) => p.calling_ae_title, (p) => p.peer, (p) => p.outcome,
       (p) => p.reason || Object.entries(p.failures).map(([s, n]) => s + " x" + n).join(", "),
     ], "None.");
+    fillTable("forwarding", status.forwarding || [], [
+      (f) => f.destination, (f) => f.depth,
+      (f) => (f.oldest_pending_seconds === null ? "" : duration(f.oldest_pending_seconds)),
+      (f) => f.dead, (f) => f.last_error,
+    ], "No forwarding rule or queue.");
+    fillTable("forward-failures", status.forward_failures || [], [
+      (f) => when(f.next_attempt_at), (f) => f.destination, (f) => f.state, (f) => f.attempts,
+      (f) => f.error,
+    ], "None.");
   }
 
   async function poll() {
