@@ -82,6 +82,7 @@ INSTALLED_APPS = [
     "django_otp",
     "django_otp.plugins.otp_totp",
     "accounts",
+    "dicomweb",
 ]
 
 MIDDLEWARE = [

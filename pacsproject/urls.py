@@ -3,7 +3,7 @@
 
 from django.contrib import admin
 from django.contrib.auth.decorators import permission_required
-from django.urls import path
+from django.urls import include, path
 from django.views.generic import RedirectView
 
 from archive import views as archive_views
@@ -45,6 +45,8 @@ urlpatterns = [
         name="archive-series-preview",
     ),
     path("admin/", admin.site.urls),
+    # DICOMweb: session (staff) or HTTP Basic, checked in dicomweb.auth.
+    path("dicomweb/", include("dicomweb.urls")),
     # Session (staff) or bearer token (METRICS_TOKEN); checked in the view.
     path("metrics", receiver_views.metrics, name="metrics"),
 ]
