@@ -1,0 +1,92 @@
+"""Bad requests get 400, 401, 403, 404, 409 or 415 with a reason; nothing partial is stored and
+the server keeps serving."""
+
+import requests
+from django.contrib.auth.models import User
+
+from archive.models import Instance
+from dicomweb.multipart import multipart_body
+from tests.conftest import sample_file
+
+CT = sample_file("CT_small.dcm")
+DICOM = 'multipart/related; type="application/dicom"; boundary=XYZ'
+
+
+def _body(*parts: tuple[str, bytes]) -> bytes:
+    return b"".join(multipart_body("XYZ", [(kind, [data]) for kind, data in parts]))
+
+
+def _post(root, auth, body, content_type=DICOM, path="studies"):
+    return requests.post(
+        f"{root}/{path}", data=body, auth=auth, headers={"Content-Type": content_type}
+    )
+
+
+def test_wrong_content_type_is_415(root, auth):
+    response = _post(root, auth, CT.read_bytes(), content_type="application/dicom")
+    assert response.status_code == 415
+    assert "multipart/related" in response.json()["error"]
+
+
+def test_truncated_body_is_400_and_stores_nothing(root, auth):
+    body = _body(("application/dicom", CT.read_bytes()))
+    response = _post(root, auth, body[: len(body) // 2])
+    assert response.status_code == 400
+    assert "truncated" in response.json()["error"]
+    assert Instance.objects.count() == 0
+
+
+def test_malformed_multipart_is_400(root, auth):
+    response = _post(root, auth, b"no boundary here at all")
+    assert response.status_code == 400
+
+
+def test_non_dicom_part_fails_with_a_reason_and_the_rest_is_stored(root, auth):
+    body = _body(("application/dicom", b"not dicom" * 20), ("application/dicom", CT.read_bytes()))
+    response = _post(root, auth, body)
+    assert response.status_code == 202
+    result = response.json()
+    [failed] = result["00081198"]["Value"]
+    assert failed["00081197"]["Value"] == [0xC000]
+    assert len(result["00081199"]["Value"]) == 1
+    assert Instance.objects.count() == 1
+
+
+def test_all_failed_is_409(root, auth):
+    response = _post(root, auth, _body(("application/dicom", b"garbage" * 40)))
+    assert response.status_code == 409
+    assert Instance.objects.count() == 0
+
+
+def test_instance_of_another_study_is_refused(root, auth):
+    response = _post(
+        root, auth, _body(("application/dicom", CT.read_bytes())), path="studies/1.2.3"
+    )
+    assert response.status_code == 409
+    assert response.json()["00081198"]["Value"][0]["00081197"]["Value"] == [0xC122]
+    assert Instance.objects.count() == 0
+
+
+def test_unknown_uids_are_404_and_server_keeps_serving(root, auth):
+    for path in ("studies/1.2.3", "studies/1.2.3/metadata", "studies/1.2.3/series"):
+        response = requests.get(f"{root}/{path}", auth=auth)
+        assert response.status_code == 404, path
+        assert response.json()["error"]
+    assert _post(root, auth, _body(("application/dicom", CT.read_bytes()))).status_code == 200
+
+
+def test_unknown_query_key_is_400(root, auth):
+    response = requests.get(f"{root}/studies", params={"NoSuchKeyword": "x"}, auth=auth)
+    assert response.status_code == 400
+
+
+def test_anonymous_is_401_with_a_challenge(root):
+    response = requests.get(f"{root}/studies")
+    assert response.status_code == 401
+    assert response.headers["WWW-Authenticate"].startswith("Basic")
+
+
+def test_without_the_permission_is_403(root, transactional_db):
+    User.objects.create_user("nobody", password="nobody-password-1", is_staff=True)
+    response = requests.get(f"{root}/studies", auth=("nobody", "nobody-password-1"))
+    assert response.status_code == 403
