@@ -219,3 +219,6 @@ LOGGING = {
         "pynetdicom": {"handlers": ["console"], "level": "WARNING", "propagate": False},
     },
 }
+
+# The OHIF viewer's files (`make viewer`), served at /viewer/ behind the admin's login.
+VIEWER_DIR = Path(env.str("VIEWER_DIR", default=str(BASE_DIR / "viewer")))

@@ -7,6 +7,7 @@ from django.urls import include, path
 from django.views.generic import RedirectView
 
 from archive import views as archive_views
+from dicomweb.viewer import viewer_file
 from receiver import views as receiver_views
 
 
@@ -47,6 +48,9 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     # DICOMweb: session (staff) or HTTP Basic, checked in dicomweb.auth.
     path("dicomweb/", include("dicomweb.urls")),
+    # The OHIF viewer (`make viewer`): staff with the viewer role, like the images.
+    path("viewer/", staff(viewer_file, IMAGES), name="viewer"),
+    path("viewer/<path:path>", staff(viewer_file, IMAGES)),
     # Session (staff) or bearer token (METRICS_TOKEN); checked in the view.
     path("metrics", receiver_views.metrics, name="metrics"),
 ]
