@@ -13,7 +13,10 @@ from pathlib import Path
 
 from csp.decorators import csp_replace
 from django.conf import settings
+from django.contrib.auth.views import redirect_to_login
+from django.core.exceptions import PermissionDenied
 from django.http import FileResponse, Http404, HttpRequest, HttpResponse
+from django.urls import reverse
 
 OHIF_PACKAGE = "@ohif/app@3.13.2"
 
@@ -146,10 +149,22 @@ VIEWER_POLICY = {
 }
 
 
+VIEW_PERMISSION = "archive.view_instance"
+# Bundles with a content hash in their name never change: the browser keeps them.
+_HASHED = re.compile(r"\.[0-9a-f]{16}\.(js|css)$")
+
+
 @csp_replace(VIEWER_POLICY)
 def viewer_file(request: HttpRequest, path: str = "") -> HttpResponse:
     """A file of the viewer, or index.html for the viewer's own routes (its study list,
-    /viewer?StudyInstanceUIDs=...)."""
+    /viewer?StudyInstanceUIDs=...). Staff with the viewer role only: others are sent to the
+    admin's login (or refused, 403). Not through admin_view, whose never_cache would make
+    the browser fetch the viewer's 200 MB again on every visit."""
+    user = request.user
+    if not (user.is_authenticated and user.is_active and user.is_staff):
+        return redirect_to_login(request.get_full_path(), reverse("admin:login"))
+    if not user.has_perm(VIEW_PERMISSION):
+        raise PermissionDenied
     root = viewer_dir().resolve()
     if not (root / "index.html").is_file():
         return HttpResponse(
@@ -161,6 +176,8 @@ def viewer_file(request: HttpRequest, path: str = "") -> HttpResponse:
     if not candidate.is_file():
         candidate = root / "index.html"
     response = FileResponse(candidate.open("rb"))
-    if candidate.name == "index.html" or candidate.name == "app-config.js":
-        response["Cache-Control"] = "no-cache"
+    if _HASHED.search(candidate.name):
+        response["Cache-Control"] = "private, max-age=31536000, immutable"
+    else:
+        response["Cache-Control"] = "private, no-cache"
     return response

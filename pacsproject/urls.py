@@ -48,9 +48,9 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     # DICOMweb: session (staff) or HTTP Basic, checked in dicomweb.auth.
     path("dicomweb/", include("dicomweb.urls")),
-    # The OHIF viewer (`make viewer`): staff with the viewer role, like the images.
-    path("viewer/", staff(viewer_file, IMAGES), name="viewer"),
-    path("viewer/<path:path>", staff(viewer_file, IMAGES)),
+    # The OHIF viewer (`make viewer`): staff with the viewer role, checked in the view.
+    path("viewer/", viewer_file, name="viewer"),
+    path("viewer/<path:path>", viewer_file),
     # Session (staff) or bearer token (METRICS_TOKEN); checked in the view.
     path("metrics", receiver_views.metrics, name="metrics"),
 ]

@@ -141,3 +141,10 @@ def test_ohif_renders_a_ct_series_and_scrolls(viewer, chromium, live_server, aut
         return after.shape != before.shape or float(np.abs(after - before).mean()) > 1.0
 
     WebDriverWait(chromium, 20, poll_frequency=0.2).until(changed)
+
+    # Again, the viewer's bundles now in the browser's cache (the everyday case).
+    chromium.get(f"{live_server.url}/admin/")
+    started = time.monotonic()
+    chromium.get(f"{live_server.url}/viewer/viewer?StudyInstanceUIDs={study}")
+    WebDriverWait(chromium, 60, poll_frequency=0.1).until(rendered)
+    print(f"OHIF: first image again, bundles cached, in {time.monotonic() - started:.2f} s")
