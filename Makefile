@@ -7,7 +7,7 @@ AE_TITLE ?= MY_PACS
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test lint format system-deps bench soak clean
+.PHONY: run test lint format system-deps bench soak clean viewer
 
 $(BIN)/.installed: requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,7 @@ system-deps:
 	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
 	command -v chromedriver >/dev/null 2>&1 || missing="$$missing chromium-driver"; \
 	command -v Orthanc >/dev/null 2>&1 || missing="$$missing orthanc"; \
+	command -v npm >/dev/null 2>&1 || missing="$$missing npm"; \
 	[ -e /usr/share/orthanc/plugins/libOrthancPostgreSQLIndex.so ] || missing="$$missing orthanc-postgresql"; \
 	if [ -n "$$missing" ]; then \
 		echo "Installing Debian packages:$$missing"; \
@@ -37,8 +38,13 @@ system-deps:
 # The suite runs on SQLite, then on this PostgreSQL server (`make test PG_URL=` skips it).
 PG_URL ?= postgres://postgres:postgres@127.0.0.1:5432/pacs
 
+## viewer: the OHIF viewer (npm @ohif/app, pinned in dicomweb/viewer.py) into ./viewer, served
+## at /viewer/ and configured for /dicomweb/ (downloads ~50 MB from npm once)
+viewer: $(BIN)/.installed
+	@[ -f viewer/index.html ] || $(BIN)/python manage.py installviewer
+
 ## test: lint, then the whole test suite on SQLite and on PostgreSQL
-test: $(BIN)/.installed system-deps
+test: $(BIN)/.installed system-deps viewer
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest
