@@ -22,6 +22,12 @@ urlpatterns = [
     path(f"studies/{S}/series/{SE}/instances/{IN}/metadata", views.metadata),
     path(f"studies/{S}/series/{SE}/instances/{IN}/frames/<str:numbers>", views.frames),
     path(f"studies/{S}/series/{SE}/instances/{IN}/bulkdata/<str:tag>", views.bulkdata),
+    path(f"studies/{S}/rendered", views.rendered),
+    path(f"studies/{S}/thumbnail", views.thumbnail),
+    path(f"studies/{S}/series/{SE}/rendered", views.rendered),
+    path(f"studies/{S}/series/{SE}/thumbnail", views.thumbnail),
+    path(f"studies/{S}/series/{SE}/instances/{IN}/rendered", views.rendered),
+    path(f"studies/{S}/series/{SE}/instances/{IN}/thumbnail", views.thumbnail),
     path("series", views.series_search),
     path("instances", views.instances_search),
 ]

@@ -16,7 +16,9 @@ from django.views.decorators.http import require_http_methods
 from pydicom.dataset import Dataset
 from pydicom.uid import UID, ExplicitVRLittleEndian
 
+from archive.exceptions import StorageFailure
 from archive.models import Instance, Series, Study
+from archive.preview import PreviewUnavailable
 from archive.query import IMAGE, SERIES, STUDY
 from archive.storage import Storage
 from audit.models import QUERY, RETRIEVE, STORE
@@ -26,6 +28,14 @@ from dicomweb.accept import MediaRange, accept_parse, matches, media_type_parse
 from dicomweb.auth import dicomweb_view, error
 from dicomweb.multipart import MultipartError, boundary_new, closing, file_chunks, part_header
 from dicomweb.qido import QidoInvalid, search_parse, search_run
+from dicomweb.rendered import (
+    THUMBNAIL_SIDE,
+    RenderInvalid,
+    media_choose,
+    render,
+    viewport_parse,
+    window_parse,
+)
 from dicomweb.stow import StowOutcome, stow_store
 
 logger = logging.getLogger(__name__)
@@ -384,6 +394,45 @@ def bulkdata(
         payload,
         content_type=f'multipart/related; type="application/octet-stream"; boundary={boundary}',
     )
+
+
+@dicomweb_view
+@require_http_methods(["GET", "HEAD"])
+def rendered(
+    request: HttpRequest,
+    study: str,
+    series: str | None = None,
+    instance: str | None = None,
+    *,
+    thumbnail: bool = False,
+) -> HttpResponse:
+    """An instance rendered (its middle frame), or a series' or study's thumbnail (its middle
+    instance), as JPEG or PNG; `window=center,width`, `viewport=width,height`."""
+    media = media_choose(accept_parse(request.headers.get("Accept")))
+    if media is None:
+        return error(406, "rendered images are sent as image/jpeg or image/png")
+    try:
+        window = window_parse(request.GET.get("window"))
+        side = viewport_parse(request.GET.get("viewport"), THUMBNAIL_SIDE if thumbnail else 0)
+    except RenderInvalid as exc:
+        return error(400, str(exc))
+    rows = _instance_rows(study, series, instance)
+    if not rows:
+        return _not_found(study, series, instance)
+    path = rows[len(rows) // 2][0]
+    try:
+        local = _storage().resolve(path)
+        image = render(local, media=media, window=window, side=side)
+    except (PreviewUnavailable, StorageFailure) as exc:
+        return error(404 if isinstance(exc, StorageFailure) else 400, f"no image: {exc}")
+    _retrieve_audit(request, study, series, "thumbnail" if thumbnail else "rendered", 1)
+    response = HttpResponse(image, content_type=media)
+    response["Cache-Control"] = "private, max-age=3600"
+    return response
+
+
+def thumbnail(request: HttpRequest, *args: str, **kwargs: str) -> HttpResponse:
+    return rendered(request, *args, thumbnail=True, **kwargs)
 
 
 # STOW-RS -----------------------------------------------------------------------------------

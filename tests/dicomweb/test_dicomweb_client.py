@@ -176,3 +176,31 @@ def test_accept_headers_read_leniently(client, root, auth, accept):
     response = requests.get(f"{root}/studies", auth=auth, headers=headers)
     assert response.status_code == 200
     assert response.headers["Content-Type"] == "application/dicom+json"
+
+
+def test_rendered_and_thumbnail(client, root, auth):
+    from PIL import Image
+
+    [ct] = _datasets(["CT_small.dcm"])
+    client.store_instances([ct])
+    jpeg = client.retrieve_instance_rendered(
+        ct.StudyInstanceUID,
+        ct.SeriesInstanceUID,
+        ct.SOPInstanceUID,
+        media_types=("image/jpeg",),
+    )
+    image = Image.open(io.BytesIO(jpeg))
+    assert image.format == "JPEG" and image.size == (128, 128)
+    base = f"{root}/studies/{ct.StudyInstanceUID}/series/{ct.SeriesInstanceUID}"
+    png = requests.get(
+        f"{base}/instances/{ct.SOPInstanceUID}/rendered",
+        params={"window": "40,400,LINEAR", "viewport": "64,64"},
+        headers={"Accept": "image/png"},
+        auth=auth,
+    )
+    assert png.headers["Content-Type"] == "image/png"
+    assert Image.open(io.BytesIO(png.content)).size == (64, 64)
+    thumb = requests.get(f"{base}/thumbnail", auth=auth)
+    assert thumb.status_code == 200 and thumb.headers["Content-Type"] == "image/jpeg"
+    bad = requests.get(f"{base}/thumbnail", params={"window": "x"}, auth=auth)
+    assert bad.status_code == 400
