@@ -296,7 +296,13 @@ class StudyAdmin(IndexAdmin):
         except NoReverseMatch:
             return "-"
         url = f"{base}viewer?{urlencode({'StudyInstanceUIDs': obj.study_instance_uid})}"
-        return format_html('<a href="{}" target="_blank" rel="noopener">Open in viewer</a>', url)
+        zip_url = reverse("archive-zip-download", args=["study", obj.pk])
+        return format_html(
+            '<a href="{}" target="_blank" rel="noopener">Open in viewer</a> · '
+            '<a href="{}">Download as ZIP</a>',
+            url,
+            zip_url,
+        )
 
     def _series(self, obj: Study) -> QuerySet[Series]:
         return obj.series.annotate(instance_count=Count("instances")).order_by(

@@ -3,11 +3,12 @@
 
 from django.contrib import admin
 from django.contrib.auth.decorators import permission_required
-from django.urls import include, path
+from django.urls import include, path, re_path
 from django.views.generic import RedirectView
 
 from archive import views as archive_views
 from dicomweb.viewer import viewer_file
+from dicomweb.zipdownload import zip_download
 from receiver import views as receiver_views
 
 
@@ -44,6 +45,11 @@ urlpatterns = [
         "admin/archive/series/<int:pk>/preview.png",
         staff(archive_views.series_preview, IMAGES),
         name="archive-series-preview",
+    ),
+    re_path(
+        r"^admin/archive/(?P<level>patient|study|series)/(?P<pk>[0-9]+)/download\.zip$",
+        staff(zip_download, IMAGES),
+        name="archive-zip-download",
     ),
     path("admin/", admin.site.urls),
     # DICOMweb: session (staff) or HTTP Basic, checked in dicomweb.auth.

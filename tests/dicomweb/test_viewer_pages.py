@@ -35,3 +35,46 @@ def test_studies_link_to_the_viewer(admin_client):
     assert link in listing.content.decode() and "Open in viewer" in listing.content.decode()
     page = admin_client.get(reverse("admin:archive_study_change", args=[study.pk]))
     assert link in page.content.decode()
+
+
+def test_zip_download_of_study_series_and_patient(admin_client, storage_dir, transactional_db):
+    import io
+    import zipfile
+
+    from archive.services import IngestSettings, instance_store
+    from archive.storage import Storage
+    from dicomweb.stow import _Window, file_meta_read
+    from tests.conftest import sample_file
+
+    for name in ("CT_small.dcm", "MR_small.dcm"):
+        with open(sample_file(name), "rb") as body:
+            meta, start = file_meta_read(body)
+            instance_store(
+                dataset=_Window(body, start),
+                transfer_syntax_uid=meta.TransferSyntaxUID,
+                sop_class_uid=meta.MediaStorageSOPClassUID,
+                sop_instance_uid=meta.MediaStorageSOPInstanceUID,
+                calling_ae_title="",
+                remote_address="",
+                settings=IngestSettings(storage=Storage(storage_dir)),
+            )
+    study = Study.objects.get(patient__patient_id="1CT1")
+    response = admin_client.get(reverse("archive-zip-download", args=["study", study.pk]))
+    assert response.status_code == 200 and response["Content-Type"] == "application/zip"
+    data = b"".join(response.streaming_content)
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        [name] = archive.namelist()
+        stored = Storage(storage_dir).open(study.series.get().instances.get().path).read()
+        assert archive.read(name) == stored
+    series = study.series.get()
+    assert (
+        admin_client.get(reverse("archive-zip-download", args=["series", series.pk])).status_code
+        == 200
+    )
+    patient = study.patient
+    assert (
+        admin_client.get(reverse("archive-zip-download", args=["patient", patient.pk])).status_code
+        == 200
+    )
+    page = admin_client.get(reverse("admin:archive_study_change", args=[study.pk]))
+    assert "Download as ZIP" in page.content.decode()
