@@ -134,6 +134,20 @@ def _part_store(
     if kind != "application/dicom":
         outcome.failed.append(_failure("", "", SOP_CLASS_NOT_SUPPORTED, f"a {kind} part"))
         return
+    file_store(part.body, ingest=ingest, study_uid=study_uid, address=address, outcome=outcome)
+
+
+def file_store(
+    body: BinaryIO,
+    *,
+    ingest: IngestSettings,
+    study_uid: str | None,
+    address: str,
+    outcome: StowOutcome,
+) -> None:
+    """Store one Part 10 file (STOW-RS part or uploaded file), adding its result to
+    `outcome`."""
+    part = Part({}, body, 0)
     try:
         meta, start = file_meta_read(part.body)
     except DatasetUnreadable as exc:

@@ -7,6 +7,7 @@ from django.urls import include, path, re_path
 from django.views.generic import RedirectView
 
 from archive import views as archive_views
+from dicomweb.upload import upload_page
 from dicomweb.viewer import viewer_file
 from dicomweb.zipdownload import zip_download
 from receiver import views as receiver_views
@@ -50,6 +51,11 @@ urlpatterns = [
         r"^admin/archive/(?P<level>patient|study|series)/(?P<pk>[0-9]+)/download\.zip$",
         staff(zip_download, IMAGES),
         name="archive-zip-download",
+    ),
+    path(
+        "admin/upload/",
+        staff(upload_page, "archive.add_instance"),
+        name="dicomweb-upload",
     ),
     path("admin/", admin.site.urls),
     # DICOMweb: session (staff) or HTTP Basic, checked in dicomweb.auth.

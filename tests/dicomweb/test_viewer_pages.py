@@ -78,3 +78,30 @@ def test_zip_download_of_study_series_and_patient(admin_client, storage_dir, tra
     )
     page = admin_client.get(reverse("admin:archive_study_change", args=[study.pk]))
     assert "Download as ZIP" in page.content.decode()
+
+
+def test_upload_page_stores_files_and_zips_with_a_result_each(admin_client, transactional_db):
+    import io
+    import zipfile
+
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    from archive.models import Instance
+    from tests.conftest import sample_file
+
+    bundle = io.BytesIO()
+    with zipfile.ZipFile(bundle, "w") as archive:
+        archive.write(sample_file("MR_small.dcm"), "a/MR_small.dcm")
+        archive.writestr("a/readme.txt", "not DICOM")
+    files = [
+        SimpleUploadedFile("CT_small.dcm", sample_file("CT_small.dcm").read_bytes()),
+        SimpleUploadedFile("bundle.zip", bundle.getvalue()),
+        SimpleUploadedFile("notes.txt", b"plain text" * 30),
+    ]
+    assert "Drop files here" in admin_client.get(reverse("dicomweb-upload")).content.decode()
+    response = admin_client.post(reverse("dicomweb-upload"), {"files": files})
+    page = response.content.decode()
+    assert response.status_code == 200
+    assert "2 stored, 2 failed" in page
+    assert "bundle.zip: a/readme.txt" in page
+    assert Instance.objects.count() == 2
