@@ -90,3 +90,24 @@ def test_without_the_permission_is_403(root, transactional_db):
     User.objects.create_user("nobody", password="nobody-password-1", is_staff=True)
     response = requests.get(f"{root}/studies", auth=("nobody", "nobody-password-1"))
     assert response.status_code == 403
+
+
+def test_cors_off_by_default_and_for_configured_origins(client, settings):
+    from django.test import Client
+
+    browser = Client()
+    response = browser.options(
+        "/dicomweb/studies",
+        HTTP_ORIGIN="https://elsewhere.example",
+        HTTP_ACCESS_CONTROL_REQUEST_METHOD="GET",
+    )
+    assert "Access-Control-Allow-Origin" not in response
+    settings.CORS_ALLOWED_ORIGINS = ["https://viewer.example"]
+    response = browser.options(
+        "/dicomweb/studies",
+        HTTP_ORIGIN="https://viewer.example",
+        HTTP_ACCESS_CONTROL_REQUEST_METHOD="GET",
+    )
+    assert response["Access-Control-Allow-Origin"] == "https://viewer.example"
+    admin = browser.get("/admin/login/", HTTP_ORIGIN="https://viewer.example")
+    assert "Access-Control-Allow-Origin" not in admin
