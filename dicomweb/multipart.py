@@ -3,7 +3,6 @@ reader for STOW-RS request bodies. Neither holds a body in memory: the writer yi
 files as it reads them, the reader spools each part to a temporary file (on disk past
 SPOOL_MEMORY bytes)."""
 
-import os
 import tempfile
 import uuid
 from collections.abc import Iterable, Iterator
@@ -171,6 +170,45 @@ class _Buffered:
                 raise MultipartError("the body ends before its closing boundary (truncated)")
 
 
+class Dechunked:
+    """A chunked transfer-coded body (RFC 9112 7.1) read as plain bytes."""
+
+    def __init__(self, stream: BinaryIO) -> None:
+        self.stream = stream
+        self.left = 0
+        self.done = False
+
+    def _line(self) -> bytes:
+        line = self.stream.readline(1024)
+        if not line.endswith(b"\n"):
+            raise MultipartError("the chunked body ends in the middle (truncated)")
+        return line
+
+    def read(self, size: int = -1) -> bytes:
+        out = bytearray()
+        while not self.done and (size < 0 or len(out) < size):
+            if self.left == 0:
+                text = self._line().split(b";")[0].strip()
+                try:
+                    self.left = int(text, 16)
+                except ValueError:
+                    raise MultipartError("malformed chunk size in a chunked body") from None
+                if self.left == 0:
+                    while self._line().strip():  # trailers
+                        pass
+                    self.done = True
+                    break
+            want = self.left if size < 0 else min(self.left, size - len(out))
+            data = self.stream.read(want)
+            if not data:
+                raise MultipartError("the chunked body ends in the middle (truncated)")
+            out += data
+            self.left -= len(data)
+            if self.left == 0:
+                self._line()  # the CRLF after each chunk
+        return bytes(out)
+
+
 def multipart_body(boundary: str, parts: Iterable[tuple[str, Iterable[bytes]]]) -> Iterator[bytes]:
     """A whole body from (content type, chunks) pairs; for clients and tests."""
     for content_type, chunks in parts:
@@ -178,7 +216,3 @@ def multipart_body(boundary: str, parts: Iterable[tuple[str, Iterable[bytes]]]) 
         yield from chunks
         yield b"\r\n"
     yield closing(boundary)
-
-
-def size_of(stream: BinaryIO) -> int:
-    return os.fstat(stream.fileno()).st_size

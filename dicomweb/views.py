@@ -26,7 +26,14 @@ from audit.services import audit_record
 from dicomweb import instances as stored
 from dicomweb.accept import MediaRange, accept_parse, matches, media_type_parse
 from dicomweb.auth import dicomweb_view, error
-from dicomweb.multipart import MultipartError, boundary_new, closing, file_chunks, part_header
+from dicomweb.multipart import (
+    Dechunked,
+    MultipartError,
+    boundary_new,
+    closing,
+    file_chunks,
+    part_header,
+)
 from dicomweb.qido import QidoInvalid, search_parse, search_run
 from dicomweb.rendered import (
     THUMBNAIL_SIDE,
@@ -486,13 +493,14 @@ def _stow(request: HttpRequest, study: str | None) -> HttpResponse:
 
 def _request_body(request: HttpRequest) -> Any:
     """The body as a stream. Django reads nothing of a body without Content-Length; a chunked
-    body (gunicorn de-chunks it) is read from the WSGI input itself."""
-    if (
-        "CONTENT_LENGTH" not in request.META
-        and "chunked" in request.META.get("HTTP_TRANSFER_ENCODING", "").lower()
-    ):
+    body is read from the WSGI input itself: de-chunked by the server where it says so
+    (`wsgi.input_terminated`, gunicorn), else here (Django's development and test server)."""
+    chunked = "chunked" in request.META.get("HTTP_TRANSFER_ENCODING", "").lower()
+    if not chunked or request.META.get("CONTENT_LENGTH"):
+        return request
+    if request.META.get("wsgi.input_terminated"):
         return request.META["wsgi.input"]
-    return request
+    return Dechunked(request.META["wsgi.input"])
 
 
 def _stow_response(outcome: StowOutcome, root: str, study: str | None) -> dict[str, Any]:
