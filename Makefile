@@ -21,7 +21,8 @@ run: $(BIN)/.installed
 
 ## system-deps: DCMTK's storescu/echoscu/dcmsend/findscu/movescu/getscu (the peers the end-to-end
 ## tests talk to), Chromium with its driver (the browser test), Orthanc (Query/Retrieve client
-## tests) and its PostgreSQL index plugin (the benchmark's PostgreSQL pair)
+## tests) with its PostgreSQL index plugin (the benchmark's PostgreSQL pair) and DICOMweb plugin
+## (DICOMweb client tests), npm (the OHIF viewer)
 system-deps:
 	@missing=""; \
 	command -v storescu >/dev/null 2>&1 || missing="$$missing dcmtk"; \
@@ -30,6 +31,7 @@ system-deps:
 	command -v Orthanc >/dev/null 2>&1 || missing="$$missing orthanc"; \
 	command -v npm >/dev/null 2>&1 || missing="$$missing npm"; \
 	[ -e /usr/share/orthanc/plugins/libOrthancPostgreSQLIndex.so ] || missing="$$missing orthanc-postgresql"; \
+	[ -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] || missing="$$missing orthanc-dicomweb"; \
 	if [ -n "$$missing" ]; then \
 		echo "Installing Debian packages:$$missing"; \
 		$(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q --no-install-recommends $$missing; \
