@@ -2,8 +2,10 @@
 the archive's ingest service (archive.services.instance_store) exactly as a C-STORE does:
 durable file and committed index row before success, the duplicate policy, the statistics."""
 
+import dataclasses
 import io
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
@@ -51,6 +53,37 @@ class StowOutcome:
     failed: list[dict[str, Any]] = field(default_factory=list)  # class, instance, reason, why
     warnings: list[str] = field(default_factory=list)
     studies: set[str] = field(default_factory=set)
+
+
+def sop_class_filter() -> Callable[[str], str | None]:
+    """Why a SOP class would be refused (None: accepted), by the same decision as a C-STORE
+    association's (receiver.access: accepted_sop_classes of the configuration and the admin's
+    SOP class rules); the AE title checks do not apply to HTTP users."""
+    # The receiver's access decision, the one place that policy is written.
+    from receiver.access import access_rules_load, association_decide
+    from receiver.config import resolve
+    from receiver.sop_classes import storage_sop_classes
+
+    config = dataclasses.replace(
+        resolve({}, settings.DICOM_CONFIG), require_known_ae=False, require_called_ae_title=False
+    )
+    rules = access_rules_load()
+    storage = {str(uid) for uid in storage_sop_classes()}
+
+    def refusal(sop_class: str) -> str | None:
+        decision = association_decide(
+            config=config,
+            rules=rules,
+            calling_ae="",
+            called_ae="",
+            address="",
+            proposed=[sop_class],
+            served=storage,
+            storage_classes=storage,
+        )
+        return decision.refused[0].why if decision.refused else None
+
+    return refusal
 
 
 def ingest_settings() -> IngestSettings:
@@ -107,16 +140,17 @@ def file_meta_read(body: BinaryIO) -> tuple[Dataset, int]:
 
 
 def stow_store(
-    *, body: BinaryIO, boundary: str, study_uid: str | None, user: str, address: str
+    *, body: BinaryIO, boundary: str, study_uid: str | None, address: str
 ) -> StowOutcome:
     """Store every part of the body. Raises MultipartError when the body itself is malformed
     (parts before the error stay stored: each was complete and is acknowledged nowhere else,
     so the caller answers 400 listing nothing)."""
     ingest = ingest_settings()
+    refusal = sop_class_filter()
     outcome = StowOutcome()
     for part in parts_read(body, boundary):
         try:
-            _part_store(part, ingest, study_uid, user, address, outcome)
+            _part_store(part, ingest, study_uid, address, outcome, refusal)
         finally:
             part.body.close()
     return outcome
@@ -126,15 +160,22 @@ def _part_store(
     part: Part,
     ingest: IngestSettings,
     study_uid: str | None,
-    user: str,
     address: str,
     outcome: StowOutcome,
+    refusal: Callable[[str], str | None] | None = None,
 ) -> None:
     kind = media_type_parse(part.content_type).type if part.content_type else "application/dicom"
     if kind != "application/dicom":
         outcome.failed.append(_failure("", "", SOP_CLASS_NOT_SUPPORTED, f"a {kind} part"))
         return
-    file_store(part.body, ingest=ingest, study_uid=study_uid, address=address, outcome=outcome)
+    file_store(
+        part.body,
+        ingest=ingest,
+        study_uid=study_uid,
+        address=address,
+        outcome=outcome,
+        refusal=refusal,
+    )
 
 
 def file_store(
@@ -144,6 +185,7 @@ def file_store(
     study_uid: str | None,
     address: str,
     outcome: StowOutcome,
+    refusal: Callable[[str], str | None] | None = None,
 ) -> None:
     """Store one Part 10 file (STOW-RS part or uploaded file), adding its result to
     `outcome`."""
@@ -156,6 +198,10 @@ def file_store(
     sop_class = str(meta.MediaStorageSOPClassUID).strip("\0 ")
     sop_instance = str(meta.MediaStorageSOPInstanceUID).strip("\0 ")
     syntax = str(meta.TransferSyntaxUID).strip("\0 ")
+    why = refusal(sop_class) if refusal is not None else None
+    if why is not None:
+        outcome.failed.append(_failure(sop_class, sop_instance, SOP_CLASS_NOT_SUPPORTED, why))
+        return
     dataset = _Window(part.body, start)
     if study_uid is not None:
         try:

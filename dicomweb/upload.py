@@ -11,7 +11,7 @@ from django.shortcuts import render
 
 from audit.models import STORE
 from audit.services import audit_record
-from dicomweb.stow import StowOutcome, file_store, ingest_settings
+from dicomweb.stow import StowOutcome, file_store, ingest_settings, sop_class_filter
 
 # A ZIP member larger than this is refused unread (a bomb or not DICOM we take here).
 MAX_MEMBER = 2 * 2**30
@@ -30,16 +30,24 @@ def upload_page(request: HttpRequest) -> HttpResponse:
     results: list[dict] = []
     if request.method == "POST":
         ingest = ingest_settings()
+        refusal = sop_class_filter()
         outcome = StowOutcome()
         address = request.META.get("REMOTE_ADDR", "")
         for upload in request.FILES.getlist("files")[:MAX_FILES]:
             if zipfile.is_zipfile(upload):
                 upload.seek(0)
-                results += _zip_store(upload, upload.name, ingest, address, outcome)
+                results += _zip_store(upload, upload.name, ingest, address, outcome, refusal)
                 continue
             upload.seek(0)
             counts = len(outcome.stored), len(outcome.failed)
-            file_store(upload, ingest=ingest, study_uid=None, address=address, outcome=outcome)
+            file_store(
+                upload,
+                ingest=ingest,
+                study_uid=None,
+                address=address,
+                outcome=outcome,
+                refusal=refusal,
+            )
             results.append(_results(outcome, *counts, upload.name))
         for uid in sorted(outcome.studies):
             audit_record(
@@ -58,7 +66,7 @@ def upload_page(request: HttpRequest) -> HttpResponse:
     return render(request, "dicomweb/upload.html", context)
 
 
-def _zip_store(upload, name, ingest, address, outcome: StowOutcome) -> list[dict]:
+def _zip_store(upload, name, ingest, address, outcome: StowOutcome, refusal) -> list[dict]:
     results = []
     try:
         archive = zipfile.ZipFile(upload)
@@ -80,6 +88,13 @@ def _zip_store(upload, name, ingest, address, outcome: StowOutcome) -> list[dict
                             break
                 body.seek(0)
                 counts = len(outcome.stored), len(outcome.failed)
-                file_store(body, ingest=ingest, study_uid=None, address=address, outcome=outcome)
+                file_store(
+                    body,
+                    ingest=ingest,
+                    study_uid=None,
+                    address=address,
+                    outcome=outcome,
+                    refusal=refusal,
+                )
                 results.append(_results(outcome, *counts, label))
     return results

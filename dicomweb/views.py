@@ -459,7 +459,6 @@ def _stow(request: HttpRequest, study: str | None) -> HttpResponse:
             body=_request_body(request),
             boundary=boundary,
             study_uid=study,
-            user=request.user.get_username(),
             address=address,
         )
     except MultipartError as exc:

@@ -111,3 +111,14 @@ def test_cors_off_by_default_and_for_configured_origins(client, settings):
     assert response["Access-Control-Allow-Origin"] == "https://viewer.example"
     admin = browser.get("/admin/login/", HTTP_ORIGIN="https://viewer.example")
     assert "Access-Control-Allow-Origin" not in admin
+
+
+def test_sop_class_refused_by_an_admin_rule_is_refused_for_stow(root, auth):
+    from receiver.models import SOPClassRule
+
+    SOPClassRule.objects.create(sop_classes="CT", action=SOPClassRule.REFUSE, enabled=True)
+    response = _post(root, auth, _body(("application/dicom", CT.read_bytes())))
+    assert response.status_code == 409
+    assert response.json()["00081198"]["Value"][0]["00081197"]["Value"] == [0x0122]
+    assert "SOP class rule" in response.headers["Warning"]
+    assert Instance.objects.count() == 0
