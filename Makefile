@@ -67,11 +67,13 @@ clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .test-pacs.db*
 
 ## bench: the throughput benchmark against DCMTK, pynetdicom and (if installed) Orthanc, then
-## Query/Retrieve: C-FIND at 1M indexed instances, C-MOVE/C-GET of 500 instances vs Orthanc
+## Query/Retrieve: C-FIND at 1M indexed instances, C-MOVE/C-GET of 500 instances vs Orthanc; then
+## DICOMweb: STOW-RS and WADO-RS of 500 instances vs Orthanc's DICOMweb plugin, QIDO-RS at 1M
 bench: $(BIN)/.installed system-deps
 	$(BIN)/python bench/run.py --count 2000 --rows 64 --associations 1 4 --repeat 3 --workers 2 \
 		$(if $(PG_URL),--pg-url $(PG_URL))
 	$(BIN)/python bench/qr.py --rows 1000000 --count 500 --pixels 64 512 --repeat 3
+	$(BIN)/python bench/dicomweb.py --rows 1000000 --count 500 --pixels 512 --repeat 3
 
 ## soak: five minutes of steady ingest; fails unless memory, open files and threads stay flat
 SOAK_SECONDS ?= 300

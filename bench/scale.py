@@ -51,8 +51,8 @@ def fill(index: Path, rows: int) -> float:
     first = date(2015, 1, 1)
     db.executemany(
         "INSERT INTO archive_study (id, patient_id, study_instance_uid, study_date, "
-        "accession_number, study_id, description, referring_physician_name) "
-        "VALUES (?, ?, ?, ?, ?, '1', 'FILLER', '')",
+        "accession_number, study_id, description, referring_physician_name, stable) "
+        "VALUES (?, ?, ?, ?, ?, '1', 'FILLER', '', 0)",
         (
             (s, (s - 1) // STUDIES_PER_PATIENT + 1, f"2.25.1{s:012d}",
              (first + timedelta(days=s % 3650)).isoformat(), f"F{s:09d}")
@@ -61,7 +61,7 @@ def fill(index: Path, rows: int) -> float:
     )  # fmt: skip
     db.executemany(
         "INSERT INTO archive_series (id, study_id, series_instance_uid, modality, series_number, "
-        "description, body_part_examined) VALUES (?, ?, ?, 'CT', 1, '', '')",
+        "description, body_part_examined, stable) VALUES (?, ?, ?, 'CT', 1, '', '', 0)",
         (
             (s, (s - 1) // SERIES_PER_STUDY + 1, f"2.25.2{s:012d}")
             for s in range(1, series_count + 1)

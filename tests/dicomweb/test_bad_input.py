@@ -122,3 +122,10 @@ def test_sop_class_refused_by_an_admin_rule_is_refused_for_stow(root, auth):
     assert response.json()["00081198"]["Value"][0]["00081197"]["Value"] == [0x0122]
     assert "SOP class rule" in response.headers["Warning"]
     assert Instance.objects.count() == 0
+
+
+def test_a_changed_password_is_refused_at_the_next_request(root, auth, web_user):
+    assert requests.get(f"{root}/studies", auth=auth).status_code == 200
+    web_user.set_password("another-password-2")
+    web_user.save()
+    assert requests.get(f"{root}/studies", auth=auth).status_code == 401
