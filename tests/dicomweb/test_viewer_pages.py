@@ -105,3 +105,8 @@ def test_upload_page_stores_files_and_zips_with_a_result_each(admin_client, tran
     assert "2 stored, 2 failed" in page
     assert "bundle.zip: a/readme.txt" in page
     assert Instance.objects.count() == 2
+
+
+def test_admin_home_links_the_viewer_and_the_upload_page(admin_client):
+    page = admin_client.get(reverse("admin:index")).content.decode()
+    assert 'href="/viewer/"' in page and 'href="/admin/upload/"' in page
