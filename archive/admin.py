@@ -3,6 +3,7 @@ removes the files with the rows (archive.deletion)."""
 
 from collections.abc import Iterable
 from dataclasses import asdict
+from urllib.parse import urlencode
 
 from django.conf import settings
 from django.contrib import admin
@@ -11,7 +12,7 @@ from django.contrib.admin.utils import unquote
 from django.db import transaction
 from django.db.models import Count, Exists, Model, OuterRef, QuerySet
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
-from django.urls import reverse, reverse_lazy
+from django.urls import NoReverseMatch, reverse, reverse_lazy
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 from pydicom.uid import UID
@@ -246,19 +247,28 @@ class StudyAdmin(IndexAdmin):
         "description",
         "referring_physician",
         "raw_referring_physician",
+        "viewer_link",
         "series_table",
         "series_previews",
     ]
     readonly_fields = [
         "referring_physician",
         "raw_referring_physician",
+        "viewer_link",
         "series_table",
         "series_previews",
     ]
     referring_physician, raw_referring_physician = _name_fields(
         "referring_physician_name", "referring physician"
     )
-    list_display = ["study_date", "patient", "accession_number", "description", "series_link"]
+    list_display = [
+        "study_date",
+        "patient",
+        "accession_number",
+        "description",
+        "series_link",
+        "viewer_link",
+    ]
     list_filter = ["study_date", "series__modality", StudyCallingAEFilter]
     search_fields = [
         "patient__name",
@@ -276,6 +286,22 @@ class StudyAdmin(IndexAdmin):
     def series_link(self, obj: Study) -> str:
         return _children_link(
             "series", "study__id__exact", obj.pk, obj.series_count, "series", "series"
+        )
+
+    @admin.display(description="viewer")
+    def viewer_link(self, obj: Study) -> str:
+        """ "Open in viewer": the study in OHIF, when the site serves it (the dicomweb app)."""
+        try:
+            base = reverse("viewer")
+        except NoReverseMatch:
+            return "-"
+        url = f"{base}viewer?{urlencode({'StudyInstanceUIDs': obj.study_instance_uid})}"
+        zip_url = reverse("archive-zip-download", args=["study", obj.pk])
+        return format_html(
+            '<a href="{}" target="_blank" rel="noopener">Open in viewer</a> · '
+            '<a href="{}">Download as ZIP</a>',
+            url,
+            zip_url,
         )
 
     def _series(self, obj: Study) -> QuerySet[Series]:

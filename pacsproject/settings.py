@@ -82,11 +82,15 @@ INSTALLED_APPS = [
     "django_otp",
     "django_otp.plugins.otp_totp",
     "accounts",
+    "dicomweb",
+    "corsheaders",
 ]
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
+    # CORS for /dicomweb/ only, and only for DICOMWEB_CORS_ORIGINS (none by default).
+    "corsheaders.middleware.CorsMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -221,3 +225,13 @@ LOGGING = {
         "pynetdicom": {"handlers": ["console"], "level": "WARNING", "propagate": False},
     },
 }
+
+# Web applications on other origins allowed to call /dicomweb/ (CORS, django-cors-headers),
+# e.g. `DICOMWEB_CORS_ORIGINS=https://viewer.example.org`; none by default. OHIF served by
+# us at /viewer/ is same-origin and needs none.
+CORS_ALLOWED_ORIGINS = env.list("DICOMWEB_CORS_ORIGINS", default=[])
+CORS_URLS_REGEX = r"^/dicomweb/.*$"
+CORS_EXPOSE_HEADERS = ["Warning", "Content-Type", "Content-Length"]
+
+# The OHIF viewer's files (`make viewer`), served at /viewer/ behind the admin's login.
+VIEWER_DIR = Path(env.str("VIEWER_DIR", default=str(BASE_DIR / "viewer")))

@@ -3,10 +3,13 @@
 
 from django.contrib import admin
 from django.contrib.auth.decorators import permission_required
-from django.urls import path
+from django.urls import include, path, re_path
 from django.views.generic import RedirectView
 
 from archive import views as archive_views
+from dicomweb.upload import upload_page
+from dicomweb.viewer import viewer_file
+from dicomweb.zipdownload import zip_download
 from receiver import views as receiver_views
 
 
@@ -44,7 +47,22 @@ urlpatterns = [
         staff(archive_views.series_preview, IMAGES),
         name="archive-series-preview",
     ),
+    re_path(
+        r"^admin/archive/(?P<level>patient|study|series)/(?P<pk>[0-9]+)/download\.zip$",
+        staff(zip_download, IMAGES),
+        name="archive-zip-download",
+    ),
+    path(
+        "admin/upload/",
+        staff(upload_page, "archive.add_instance"),
+        name="dicomweb-upload",
+    ),
     path("admin/", admin.site.urls),
+    # DICOMweb: session (staff) or HTTP Basic, checked in dicomweb.auth.
+    path("dicomweb/", include("dicomweb.urls")),
+    # The OHIF viewer (`make viewer`): staff with the viewer role, checked in the view.
+    path("viewer/", viewer_file, name="viewer"),
+    path("viewer/<path:path>", viewer_file),
     # Session (staff) or bearer token (METRICS_TOKEN); checked in the view.
     path("metrics", receiver_views.metrics, name="metrics"),
 ]

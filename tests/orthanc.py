@@ -14,7 +14,14 @@ from tests.peers import system_tool
 
 
 class Orthanc:
-    def __init__(self, folder: Path, *, ae_title: str, modalities: dict[str, list]) -> None:
+    def __init__(
+        self,
+        folder: Path,
+        *,
+        ae_title: str,
+        modalities: dict[str, list],
+        extra: dict[str, Any] | None = None,
+    ) -> None:
         # Debian installs it in /usr/sbin, which is not on every user's PATH.
         sbin = Path("/usr/sbin/Orthanc")
         self.binary = str(sbin) if sbin.is_file() else system_tool("Orthanc", "orthanc")
@@ -38,6 +45,7 @@ class Orthanc:
             "StorageCompression": False,
             "HttpTimeout": 60,
             "DicomScuTimeout": 30,
+            **(extra or {}),
         }
         self.config = folder / "orthanc.json"
         self.config.write_text(json.dumps(config))

@@ -93,7 +93,15 @@ def test_wheel_installs_into_a_fresh_environment_and_serves_another_project(tmp_
     source = tmp_path / "source"
     source.mkdir()
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
-    for package in ("archive", "receiver", "pacsproject"):
+    for package in (
+        "archive",
+        "receiver",
+        "pacsproject",
+        "audit",
+        "accounts",
+        "routing",
+        "dicomweb",
+    ):
         shutil.copytree(ROOT / package, source / package, ignore=ignore)
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(ROOT / name, source / name)

@@ -1,0 +1,212 @@
+"""Reading stored instances for WADO-RS, through the storage service only (`Storage.open`):
+metadata as DICOM JSON, the pixel data's place in the file, single frames, and conversion to
+explicit VR little endian. Files are read, never held whole: a frame is read from its offset,
+an instance streamed as stored."""
+
+import base64
+import struct
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, BinaryIO
+
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pydicom.encaps import get_frame
+from pydicom.pixels import pixel_array
+from pydicom.uid import UID, ExplicitVRLittleEndian
+
+from archive.storage import Storage
+
+PIXEL_DATA = 0x7FE00010
+BULK_VRS = {"OB", "OD", "OF", "OL", "OV", "OW", "UN"}
+# Binary values at least this long are sent as BulkDataURI in metadata, not inline.
+BULK_THRESHOLD = 1024
+SPOOL_MEMORY = 8 * 2**20
+
+# PS3.18 Table 8.7.3-2: media types of compressed frames, by transfer syntax.
+FRAME_MEDIA_TYPES = {
+    "1.2.840.10008.1.2.4.50": "image/jpeg",
+    "1.2.840.10008.1.2.4.51": "image/jpeg",
+    "1.2.840.10008.1.2.4.57": "image/jpeg",
+    "1.2.840.10008.1.2.4.70": "image/jpeg",
+    "1.2.840.10008.1.2.4.80": "image/jls",
+    "1.2.840.10008.1.2.4.81": "image/jls",
+    "1.2.840.10008.1.2.4.90": "image/jp2",
+    "1.2.840.10008.1.2.4.91": "image/jp2",
+    "1.2.840.10008.1.2.4.92": "image/jpx",
+    "1.2.840.10008.1.2.4.93": "image/jpx",
+    "1.2.840.10008.1.2.4.201": "image/jphc",
+    "1.2.840.10008.1.2.4.202": "image/jphc",
+    "1.2.840.10008.1.2.4.203": "image/jphc",
+    "1.2.840.10008.1.2.5": "image/x-dicom-rle",
+    "1.2.840.10008.1.2.4.100": "video/mpeg",
+    "1.2.840.10008.1.2.4.101": "video/mpeg",
+    "1.2.840.10008.1.2.4.102": "video/mp4",
+    "1.2.840.10008.1.2.4.103": "video/mp4",
+}
+
+
+class InstanceUnreadable(Exception):
+    """The stored file is missing, unreadable, or lacks what was asked (frames, a tag)."""
+
+
+@contextmanager
+def opened(storage: Storage, relative: str) -> Iterator[BinaryIO]:
+    try:
+        stream = storage.open(relative)
+    except FileNotFoundError:
+        raise InstanceUnreadable("the stored file is missing") from None
+    except Exception as exc:
+        raise InstanceUnreadable(f"the stored file cannot be opened: {exc}") from None
+    try:
+        yield stream
+    finally:
+        stream.close()
+
+
+@dataclass(frozen=True)
+class PixelLocation:
+    """Where the pixel data's value is in the file, and what describes it."""
+
+    header: Dataset  # everything before the pixel data, file meta included
+    value_offset: int
+    length: int  # 0xFFFFFFFF: encapsulated
+    vr: str
+
+    @property
+    def encapsulated(self) -> bool:
+        return self.length == 0xFFFFFFFF
+
+    @property
+    def number_of_frames(self) -> int:
+        try:
+            return max(1, int(self.header.get("NumberOfFrames", 1) or 1))
+        except (TypeError, ValueError):
+            return 1
+
+    @property
+    def frame_length(self) -> int:
+        h = self.header
+        bits = int(h.Rows) * int(h.Columns) * int(h.get("SamplesPerPixel", 1))
+        return (bits * int(h.BitsAllocated) + 7) // 8
+
+
+def header_read(stream: BinaryIO) -> tuple[Dataset, int]:
+    """Everything before the pixel data (the file meta too), and the offset where the pixel
+    data element starts (or where the file ends)."""
+    try:
+        ds = dcmread(stream, stop_before_pixels=True, force=True)
+    except Exception as exc:
+        raise InstanceUnreadable(f"the stored file cannot be parsed: {exc}") from None
+    return ds, stream.tell()
+
+
+def pixel_locate(stream: BinaryIO) -> PixelLocation:
+    ds, offset = header_read(stream)
+    stream.seek(offset)
+    head = stream.read(12)
+    if len(head) < 8 or struct.unpack("<HH", head[:4]) != (0x7FE0, 0x0010):
+        raise InstanceUnreadable("the instance has no pixel data")
+    syntax = UID(ds.file_meta.get("TransferSyntaxUID", ExplicitVRLittleEndian))
+    if syntax.is_implicit_VR:
+        (length,) = struct.unpack("<I", head[4:8])
+        return PixelLocation(ds, offset + 8, length, "OW")
+    vr = head[4:6].decode("latin-1")
+    (length,) = struct.unpack("<I", head[8:12])
+    return PixelLocation(ds, offset + 12, length, vr)
+
+
+def stored_syntax(ds: Dataset) -> str:
+    return str(ds.file_meta.get("TransferSyntaxUID", ExplicitVRLittleEndian))
+
+
+def frame_read(stream: BinaryIO, location: PixelLocation, number: int) -> bytes:
+    """Frame `number` (1-based) as stored: the compressed codestream, or native bytes."""
+    if not 1 <= number <= location.number_of_frames:
+        raise InstanceUnreadable(
+            f"no frame {number} (the instance has {location.number_of_frames})"
+        )
+    stream.seek(location.value_offset)
+    if location.encapsulated:
+        try:
+            return get_frame(stream, number - 1, number_of_frames=location.number_of_frames)
+        except Exception as exc:
+            raise InstanceUnreadable(f"frame {number} cannot be read: {exc}") from None
+    size = location.frame_length
+    stream.seek(location.value_offset + (number - 1) * size)
+    data = stream.read(size)
+    if len(data) != size:
+        raise InstanceUnreadable(f"frame {number} is cut short in the stored file")
+    return data
+
+
+def frame_decoded(stream: BinaryIO, location: PixelLocation, number: int) -> bytes:
+    """Frame `number` decompressed to native little endian bytes."""
+    stream.seek(0)
+    try:
+        array = pixel_array(stream, index=number - 1)
+    except Exception as exc:
+        raise InstanceUnreadable(f"frame {number} cannot be decompressed: {exc}") from None
+    return array.astype(array.dtype.newbyteorder("<")).tobytes()
+
+
+def explicit_little_copy(stream: BinaryIO) -> BinaryIO:
+    """The instance as a Part 10 file in explicit VR little endian (decompressed where it is
+    compressed), in a temporary file spooled to disk past SPOOL_MEMORY."""
+    stream.seek(0)
+    try:
+        ds = dcmread(stream, force=True)
+        if ds.file_meta.TransferSyntaxUID.is_compressed:
+            ds.decompress(generate_instance_uid=False)
+        else:
+            ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        out = tempfile.SpooledTemporaryFile(max_size=SPOOL_MEMORY)  # noqa: SIM115 (returned)
+        ds.save_as(out, enforce_file_format=True, little_endian=True, implicit_vr=False)
+    except Exception as exc:
+        raise InstanceUnreadable(f"cannot convert to explicit VR little endian: {exc}") from None
+    out.seek(0)
+    return out
+
+
+def metadata_json(stream: BinaryIO, instance_uri: str) -> dict[str, Any]:
+    """The instance's attributes as DICOM JSON (PS3.18 F.2): pixel data and top-level binary
+    values of BULK_THRESHOLD bytes or more as BulkDataURI, smaller binary values and those in
+    sequences inline; AvailableTransferSyntaxUID (0008,3002) names the stored syntax."""
+    ds, offset = header_read(stream)
+    syntax = stored_syntax(ds)
+    has_pixels = _has_pixel_data(stream, offset)
+    bulk: dict[int, str] = {}
+    for element in list(ds):
+        if element.VR in BULK_VRS and element.value is not None:
+            size = len(element.value) if isinstance(element.value, bytes | bytearray) else 0
+            if size >= BULK_THRESHOLD:
+                bulk[element.tag] = element.VR
+                del ds[element.tag]
+    ds.AvailableTransferSyntaxUID = syntax
+    try:
+        result = ds.to_json_dict(bulk_data_threshold=2**31, suppress_invalid_tags=True)
+    except Exception as exc:
+        raise InstanceUnreadable(f"the attributes cannot be encoded: {exc}") from None
+    for tag, vr in bulk.items():
+        result[f"{tag:08X}"] = {"vr": vr, "BulkDataURI": f"{instance_uri}/bulkdata/{tag:08X}"}
+    if has_pixels:
+        vr = "OB" if UID(syntax).is_compressed or int(ds.get("BitsAllocated", 16)) <= 8 else "OW"
+        result["7FE00010"] = {"vr": vr, "BulkDataURI": f"{instance_uri}/bulkdata/7FE00010"}
+    return dict(sorted(result.items()))
+
+
+def _has_pixel_data(stream: BinaryIO, offset: int) -> bool:
+    stream.seek(offset)
+    head = stream.read(4)
+    return len(head) == 4 and struct.unpack("<HH", head) == (0x7FE0, 0x0010)
+
+
+def bulk_value(stream: BinaryIO, tag: int) -> bytes:
+    """A top-level binary value other than the pixel data."""
+    ds, _ = header_read(stream)
+    if tag not in ds or ds[tag].VR not in BULK_VRS:
+        raise InstanceUnreadable(f"no binary value ({tag:08X}) in the instance")
+    value = ds[tag].value
+    return value if isinstance(value, bytes) else base64.b64decode(value)
