@@ -21,7 +21,7 @@ from pydicom.filewriter import write_dataset
 from pydicom.uid import UID
 
 from archive.dicom_bytes import ELEMENT_IMPLICIT, PDU_HEADER, PDV_ITEM_HEADER
-from archive.retrieval import StoredFile
+from archive.stored_file import StoredFile
 
 logger = logging.getLogger(__name__)
 

@@ -31,6 +31,7 @@ from archive.query import (
     query_queryset,
 )
 from archive.storage import Storage
+from archive.stored_file import StoredFile
 
 logger = logging.getLogger(__name__)
 
@@ -120,17 +121,6 @@ def retrieve_instances(query: Query) -> Retrieval:
         ids.append(pk)
         syntaxes.setdefault(sop_class, set()).add(syntax)
     return Retrieval(tuple(ids), {k: frozenset(v) for k, v in syntaxes.items()})
-
-
-@dataclass(frozen=True)
-class StoredFile:
-    """A stored instance sent as it is, its data set read from `offset` in its file."""
-
-    path: Path
-    offset: int
-    sop_class_uid: str
-    sop_instance_uid: str
-    transfer_syntax_uid: str
 
 
 def instance_source(

@@ -40,7 +40,7 @@ from archive.dimse_codec import (  # noqa: F401 - re-exported for callers of rou
 )
 from archive.dimse_codec import unsigned as _unsigned
 from archive.part10 import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
-from archive.retrieval import StoredFile
+from archive.stored_file import StoredFile
 from routing.scu import TIMEOUT, AssociationFailed, Peer, client_tls_context
 
 logger = logging.getLogger(__name__)

@@ -24,7 +24,7 @@ from pynetdicom.pdu_primitives import P_DATA
 
 from archive.dicom_bytes import PDU_HEADER, PDV_ITEM_HEADER
 from archive.dimse_codec import message_send, store_prepare
-from archive.retrieval import StoredFile
+from archive.stored_file import StoredFile
 
 logger = logging.getLogger(__name__)
 
