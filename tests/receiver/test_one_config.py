@@ -296,3 +296,20 @@ def test_gunicorn_explains_a_refused_host_in_its_log(tmp_path):
         server.send_signal(signal.SIGTERM)
         output, _ = server.communicate(timeout=30)
     assert "django.security.DisallowedHost: Invalid HTTP_HOST header: '10.1.2.3'" in output
+
+
+def test_gunicorn_with_a_bad_file_stops_with_one_line_naming_the_key(tmp_path):
+    config = tmp_path / "site.yaml"
+    config.write_text("storage:\n  directroy: ./received\n")
+    gunicorn = str(Path(sys.executable).parent / "gunicorn")
+    run = subprocess.run(
+        [gunicorn, "pacsproject.wsgi", "--bind", f"127.0.0.1:{free_port()}", "--workers", "1"],
+        cwd=ROOT,
+        env=clean_environment(DICOM_CONFIG=str(config)),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert run.returncode != 0
+    assert f"Configuration error: {config}: unknown key storage.directroy" in run.stderr
+    assert "Traceback" not in run.stderr
