@@ -31,6 +31,7 @@ from typing import Any, Protocol
 from pynetdicom import dul as _dul
 
 from archive import dicom_bytes
+from archive.dimse_codec import command_parse
 from receiver.transport import spool
 from receiver.transport.pdu_guard import pdu_check
 
@@ -362,23 +363,6 @@ def _items(body: memoryview) -> list[tuple[memoryview, int, int, memoryview]]:
         items.append((body[offset:stop], context_id, control, body[offset + 6 : stop]))
         offset = stop
     return items
-
-
-def command_parse(data: bytes | bytearray) -> dict[int, bytes] | None:
-    """A command set's elements by element number (group 0000, implicit VR little endian);
-    None if it is not one."""
-    elements: dict[int, bytes] = {}
-    offset, end = 0, len(data)
-    while offset < end:
-        if end - offset < 8:
-            return None
-        group, element, length = _ELEMENT.unpack_from(data, offset)
-        offset += 8
-        if group != 0 or length > end - offset:
-            return None
-        elements[element] = bytes(data[offset : offset + length])
-        offset += length
-    return elements
 
 
 def _unsigned(elements: dict[int, bytes], element: int) -> int | None:
