@@ -23,6 +23,7 @@ from django.db.models import Max, Sum
 from django.utils import timezone
 
 from archive.deletion import index_delete
+from archive.forksafe import quiet_at_fork
 from archive.models import Instance, RecycledStudy, Study
 from archive.retention_policy import RetentionPolicy
 from archive.storage import Storage
@@ -177,6 +178,8 @@ class RetentionLoop:
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="retention", daemon=True)
+        # This process forks its workers: never in the middle of a pass (archive.forksafe).
+        self._round = quiet_at_fork()
         self._thread.start()
 
     def stop(self) -> None:
@@ -186,15 +189,19 @@ class RetentionLoop:
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
+            with self._round:
+                self._pass()
+
+    def _pass(self) -> None:
+        close_old_connections()
+        try:
+            # A full batch means more may be due: go on without waiting.
+            while (
+                retention_pass(storage=self.storage, policy=self.policy).studies >= BATCH
+                and not self._stop.is_set()
+            ):
+                pass
+        except Exception:
+            logger.exception("Retention pass failed; retrying in %.0f s", self.interval)
+        finally:
             close_old_connections()
-            try:
-                # A full batch means more may be due: go on without waiting.
-                while (
-                    retention_pass(storage=self.storage, policy=self.policy).studies >= BATCH
-                    and not self._stop.is_set()
-                ):
-                    pass
-            except Exception:
-                logger.exception("Retention pass failed; retrying in %.0f s", self.interval)
-            finally:
-                close_old_connections()

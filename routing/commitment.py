@@ -20,6 +20,7 @@ from django.db import DatabaseError, IntegrityError, close_old_connections, conn
 from django.utils import timezone
 from pydicom.dataset import Dataset
 
+from archive.forksafe import quiet_at_fork
 from archive.models import Instance
 from archive.storage import Storage
 from routing.models import CommitmentTransaction
@@ -270,6 +271,9 @@ class CommitmentDelivery:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="commitment-delivery", daemon=True)
+        # runscp --workers forks with this loop running: never in the middle of a round
+        # (archive.forksafe).
+        self._round = quiet_at_fork()
 
     def start(self) -> None:
         self._thread.start()
@@ -285,13 +289,14 @@ class CommitmentDelivery:
     def _run(self) -> None:
         try:
             while not self._stop.is_set():
-                close_old_connections()
-                try:
-                    commitment_deliver_due(storage=self.storage, ae_title=self.ae_title)
-                except DatabaseError as exc:
-                    logger.warning("Storage Commitment delivery: index unavailable: %s", exc)
-                except Exception:
-                    logger.exception("Storage Commitment delivery failed unexpectedly")
+                with self._round:
+                    close_old_connections()
+                    try:
+                        commitment_deliver_due(storage=self.storage, ae_title=self.ae_title)
+                    except DatabaseError as exc:
+                        logger.warning("Storage Commitment delivery: index unavailable: %s", exc)
+                    except Exception:
+                        logger.exception("Storage Commitment delivery failed unexpectedly")
                 self._wake.wait(self.interval)
                 self._wake.clear()
         finally:

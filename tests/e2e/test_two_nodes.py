@@ -127,7 +127,11 @@ def test_two_nodes_behind_haproxy(database, moto_server, tmp_path):
             relay.close()
         assert results == [0x0000, 0x0000]
         assert len(_rows(database)) == 1
-        assert len(moto_server.keys(bucket)) == 1
+        # One object for the instance, beside the storage's identity marker.
+        [(_, path)] = _rows(database)
+        assert sorted(moto_server.keys(bucket)) == sorted(
+            [f"nodes/{path}", "nodes/.pacs-storage.json"]
+        )
         # Both nodes are in the shared index's process table (status page, scpstatus,
         # /metrics all read it).
         with psycopg.connect(database) as db:
