@@ -20,41 +20,16 @@ _ACTIONS = {value for value, _ in ACTIONS}
 _OUTCOMES = {value for value, _ in OUTCOMES}
 
 
-def audit_record(
-    action: str,
-    *,
-    outcome: str = SUCCESS,
-    request: HttpRequest | None = None,
-    user: str = "",
-    ae_title: str = "",
-    peer_address: str = "",
-    patient_id: str = "",
-    study_instance_uid: str = "",
-    series_instance_uid: str = "",
-    sop_instance_uid: str = "",
-    detail: dict[str, Any] | None = None,
-) -> AuditEvent:
-    """Write one audit record, in the caller's transaction if there is one.
+def audit_record(action: str, **fields: Any) -> AuditEvent:
+    """Write one audit record, in the caller's transaction if there is one; `fields` are
+    `audit_fields`' keywords (outcome, request, user, ae_title, peer_address, the four
+    identifiers, detail).
 
     With `request`, the actor is its user and the address its client's. A C-FIND, say, is one
     line: `audit_record(QUERY, ae_title=..., peer_address=..., detail={"keys": ...})`.
     Raises ValueError for an unknown action or outcome (a programming error).
     """
-    return AuditEvent.objects.create(
-        **audit_fields(
-            action,
-            outcome=outcome,
-            request=request,
-            user=user,
-            ae_title=ae_title,
-            peer_address=peer_address,
-            patient_id=patient_id,
-            study_instance_uid=study_instance_uid,
-            series_instance_uid=series_instance_uid,
-            sop_instance_uid=sop_instance_uid,
-            detail=detail,
-        )
-    )
+    return AuditEvent.objects.create(**audit_fields(action, **fields))
 
 
 def audit_record_many(records: Iterable[dict[str, Any]]) -> int:

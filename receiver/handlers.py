@@ -201,6 +201,9 @@ def handle_requested(
     tally = tally_of(assoc)
     tally.log_id = log_id
     tally.peer = _peer(event)
+    # Who sent, for the per-study audit records written when the association ends.
+    tally.calling_ae_title = request.calling_ae_title.strip()
+    tally.peer_address = requestor.address
     tally.refusal = decision.refusal_summary()
     if live is not None and log_id is not None:
         tally.live = live
@@ -247,7 +250,6 @@ def dataset_store(
     tally = tally_of(assoc)
     tally.last_activity = time.monotonic()
     tally.bytes_received += size
-    tally.calling_ae_title, tally.peer_address = requestor.ae_title, requestor.address
     try:
         result = instance_store(
             dataset=dataset,
