@@ -121,6 +121,14 @@ def test_flood_of_idle_and_slow_connections_leaves_honest_senders_served(tmp_pat
     flood = Flood(port)
     try:
         _flood_survived(process, port, flood, workers, index)
+    except AssertionError as failure:
+        flood.end()
+        if process.poll() is None:
+            process.kill()
+        output, _ = process.communicate(timeout=60)
+        # What the receiver said about refused or failed C-STOREs explains a failure.
+        lines = [line for line in output.splitlines() if "WARNING" in line or "ERROR" in line]
+        raise AssertionError(f"{failure}\nreceiver log:\n" + "\n".join(lines[-40:])) from None
     finally:
         flood.end()
         if process.poll() is None:
