@@ -25,19 +25,12 @@ from typing import BinaryIO
 
 from archive.exceptions import StorageFailure
 from archive.storage.base import INCOMING, MARKER, StagedFile, Storage, pid_alive
+from archive.storage.dirsync import directory_fsync
 
 logger = logging.getLogger(__name__)
 
 _staging_names = itertools.count()
 _KNOWN_DIRS_LIMIT = 10_000
-
-
-def _fsync_directory(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _failure(action: str, exc: OSError) -> StorageFailure:
@@ -174,7 +167,7 @@ class FilesystemStorage(Storage):
                 os.replace(staged.path, target)
             staged.published = True
             if durable:
-                _fsync_directory(target.parent)
+                directory_fsync(target.parent)
         except OSError as exc:
             raise _failure(f"store the file as {relative}", exc) from exc
         return target
@@ -182,7 +175,7 @@ class FilesystemStorage(Storage):
     def make_durable(self, published: Path) -> None:
         """Flush the name of a file published with `durable=False` (the path it returned)."""
         try:
-            _fsync_directory(published.parent)
+            directory_fsync(published.parent)
         except OSError as exc:
             raise _failure(f"make {published.name} durable", exc) from exc
 
@@ -233,7 +226,7 @@ class FilesystemStorage(Storage):
         try:
             self._ensure_directory(target.parent)
             os.replace(aside, target)
-            _fsync_directory(target.parent)
+            directory_fsync(target.parent)
         except OSError as exc:
             logger.error("Could not restore %s (kept as %s): %s", relative, aside, exc.strerror)
 
@@ -247,7 +240,7 @@ class FilesystemStorage(Storage):
         target = self.resolve(relative)
         try:
             target.unlink(missing_ok=True)
-            _fsync_directory(target.parent)
+            directory_fsync(target.parent)
         except FileNotFoundError:
             pass
         except OSError as exc:
@@ -293,7 +286,7 @@ class FilesystemStorage(Storage):
             with open(staging, "rb+") as fh:
                 os.fsync(fh.fileno())
             os.replace(staging, self.root / MARKER)
-            _fsync_directory(self.root)
+            directory_fsync(self.root)
         except OSError as exc:
             staging.unlink(missing_ok=True)
             raise _failure(f"write {MARKER} in {self.root}", exc) from exc
@@ -339,7 +332,7 @@ class FilesystemStorage(Storage):
                 folder.mkdir()
             except FileExistsError:
                 continue  # another association created it first; its creator made it durable
-            _fsync_directory(folder.parent)
+            directory_fsync(folder.parent)
         if len(self._known_dirs) >= _KNOWN_DIRS_LIMIT:
             self._known_dirs.clear()
         self._known_dirs.add(key)
