@@ -35,8 +35,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from django.db import DEFAULT_DB_ALIAS, DatabaseError, connections, models, transaction
-from django.db.models.functions import Coalesce, Greatest
+from django.db import DEFAULT_DB_ALIAS, DatabaseError, connections, transaction
 from django.dispatch import Signal
 from django.utils import timezone
 
@@ -89,16 +88,46 @@ def series_touch_due(series_id: int) -> bool:
     return touched is None or time.monotonic() - touched >= TOUCH_INTERVAL
 
 
-def series_touch(*, series_id: int, received_at: dt.datetime) -> float:
+def series_touch(
+    *, series_id: int, received_at: dt.datetime, using: str = DEFAULT_DB_ALIAS
+) -> float:
     """In an ingest transaction: record a new instance of the series (and its study) at
     `received_at`, re-arming a stable one. Returns the moment to pass to `series_touched` once
     the transaction has committed."""
     moment = time.monotonic()
-    value = models.Value(received_at, output_field=models.DateTimeField())
-    latest = Greatest(Coalesce("last_received_at", value), value)
-    Series.objects.filter(pk=series_id).update(last_received_at=latest, stable=False)
-    Study.objects.filter(series__pk=series_id).update(last_received_at=latest, stable=False)
+    connection = connections[using]
+    value = connection.ops.adapt_datetimefield_value(received_at)
+    series_sql, study_sql = _touch_sql(connection)
+    # Two plain statements: through the ORM (Greatest, Coalesce, a join) they cost a tenth
+    # of a small instance's ingest CPU in bench/run.py, where series are short.
+    with connection.cursor() as cursor:
+        cursor.execute(series_sql, [value, value, False, series_id])
+        cursor.execute(study_sql, [value, value, False, series_id])
     return moment
+
+
+_TOUCH_SQL: dict[str, tuple[str, str]] = {}
+
+
+def _touch_sql(connection: Any) -> tuple[str, str]:
+    """UPDATEs that move a row's last_received_at forward (never back) and clear `stable`."""
+    cached = _TOUCH_SQL.get(connection.alias)
+    if cached is None:
+        quote = connection.ops.quote_name
+        later = (
+            f"{quote('last_received_at')} = CASE WHEN {quote('last_received_at')} IS NULL "
+            f"OR {quote('last_received_at')} < %s THEN %s ELSE {quote('last_received_at')} END, "
+            f"{quote('stable')} = %s"
+        )
+        series, study = Series._meta, Study._meta
+        cached = (
+            f"UPDATE {quote(series.db_table)} SET {later} WHERE {quote(series.pk.column)} = %s",
+            f"UPDATE {quote(study.db_table)} SET {later} WHERE {quote(study.pk.column)} = "
+            f"(SELECT {quote(series.get_field('study').column)} FROM {quote(series.db_table)} "
+            f"WHERE {quote(series.pk.column)} = %s)",
+        )
+        _TOUCH_SQL[connection.alias] = cached
+    return cached
 
 
 def series_touched(series_id: int, moment: float) -> None:
