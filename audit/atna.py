@@ -12,12 +12,23 @@ audit record repository.
 | rule-change | 110113 Security Alert (+ 110129 Security Configuration) | E |
 | audit-access, audit-prune | 110101 Audit Log Used | R, D |
 | refused | 110113 Security Alert (+ 110132 Use of Restricted Function) | E |
+
+Every ParticipantObjectIdentification has a ParticipantObjectName or a ParticipantObjectQuery, as
+the schema has required since CP-2399. The trail keeps identifiers, not names (no patient name
+goes out over syslog), so an object's name is its identifier.
+
+Values come from DICOM peers and web clients and may hold characters XML 1.0 cannot carry (an
+ESC in a PatientID makes the whole message unreadable to the repository) or bidi overrides that
+dress one ID as another: they go as visible escapes (`\\x1b`, `\\u202e`), as in the web UI.
+The tests validate every kind of message against the schema (audit/schema/audit-message.rnc).
 """
 
 import base64
 import json
+import re
 import xml.etree.ElementTree as ET
 
+from archive.safetext import terminal_safe
 from audit.models import (
     AUDIT_ACCESS,
     AUDIT_PRUNE,
@@ -68,6 +79,32 @@ _EVENTS: dict[str, tuple[tuple[str, str], str, tuple[str, str] | None]] = {
 _OUTCOME = {SUCCESS: "0", DENIED: "4"}
 
 
+# What terminal_safe leaves that XML 1.0 still has no way to write.
+_NOT_XML = re.compile("[\ud800-\udfff\ufffe\uffff]")
+
+
+def _safe(value: str) -> str:
+    return _NOT_XML.sub("\ufffd", terminal_safe(value))
+
+
+def _object(
+    message: ET.Element, object_id: str, type_code: str, role: str, id_type: tuple[str, ...]
+) -> ET.Element:
+    """A ParticipantObjectIdentification named by its identifier (see the module docstring)."""
+    participant = ET.SubElement(
+        message,
+        "ParticipantObjectIdentification",
+        {
+            "ParticipantObjectID": _safe(object_id),
+            "ParticipantObjectTypeCode": type_code,
+            "ParticipantObjectTypeCodeRole": role,
+        },
+    )
+    _code(participant, "ParticipantObjectIDTypeCode", *id_type)
+    ET.SubElement(participant, "ParticipantObjectName").text = _safe(object_id)
+    return participant
+
+
 def _code(parent: ET.Element, tag: str, code: str, meaning: str, system: str = "DCM") -> None:
     ET.SubElement(
         parent, tag, {"csd-code": code, "codeSystemName": system, "originalText": meaning}
@@ -97,48 +134,35 @@ def atna_message(event: AuditEvent, *, source_id: str, application: str) -> byte
         message,
         "ActiveParticipant",
         {
-            "UserID": event.user or event.ae_title or "unknown",
+            "UserID": _safe(event.user or event.ae_title or "unknown"),
             "UserIsRequestor": "true",
             **(
-                {"NetworkAccessPointID": event.peer_address, "NetworkAccessPointTypeCode": "2"}
+                {
+                    "NetworkAccessPointID": _safe(event.peer_address),
+                    "NetworkAccessPointTypeCode": "2",
+                }
                 if event.peer_address
                 else {}
             ),
         },
     )
     if event.ae_title:
-        actor.set("AlternativeUserID", f"AETITLES={event.ae_title}")
+        actor.set("AlternativeUserID", _safe(f"AETITLES={event.ae_title}"))
         if event.action == STORE:
             _code(actor, "RoleIDCode", "110153", "Source Role ID")
     ours = ET.SubElement(
-        message, "ActiveParticipant", {"UserID": application, "UserIsRequestor": "false"}
+        message, "ActiveParticipant", {"UserID": _safe(application), "UserIsRequestor": "false"}
     )
     if event.action == STORE:
         _code(ours, "RoleIDCode", "110152", "Destination Role ID")
-    ET.SubElement(message, "AuditSourceIdentification", {"AuditSourceID": source_id})
+    ET.SubElement(message, "AuditSourceIdentification", {"AuditSourceID": _safe(source_id)})
 
     if event.patient_id:
-        patient = ET.SubElement(
-            message,
-            "ParticipantObjectIdentification",
-            {
-                "ParticipantObjectID": event.patient_id,
-                "ParticipantObjectTypeCode": "1",
-                "ParticipantObjectTypeCodeRole": "1",
-            },
-        )
-        _code(patient, "ParticipantObjectIDTypeCode", "2", "Patient Number", "RFC-3881")
+        _object(message, event.patient_id, "1", "1", ("2", "Patient Number", "RFC-3881"))
     if event.study_instance_uid:
-        study = ET.SubElement(
-            message,
-            "ParticipantObjectIdentification",
-            {
-                "ParticipantObjectID": event.study_instance_uid,
-                "ParticipantObjectTypeCode": "2",
-                "ParticipantObjectTypeCodeRole": "3",
-            },
+        study = _object(
+            message, event.study_instance_uid, "2", "3", ("110180", "Study Instance UID")
         )
-        _code(study, "ParticipantObjectIDTypeCode", "110180", "Study Instance UID")
         if event.action == DELETE:
             study.set("ParticipantObjectDataLifeCycle", "14")  # Logical deletion
     if event.action == QUERY:
@@ -146,12 +170,13 @@ def atna_message(event: AuditEvent, *, source_id: str, application: str) -> byte
             message,
             "ParticipantObjectIdentification",
             {
-                "ParticipantObjectID": str(event.detail.get("list", "query")),
+                "ParticipantObjectID": _safe(str(event.detail.get("list", "query"))),
                 "ParticipantObjectTypeCode": "2",
                 "ParticipantObjectTypeCodeRole": "3",
             },
         )
         _code(query, "ParticipantObjectIDTypeCode", "110181", "SOP Class UID")
+        # The query as it was asked, control characters and all: base64 carries any bytes.
         keys = event.detail.get("parameters", event.detail.get("keys", {}))
         ET.SubElement(query, "ParticipantObjectQuery").text = base64.b64encode(
             json.dumps(keys, sort_keys=True).encode()

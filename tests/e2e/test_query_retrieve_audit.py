@@ -2,9 +2,11 @@
 AE, its address and what was asked: DCMTK's findscu, movescu and getscu, and pynetdicom's
 N-ACTION, against the real SCP."""
 
+import pytest
 from pydicom.uid import generate_uid
 
 from audit.models import COMMITMENT, FAILURE, QUERY, RETRIEVE, SUCCESS, AuditEvent
+from tests.audit.atna_schema import audit_messages_checked  # noqa: F401 - fixture used by name
 from tests.conftest import free_port
 from tests.e2e.test_query_retrieve import (  # noqa: F401 - fixtures used by name
     CT,
@@ -16,6 +18,9 @@ from tests.e2e.test_query_retrieve import (  # noqa: F401 - fixtures used by nam
 )
 from tests.e2e.test_storage_commitment import Requester, _stored, requester  # noqa: F401
 from tests.peers import eventually
+
+# Every audit record these tests leave makes a valid DICOM audit message.
+pytestmark = pytest.mark.usefixtures("audit_messages_checked")
 
 
 def _records(action: str) -> list[AuditEvent]:

@@ -14,8 +14,12 @@ from django.utils import timezone
 
 from audit.models import LOCKOUT, LOGIN, LOGIN_FAILED, AuditEvent
 from pacsproject.http_basic import basic_auth_user
+from tests.audit.atna_schema import audit_messages_checked  # noqa: F401 - fixture used by name
 
 PASSWORD = "correct horse battery"
+
+# Every audit record these tests leave makes a valid DICOM audit message.
+pytestmark = pytest.mark.usefixtures("audit_messages_checked")
 
 
 @pytest.fixture

@@ -12,8 +12,12 @@ from archive.models import Instance, Patient
 from audit.models import LOGOUT, REFUSED, AuditEvent
 from audit.roles import AUDITOR, OPERATOR, ROLES, VIEWER, roles_sync
 from receiver.models import AllowedAE
+from tests.audit.atna_schema import audit_messages_checked  # noqa: F401 - fixture used by name
 from tests.conftest import sample_file
 from tests.peers import send_files
+
+# Every audit record these tests leave makes a valid DICOM audit message.
+pytestmark = pytest.mark.usefixtures("audit_messages_checked")
 
 
 @pytest.fixture
