@@ -74,8 +74,10 @@ clean:
 ## ingest with and without a forwarding rule, forwarding vs Orthanc's store job; DICOMweb:
 ## STOW-RS and WADO-RS of 500 instances vs Orthanc's DICOMweb plugin, QIDO-RS at 1M
 bench: $(BIN)/.installed system-deps
-	$(BIN)/python bench/run.py --count 2000 --rows 64 --associations 1 4 --repeat 3 --workers 2 \
+	$(BIN)/python bench/run.py --count 2000 --rows 64 --associations 1 4 --repeat 3 \
 		$(if $(PG_URL),--pg-url $(PG_URL))
+	$(BIN)/python bench/run.py --count 300 --rows 512 --associations 1 4 --repeat 3 \
+		--peers ours orthanc dcmtk
 	$(BIN)/python bench/qr.py --rows 1000000 --count 500 --pixels 64 512 --repeat 3
 	$(BIN)/python bench/ingest_service.py --count 2000 --series 4 --repeat 5
 	$(BIN)/python bench/ingest_service.py --count 2000 --series 4 --repeat 5 --forwarding-rule

@@ -7,6 +7,8 @@ Calls archive.services.instance_store for `count` small CT instances spread over
 series of one study (sent interleaved, as several associations would), in a fresh index and
 storage directory per repeat, and prints the median wall time per instance and the SQL
 statements it ran per instance. Point PYTHONPATH at another checkout to compare revisions.
+The audit trail is written as the receiver writes it (one record per study when each
+association of `--association-size` instances ends) and its share of the time is printed.
 With `--forwarding-rule`, a rule (modality CT, to a remote AE nothing listens on) is active:
 each instance is also queued in its transaction (routing.forwarding), the cost to compare.
 """
@@ -19,6 +21,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,6 +39,13 @@ def main() -> None:
     )
     parser.add_argument(
         "--forwarding-rule", action="store_true", help="with a forwarding rule that matches"
+    )
+    parser.add_argument(
+        "--association-size",
+        type=int,
+        default=500,
+        help="instances per association (storescu sends a folder over one): its audit records "
+        "are written when it ends",
     )
     args = parser.parse_args()
 
@@ -57,6 +67,7 @@ def main() -> None:
     from archive.services import IngestSettings, instance_store
     from archive.storage import Storage
     from pacsproject.database import use_sqlite_index
+    from receiver.association_audit import association_audit_write
 
     base = dcmread(get_testdata_file("CT_small.dcm"))
     syntax = "1.2.840.10008.1.2.1"  # explicit VR little endian, as encoded below
@@ -74,7 +85,7 @@ def main() -> None:
             items.append((ds.SOPClassUID, ds.SOPInstanceUID, buffer.getvalue()))
         return items
 
-    per_instance, cpu_per_instance, statements = [], [], []
+    per_instance, cpu_per_instance, statements, audit_shares = [], [], [], []
     for repeat in range(args.repeat):
         run_dir = work / f"run{repeat}"
         use_sqlite_index(run_dir / "index.db")
@@ -97,10 +108,12 @@ def main() -> None:
             executed[0] += 1
             return execute(sql, params, many, context)
 
+        audit_seconds = 0.0
+        studies: Counter[tuple[str, str]] = Counter()
         with connection.execute_wrapper(count):
             start, cpu_start = time.perf_counter(), time.process_time()
-            for sop_class, sop_instance, data in items:
-                instance_store(
+            for n, (sop_class, sop_instance, data) in enumerate(items, 1):
+                result = instance_store(
                     dataset=data,
                     transfer_syntax_uid=syntax,
                     sop_class_uid=sop_class,
@@ -109,11 +122,24 @@ def main() -> None:
                     remote_address="127.0.0.1",
                     settings=settings,
                 )
+                studies[result.patient_id, result.study_instance_uid] += 1  # as the tally
+                if n % args.association_size == 0 or n == len(items):
+                    audit_start = time.perf_counter()
+                    association_audit_write(
+                        calling_ae_title="BENCH",
+                        peer_address="127.0.0.1",
+                        studies=studies,
+                        failures={},
+                        association_outcome="released",
+                    )
+                    audit_seconds += time.perf_counter() - audit_start
+                    studies = Counter()
             elapsed = time.perf_counter() - start
             cpu = time.process_time() - cpu_start
         per_instance.append(elapsed / args.count * 1e6)
         cpu_per_instance.append(cpu / args.count * 1e6)
         statements.append(executed[0] / args.count)
+        audit_shares.append(audit_seconds / elapsed)
         storage.release()
         connections.close_all()
     shutil.rmtree(work, ignore_errors=True)
@@ -122,7 +148,8 @@ def main() -> None:
         f"median {statistics.median(per_instance):.0f} µs per instance "
         f"(runs: {', '.join(f'{v:.0f}' for v in per_instance)}), "
         f"median CPU {statistics.median(cpu_per_instance):.0f} µs per instance, "
-        f"{statistics.median(statements):.3f} SQL statements per instance"
+        f"{statistics.median(statements):.3f} SQL statements per instance; "
+        f"the audit trail's records took {100 * statistics.median(audit_shares):.2f}% of the time"
     )
 
 

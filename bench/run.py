@@ -133,7 +133,7 @@ class Server:
             _postgres_drop(self.database_url)
 
 
-OURS_WORKERS = 1
+OURS_WORKERS: int | None = None  # None: runscp's own default
 # postgres://... to index ours in PostgreSQL (a fresh database per run) instead of SQLite.
 OURS_DATABASE_URL: str | None = None
 
@@ -168,6 +168,11 @@ def _postgres_reachable(url: str) -> bool:
     return True
 
 
+def workers_arguments() -> list[str]:
+    """runscp's --workers for ours, when one was asked for; else what a user gets."""
+    return [] if OURS_WORKERS is None else ["--workers", str(OURS_WORKERS)]
+
+
 def start_ours(
     work: Path,
     *,
@@ -194,7 +199,7 @@ def start_ours(
         process = subprocess.Popen(
             [PYTHON, str(ROOT / "manage.py"), "runscp", str(port), "BENCH", "--bind", "127.0.0.1",
              "--storage-dir", storage or str(store), *where, "--max-associations", "16",
-             "--workers", str(OURS_WORKERS)],
+             *workers_arguments()],
             cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=log,
         )  # fmt: skip
     wait_port(port, process)
@@ -516,7 +521,9 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--peers", nargs="+", default=list(PEERS))
     parser.add_argument("--large-instance-mb", type=int, default=0)
-    parser.add_argument("--workers", type=int, default=1, help="runscp --workers for ours")
+    parser.add_argument(
+        "--workers", type=int, help="runscp --workers for ours (default: runscp's own default)"
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "out")
     parser.add_argument(
         "--latency-count",

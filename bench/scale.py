@@ -100,7 +100,7 @@ def ingest(index: Path, corpus: list[Path], base: Path, associations: int) -> fl
     process = subprocess.Popen(
         [sys.executable, str(ROOT / "manage.py"), "runscp", str(port), "BENCH", "--bind",
          "127.0.0.1", "--storage-dir", str(work / "store"), "--index-db", str(index),
-         "--workers", str(run.OURS_WORKERS)],
+         *run.workers_arguments()],
         cwd=ROOT, env={**os.environ, "LOG_LEVEL": "WARNING"},
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
@@ -120,7 +120,7 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=1000)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--associations", type=int, default=1)
-    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--workers", type=int, help="default: runscp's own")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "out")
     args = parser.parse_args()
     run.OURS_WORKERS = args.workers

@@ -156,7 +156,7 @@ def main() -> int:
     parser.add_argument("--senders", type=int, default=4)
     parser.add_argument("--per-association", type=int, default=20)
     parser.add_argument("--rows", type=int, default=64)
-    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--workers", type=int, help="default: runscp's own")
     parser.add_argument("--interval", type=float, default=2.0)
     parser.add_argument("--out", type=Path, help="work directory (default: a temporary one)")
     args = parser.parse_args()
