@@ -212,6 +212,28 @@ def start_ours_pg(work: Path) -> Server:
     return start_ours(work, name="ours-pg", postgres=PG_URL)
 
 
+def start_ours_2nodes(work: Path) -> Server:
+    """Two nodes of ours on one PostgreSQL database and one storage directory behind HAProxy
+    (bench/nodes.py): the aggregate, next to ours-pg (one node, no balancer)."""
+    assert PG_URL is not None
+    port, store = free_port(), work / "store"
+    database_url = _fresh_postgres(PG_URL, "pacs_bench_nodes")
+    env = {
+        **os.environ,
+        "DATABASE_URL": database_url,
+        "LOG_LEVEL": os.environ.get("BENCH_LOG_LEVEL", "WARNING"),
+    }
+    with (work / "server.log").open("wb") as log:
+        process = subprocess.Popen(
+            [PYTHON, str(ROOT / "bench" / "nodes.py"), "--port", str(port), "--ae-title", "BENCH",
+             "--storage", str(store), "--work", str(work)],
+            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=log,
+        )  # fmt: skip
+    wait_port(port, process)
+    time.sleep(1)  # the balancer's first checks
+    return Server("ours-2nodes", process, port, "BENCH", store, None, database_url)
+
+
 # --storage s3: the endpoint of the S3-compatible server (moto, a process of its own, so that
 # its CPU is not counted as ours) that the peer ours-s3 stores into.
 S3_ENDPOINT: str | None = None
@@ -341,6 +363,7 @@ PEERS = {
     "pynetdicom": start_pynetdicom,
     "orthanc": start_orthanc,
     "ours-pg": start_ours_pg,
+    "ours-2nodes": start_ours_2nodes,
     "ours-s3": start_ours_s3,
     "orthanc-pg": start_orthanc_pg,
 }
@@ -348,13 +371,19 @@ PEERS = {
 
 def available(peer: str) -> bool:
     """Whether a peer can run here; the reason it cannot, printed, otherwise."""
-    if peer in ("ours-pg", "orthanc-pg") and not (PG_URL and _postgres_reachable(PG_URL)):
+    needs_postgres = peer in ("ours-pg", "orthanc-pg", "ours-2nodes")
+    if needs_postgres and not (PG_URL and _postgres_reachable(PG_URL)):
         return False
     if peer == "ours-s3" and S3_ENDPOINT is None:
         return False
     if peer == "orthanc-pg" and not Path(ORTHANC_PG_PLUGIN).exists():
         return False
-    program = {"dcmtk": "storescp", "orthanc": "Orthanc", "orthanc-pg": "Orthanc"}.get(peer)
+    program = {
+        "dcmtk": "storescp",
+        "orthanc": "Orthanc",
+        "orthanc-pg": "Orthanc",
+        "ours-2nodes": "haproxy",
+    }.get(peer)
     return program is None or bool(shutil.which(program))
 
 
@@ -628,6 +657,14 @@ def _run(args: argparse.Namespace, base: Path) -> None:
             print(
                 f"ours-pg ÷ orthanc-pg at {associations} association(s): "
                 f"{ours_pg.rate / orthanc_pg.rate:.2f}"
+            )
+    for associations in args.associations:
+        ours_pg = results.get(("ours-pg", associations))
+        two = results.get(("ours-2nodes", associations))
+        if ours_pg and two:
+            print(
+                f"ours-2nodes (HAProxy, 2 nodes) ÷ ours-pg (1 node) at {associations} "
+                f"association(s): {two.rate / ours_pg.rate:.2f}"
             )
     for associations in args.associations:
         ours, ours_s3 = results.get(("ours", associations)), results.get(("ours-s3", associations))

@@ -34,7 +34,8 @@ def test_benchmark_smoke_run_stores_everything_and_prints_the_table(tmp_path):
 
 
 def test_postgresql_pair_smoke_run_stores_everything(tmp_path):
-    """ours-pg against Orthanc's PostgreSQL index plugin, on the suite's PostgreSQL run."""
+    """ours-pg against Orthanc's PostgreSQL index plugin, and two nodes of ours behind HAProxy,
+    on the suite's PostgreSQL run."""
     database_url = os.environ.get("DATABASE_URL", "")
     if not database_url.startswith(("postgres://", "postgresql://")):
         pytest.skip("runs with the suite on PostgreSQL (DATABASE_URL=postgres://...)")
@@ -44,9 +45,11 @@ def test_postgresql_pair_smoke_run_stores_everything(tmp_path):
         if os.environ.get("CI") == "true":
             pytest.fail(message)
         pytest.skip(message)
+    system_tool("haproxy", "haproxy")
     result = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "run.py"), "--count", "24", "--repeat", "1",
-         "--associations", "1", "--peers", "ours-pg", "orthanc-pg", "--pg-url", database_url,
+         "--associations", "1", "--peers", "ours-pg", "orthanc-pg", "ours-2nodes",
+         "--pg-url", database_url,
          "--latency-count", "0", "--out", str(tmp_path)],
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
@@ -54,11 +57,12 @@ def test_postgresql_pair_smoke_run_stores_everything(tmp_path):
     rows = [
         line
         for line in result.stdout.splitlines()
-        if line.startswith(("| ours-pg", "| orthanc-pg"))
+        if line.startswith(("| ours-pg", "| orthanc-pg", "| ours-2nodes"))
     ]
-    assert len(rows) == 2, result.stdout
+    assert len(rows) == 3, result.stdout
     assert all("| 24/24 |" in line for line in rows), rows
     assert "ours-pg ÷ orthanc-pg at 1 association(s)" in result.stdout
+    assert "ours-2nodes (HAProxy, 2 nodes) ÷ ours-pg (1 node) at 1" in result.stdout
 
 
 def test_forwarding_benchmark_smoke_run_delivers_both_ways(tmp_path):
