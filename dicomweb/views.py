@@ -16,9 +16,8 @@ from django.views.decorators.http import require_http_methods
 from pydicom.dataset import Dataset
 from pydicom.uid import UID, ExplicitVRLittleEndian
 
-from archive.exceptions import StorageFailure
 from archive.models import Instance, Series, Study
-from archive.preview import PreviewUnavailable
+from archive.preview import FrameMissing, PreviewUnavailable
 from archive.query import IMAGE, SERIES, STUDY
 from archive.storage import Storage
 from audit.models import QUERY, RETRIEVE, STORE
@@ -415,6 +414,33 @@ def rendered(
 ) -> HttpResponse:
     """An instance rendered (its middle frame), or a series' or study's thumbnail (its middle
     instance), as JPEG or PNG; `window=center,width`, `viewport=width,height`."""
+    return _rendered(request, study, series, instance, thumbnail=thumbnail, frame_index=None)
+
+
+@dicomweb_view
+@require_http_methods(["GET", "HEAD"])
+def frame_rendered(
+    request: HttpRequest, study: str, series: str, instance: str, numbers: str
+) -> HttpResponse:
+    """One frame of an instance rendered (PS3.18 8.3.5.1.4), as the instance's `rendered`."""
+    wanted = _frame_numbers(numbers)
+    if wanted is None:
+        return error(400, f"frame numbers are numbers from 1: {numbers!r}")
+    if len(wanted) != 1:
+        # Several frames would be one multi-frame image (GIF, video): not offered.
+        return error(400, "frames are rendered one at a time (image/jpeg or image/png)")
+    return _rendered(request, study, series, instance, thumbnail=False, frame_index=wanted[0] - 1)
+
+
+def _rendered(
+    request: HttpRequest,
+    study: str,
+    series: str | None,
+    instance: str | None,
+    *,
+    thumbnail: bool,
+    frame_index: int | None,
+) -> HttpResponse:
     media = media_choose(accept_parse(request.headers.get("Accept")))
     if media is None:
         return error(406, "rendered images are sent as image/jpeg or image/png")
@@ -428,11 +454,16 @@ def rendered(
         return _not_found(study, series, instance)
     path = rows[len(rows) // 2][0]
     try:
-        local = _storage().resolve(path)
-        image = render(local, media=media, window=window, side=side)
-    except (PreviewUnavailable, StorageFailure) as exc:
-        return error(404 if isinstance(exc, StorageFailure) else 400, f"no image: {exc}")
-    _retrieve_audit(request, study, series, "thumbnail" if thumbnail else "rendered", 1)
+        with stored.opened(_storage(), path) as stream:
+            image = render(stream, media=media, window=window, side=side, frame_index=frame_index)
+    except stored.InstanceUnreadable as exc:
+        return error(404, f"no image: {exc}")
+    except FrameMissing as exc:
+        return error(404, str(exc))
+    except PreviewUnavailable as exc:
+        return error(400, f"no image: {exc}")
+    what = "thumbnail" if thumbnail else "rendered" if frame_index is None else "frame rendered"
+    _retrieve_audit(request, study, series, what, 1)
     response = HttpResponse(image, content_type=media)
     response["Cache-Control"] = "private, max-age=3600"
     return response

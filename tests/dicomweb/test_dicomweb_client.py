@@ -204,3 +204,68 @@ def test_rendered_and_thumbnail(client, root, auth):
     assert thumb.status_code == 200 and thumb.headers["Content-Type"] == "image/jpeg"
     bad = requests.get(f"{base}/thumbnail", params={"window": "x"}, auth=auth)
     assert bad.status_code == 400
+
+
+def _multiframe_ct(frames: int = 4):
+    """CT_small made multi-frame, each frame a different ramp, so frames are told apart."""
+    import numpy as np
+    from pydicom.uid import generate_uid
+
+    ds = dcmread(sample_file("CT_small.dcm"))
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ramp = np.arange(128 * 128, dtype="<i2").reshape(128, 128) % 512
+    pixels = np.stack([ramp + 300 * k for k in range(frames)]).astype("<i2")
+    ds.NumberOfFrames = frames
+    ds.PixelData = pixels.tobytes()
+    return ds, pixels
+
+
+def test_frames_rendered(client, root, auth):
+    import numpy as np
+    from PIL import Image
+
+    ds, pixels = _multiframe_ct()
+    rle = dcmread(sample_file("SC_rgb_rle_2frame.dcm"))
+    client.store_instances([ds, rle])
+    base = f"{root}/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}"
+    url = f"{base}/instances/{ds.SOPInstanceUID}/frames"
+    center, width = 600.0, 1200.0
+    for number in (1, 3):
+        png = requests.get(
+            f"{url}/{number}/rendered",
+            params={"window": f"{center:g},{width:g},LINEAR"},
+            headers={"Accept": "image/png"},
+            auth=auth,
+        )
+        assert png.status_code == 200 and png.headers["Content-Type"] == "image/png"
+        got = np.asarray(Image.open(io.BytesIO(png.content)))
+        values = pixels[number - 1] * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
+        low = center - width / 2
+        expected = (np.clip((values - low) / width, 0, 1) * 255 + 0.5).astype(np.uint8)
+        assert (got == expected).all(), number
+    # Through dicomweb-client too, JPEG and a viewport.
+    jpeg = client.retrieve_instance_frames_rendered(
+        ds.StudyInstanceUID,
+        ds.SeriesInstanceUID,
+        ds.SOPInstanceUID,
+        frame_numbers=[2],
+        media_types=("image/jpeg",),
+        params={"viewport": "64,64"},
+    )
+    image = Image.open(io.BytesIO(jpeg))
+    assert image.format == "JPEG" and image.size == (64, 64)
+    # A compressed (RLE, RGB) instance: each frame decoded as itself.
+    rle_url = (
+        f"{root}/studies/{rle.StudyInstanceUID}/series/{rle.SeriesInstanceUID}"
+        f"/instances/{rle.SOPInstanceUID}/frames"
+    )
+    for number in (1, 2):
+        png = requests.get(
+            f"{rle_url}/{number}/rendered", headers={"Accept": "image/png"}, auth=auth
+        )
+        assert png.status_code == 200
+        got = np.asarray(Image.open(io.BytesIO(png.content)))
+        assert (got == rle.pixel_array[number - 1]).all(), number
+    assert requests.get(f"{url}/5/rendered", auth=auth).status_code == 404
+    assert requests.get(f"{url}/1,2/rendered", auth=auth).status_code == 400
+    assert requests.get(f"{url}/0/rendered", auth=auth).status_code == 400
