@@ -63,7 +63,8 @@ def test_zip_download_of_study_series_and_patient(admin_client, storage_dir, tra
     assert response.status_code == 200 and response["Content-Type"] == "application/zip"
     data = b"".join(response.streaming_content)
     with zipfile.ZipFile(io.BytesIO(data)) as archive:
-        [name] = archive.namelist()
+        [name, directory] = archive.namelist()
+        assert directory == "DICOMDIR"
         stored = Storage(storage_dir).open(study.series.get().instances.get().path).read()
         assert archive.read(name) == stored
     series = study.series.get()
