@@ -3,7 +3,6 @@ metadata as DICOM JSON, the pixel data's place in the file, single frames, and c
 explicit VR little endian. Files are read, never held whole: a frame is read from its offset,
 an instance streamed as stored."""
 
-import base64
 import struct
 import tempfile
 from collections.abc import Iterator
@@ -12,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any, BinaryIO
 
 from pydicom import dcmread
+from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.encaps import get_frame
 from pydicom.pixels import pixel_array
@@ -20,7 +20,6 @@ from pydicom.uid import UID, ExplicitVRLittleEndian
 from archive.storage import Storage
 
 PIXEL_DATA = 0x7FE00010
-BULK_VRS = {"OB", "OD", "OF", "OL", "OV", "OW", "UN"}
 # Binary values at least this long are sent as BulkDataURI in metadata, not inline.
 BULK_THRESHOLD = 1024
 SPOOL_MEMORY = 8 * 2**20
@@ -171,30 +170,62 @@ def explicit_little_copy(stream: BinaryIO) -> BinaryIO:
 
 
 def metadata_json(stream: BinaryIO, instance_uri: str) -> dict[str, Any]:
-    """The instance's attributes as DICOM JSON (PS3.18 F.2): pixel data and top-level binary
-    values of BULK_THRESHOLD bytes or more as BulkDataURI, smaller binary values and those in
-    sequences inline; AvailableTransferSyntaxUID (0008,3002) names the stored syntax."""
+    """The instance's attributes as DICOM JSON (PS3.18 F.2): pixel data and binary values of
+    BULK_THRESHOLD bytes or more, at any depth (an icon's pixel data in its sequence), as
+    BulkDataURI (`{instance}/bulkdata/{path}`, the path as `bulk_path` writes it), smaller
+    ones inline; AvailableTransferSyntaxUID (0008,3002) names the stored syntax."""
     ds, offset = header_read(stream)
     syntax = stored_syntax(ds)
     has_pixels = _has_pixel_data(stream, offset)
-    bulk: dict[int, str] = {}
-    for element in list(ds):
-        if element.VR in BULK_VRS and element.value is not None:
-            size = len(element.value) if isinstance(element.value, bytes | bytearray) else 0
-            if size >= BULK_THRESHOLD:
-                bulk[element.tag] = element.VR
-                del ds[element.tag]
+    paths = {id(element): path for path, element in _elements(ds, ())}
     ds.AvailableTransferSyntaxUID = syntax
+
+    def uri(element: DataElement) -> str:
+        return f"{instance_uri}/bulkdata/{bulk_path(paths[id(element)])}"
+
     try:
-        result = ds.to_json_dict(bulk_data_threshold=2**31, suppress_invalid_tags=True)
+        # pydicom sends a value as BulkDataURI when its length is above 3/4 of the threshold
+        # (what base64 would make of it): this one makes that BULK_THRESHOLD bytes or more.
+        result = ds.to_json_dict(
+            bulk_data_threshold=(BULK_THRESHOLD // 3) * 4,
+            bulk_data_element_handler=uri,
+            suppress_invalid_tags=True,
+        )
     except Exception as exc:
         raise InstanceUnreadable(f"the attributes cannot be encoded: {exc}") from None
-    for tag, vr in bulk.items():
-        result[f"{tag:08X}"] = {"vr": vr, "BulkDataURI": f"{instance_uri}/bulkdata/{tag:08X}"}
     if has_pixels:
         vr = "OB" if UID(syntax).is_compressed or int(ds.get("BitsAllocated", 16)) <= 8 else "OW"
         result["7FE00010"] = {"vr": vr, "BulkDataURI": f"{instance_uri}/bulkdata/7FE00010"}
     return dict(sorted(result.items()))
+
+
+BulkPath = tuple[int, ...]  # tag, item index, tag, ..., tag
+
+
+def _elements(ds: Dataset, prefix: BulkPath) -> Iterator[tuple[BulkPath, DataElement]]:
+    """Every element but sequences, at any depth, with its path (pydicom decides which are
+    binary: ambiguous VRs such as "OB or OW" too)."""
+    for element in ds:
+        if element.VR == "SQ":
+            for index, item in enumerate(element.value or ()):
+                yield from _elements(item, (*prefix, element.tag, index))
+        else:
+            yield (*prefix, element.tag), element
+
+
+def bulk_path(path: BulkPath) -> str:
+    """`00880200/0/7FE00010`: tags in hex, each sequence's item index (from 0) after it."""
+    return "/".join(f"{v:08X}" if i % 2 == 0 else str(v) for i, v in enumerate(path))
+
+
+def bulk_path_parse(text: str) -> BulkPath | None:
+    parts = text.strip("/").split("/")
+    if len(parts) % 2 == 0:
+        return None
+    try:
+        return tuple(int(p, 16) if i % 2 == 0 else int(p) for i, p in enumerate(parts))
+    except ValueError:
+        return None
 
 
 def _has_pixel_data(stream: BinaryIO, offset: int) -> bool:
@@ -203,10 +234,16 @@ def _has_pixel_data(stream: BinaryIO, offset: int) -> bool:
     return len(head) == 4 and struct.unpack("<HH", head) == (0x7FE0, 0x0010)
 
 
-def bulk_value(stream: BinaryIO, tag: int) -> bytes:
-    """A top-level binary value other than the pixel data."""
+def bulk_value(stream: BinaryIO, path: BulkPath) -> bytes:
+    """A binary value other than the top-level pixel data, at `path` (see bulk_path)."""
     ds, _ = header_read(stream)
-    if tag not in ds or ds[tag].VR not in BULK_VRS:
-        raise InstanceUnreadable(f"no binary value ({tag:08X}) in the instance")
-    value = ds[tag].value
-    return value if isinstance(value, bytes) else base64.b64decode(value)
+    where = bulk_path(path)
+    for tag, index in zip(path[:-1:2], path[1::2], strict=True):
+        if tag not in ds or ds[tag].VR != "SQ" or not 0 <= index < len(ds[tag].value):
+            raise InstanceUnreadable(f"no sequence item at {where} in the instance")
+        ds = ds[tag].value[index]
+    tag = path[-1]
+    value = ds[tag].value if tag in ds else None
+    if not isinstance(value, bytes | bytearray):
+        raise InstanceUnreadable(f"no binary value at {where} in the instance")
+    return bytes(value)

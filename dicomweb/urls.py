@@ -25,7 +25,7 @@ urlpatterns = [
         f"studies/{S}/series/{SE}/instances/{IN}/frames/<str:numbers>/rendered",
         views.frame_rendered,
     ),
-    path(f"studies/{S}/series/{SE}/instances/{IN}/bulkdata/<str:tag>", views.bulkdata),
+    path(f"studies/{S}/series/{SE}/instances/{IN}/bulkdata/<path:tag>", views.bulkdata),
     path(f"studies/{S}/rendered", views.rendered),
     path(f"studies/{S}/thumbnail", views.thumbnail),
     path(f"studies/{S}/series/{SE}/rendered", views.rendered),

@@ -371,16 +371,16 @@ def _frames_response(
 def bulkdata(
     request: HttpRequest, study: str, series: str, instance: str, tag: str
 ) -> HttpResponse:
-    """A BulkDataURI of the metadata: the pixel data (its frames), or another binary value."""
+    """A BulkDataURI of the metadata: the pixel data (its frames), or another binary value,
+    top-level or in a sequence (`{sequence tag}/{item index}/.../{tag}`)."""
     rows = _instance_rows(study, series, instance)
     if not rows:
         return _not_found(study, series, instance)
     path, _, stored_syntax, _ = rows[0]
-    try:
-        number = int(tag, 16)
-    except ValueError:
-        return error(400, f"not a tag: {tag!r}")
-    if number == stored.PIXEL_DATA:
+    where = stored.bulk_path_parse(tag)
+    if where is None:
+        return error(400, f"not a tag, or a sequence tag/item/.../tag path: {tag!r}")
+    if where == (stored.PIXEL_DATA,):
         ranges = accept_parse(request.headers.get("Accept"))
         choice = _frame_choice(ranges, stored_syntax)
         if choice is None:
@@ -388,7 +388,7 @@ def bulkdata(
         return _frames_response(request, path, stored_syntax, None, choice, study, series)
     try:
         with stored.opened(_storage(), path) as stream:
-            value = stored.bulk_value(stream, number)
+            value = stored.bulk_value(stream, where)
     except stored.InstanceUnreadable as exc:
         return error(404, str(exc))
     _retrieve_audit(request, study, series, "bulkdata", 1)
