@@ -3,6 +3,8 @@ metadata as DICOM JSON, the pixel data's place in the file, single frames, and c
 explicit VR little endian. Files are read, never held whole: a frame is read from its offset,
 an instance streamed as stored."""
 
+import io
+import itertools
 import struct
 import tempfile
 from collections.abc import Iterator
@@ -13,11 +15,12 @@ from typing import Any, BinaryIO
 from pydicom import dcmread
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
-from pydicom.encaps import get_frame
-from pydicom.pixels import pixel_array
+from pydicom.encaps import encapsulate, get_frame
+from pydicom.pixels import iter_pixels, pixel_array
 from pydicom.uid import UID, ExplicitVRLittleEndian
 
 from archive.storage import Storage
+from dicomweb.multipart import file_chunks
 
 PIXEL_DATA = 0x7FE00010
 # Binary values at least this long are sent as BulkDataURI in metadata, not inline.
@@ -151,6 +154,93 @@ def frame_decoded(stream: BinaryIO, location: PixelLocation, number: int) -> byt
     return array.astype(array.dtype.newbyteorder("<")).tobytes()
 
 
+def explicit_little(stream: BinaryIO) -> Iterator[bytes]:
+    """The instance as a Part 10 file in explicit VR little endian, a piece at a time: the
+    attributes re-encoded, then the pixel data copied (implicit VR little endian) or decoded
+    (compressed) a frame at a time, so memory holds one frame, not the instance. Elements
+    after the pixel data (a digital signature, padding) are left out: re-encoding voids a
+    signature anyway. Big endian and deflated files are converted whole (explicit_little_copy).
+
+    Everything that can fail before the first byte is checked here, raising
+    InstanceUnreadable; a frame that then fails to decode raises from the iterator."""
+    ds, offset = header_read(stream)
+    syntax = UID(stored_syntax(ds))
+    if syntax.is_deflated or not syntax.is_little_endian:
+        return _spooled(explicit_little_copy(stream))
+    if not _has_pixel_data(stream, offset):
+        return iter([_part10_header(ds, b"")])
+    stream.seek(0)
+    location = pixel_locate(stream)
+    if not location.encapsulated:
+        vr = "OB" if int(location.header.get("BitsAllocated", 16)) <= 8 else "OW"
+        head = _part10_header(ds, _pixel_element_header(vr, location.length))
+        stream.seek(location.value_offset)
+        return itertools.chain([head], file_chunks(stream, length=location.length))
+    frames = location.number_of_frames
+    try:
+        decoded = iter_pixels(stream, indices=[0], as_rgb=True)
+        try:
+            first = next(decoded)
+        finally:
+            decoded.close()  # it puts the stream back where it was: now, not when collected
+        # pydicom's decompress sets what decoding changes (Photometric Interpretation,
+        # Planar Configuration): on this dataset given the first frame alone.
+        ds.PixelData = encapsulate([frame_read(stream, location, 1)])
+        ds["PixelData"].VR = "OB"
+        ds["PixelData"].is_undefined_length = True
+        ds.NumberOfFrames = 1
+        ds.decompress(generate_instance_uid=False, as_rgb=True)
+    except InstanceUnreadable:
+        raise
+    except Exception as exc:
+        raise InstanceUnreadable(f"cannot be decompressed: {exc}") from None
+    del ds.PixelData
+    if "NumberOfFrames" in location.header:
+        ds.NumberOfFrames = frames
+    else:
+        del ds.NumberOfFrames
+    frame_length = first.nbytes
+    total = frame_length * frames
+    if total + total % 2 >= 2**32 - 1:
+        raise InstanceUnreadable("decompressed, the pixel data would be above 4 GiB")
+    vr = "OB" if int(ds.BitsAllocated) <= 8 else "OW"
+    head = _part10_header(ds, _pixel_element_header(vr, total + total % 2))
+    return _decoded_frames(stream, head, frame_length, total % 2)
+
+
+def _decoded_frames(
+    stream: BinaryIO, head: bytes, frame_length: int, padding: int
+) -> Iterator[bytes]:
+    yield head
+    stream.seek(0)
+    for array in iter_pixels(stream, as_rgb=True):
+        if array.nbytes != frame_length:
+            raise InstanceUnreadable("frames of different sizes: not sent")
+        yield array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes()
+    yield b"\x00" * padding
+
+
+def _spooled(copy: BinaryIO) -> Iterator[bytes]:
+    with copy:
+        yield from file_chunks(copy)
+
+
+def _pixel_element_header(vr: str, length: int) -> bytes:
+    return struct.pack("<HH2sHI", 0x7FE0, 0x0010, vr.encode(), 0, length)
+
+
+def _part10_header(ds: Dataset, pixel_element: bytes) -> bytes:
+    """Preamble, file meta (saying explicit VR little endian) and attributes of `ds` (without
+    its pixel data), then `pixel_element` (the pixel data element's tag, VR and length)."""
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    out = io.BytesIO()
+    try:
+        ds.save_as(out, enforce_file_format=True, little_endian=True, implicit_vr=False)
+    except Exception as exc:
+        raise InstanceUnreadable(f"cannot convert to explicit VR little endian: {exc}") from None
+    return out.getvalue() + pixel_element
+
+
 def explicit_little_copy(stream: BinaryIO) -> BinaryIO:
     """The instance as a Part 10 file in explicit VR little endian (decompressed where it is
     compressed), in a temporary file spooled to disk past SPOOL_MEMORY."""
@@ -159,14 +249,28 @@ def explicit_little_copy(stream: BinaryIO) -> BinaryIO:
         ds = dcmread(stream, force=True)
         if ds.file_meta.TransferSyntaxUID.is_compressed:
             ds.decompress(generate_instance_uid=False)
-        else:
-            ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        elif not ds.file_meta.TransferSyntaxUID.is_little_endian:
+            _big_endian_undone(ds)
+        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
         out = tempfile.SpooledTemporaryFile(max_size=SPOOL_MEMORY)  # noqa: SIM115 (returned)
         ds.save_as(out, enforce_file_format=True, little_endian=True, implicit_vr=False)
     except Exception as exc:
         raise InstanceUnreadable(f"cannot convert to explicit VR little endian: {exc}") from None
     out.seek(0)
     return out
+
+
+def _big_endian_undone(ds: Dataset) -> None:
+    """Makes a dataset read from explicit VR big endian (retired) writable as little endian:
+    pydicom refuses to change the byte order of what it has not decoded. Values are decoded,
+    the pixel data swapped; other binary values (a LUT's, an overlay's) stay as they are."""
+    if "PixelData" in ds:
+        array = ds.pixel_array
+        ds.PixelData = array.astype(array.dtype.newbyteorder("<")).tobytes()
+        ds["PixelData"].VR = "OB" if int(ds.BitsAllocated) <= 8 else "OW"
+    for _ in ds.iterall():
+        pass
+    ds.set_original_encoding(False, True, ds.original_character_set)
 
 
 def metadata_json(stream: BinaryIO, instance_uri: str) -> dict[str, Any]:

@@ -216,24 +216,24 @@ def _retrieve(
 
 
 def _instances_body(rows: list[tuple], syntax: str, boundary: str) -> Iterator[bytes]:
+    """One instance after the other, each streamed: as stored, or converted to explicit VR
+    little endian a frame at a time (stored.explicit_little)."""
     storage = _storage()
     for path, sop_uid, stored_syntax, _ in rows:
         try:
             with stored.opened(storage, path) as stream:
                 if syntax == ANY or stored_syntax == ExplicitVRLittleEndian:
-                    sent, body = stored_syntax, stream
-                    converted = None
+                    sent, body = stored_syntax, file_chunks(stream)
                 else:
-                    converted = stored.explicit_little_copy(stream)
-                    sent, body = ExplicitVRLittleEndian, converted
+                    sent, body = ExplicitVRLittleEndian, stored.explicit_little(stream)
+                yield part_header(boundary, f"application/dicom; transfer-syntax={sent}")
                 try:
-                    yield part_header(boundary, f"application/dicom; transfer-syntax={sent}")
-                    body.seek(0)
-                    yield from file_chunks(body)
-                    yield b"\r\n"
-                finally:
-                    if converted is not None:
-                        converted.close()
+                    yield from body
+                except stored.InstanceUnreadable as exc:
+                    # Part of the instance is sent: no way to say so in the body but to cut it
+                    # short, so the client sees a broken response, not a wrong instance.
+                    raise RuntimeError(f"instance {sop_uid} failed while sent: {exc}") from exc
+                yield b"\r\n"
         except stored.InstanceUnreadable as exc:
             # The status line is gone by now: the instance is left out, and said so.
             logger.error("WADO-RS: instance %s left out: %s", sop_uid, exc)
