@@ -10,6 +10,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from django.conf import settings
+from django.core.handlers.wsgi import LimitedStream
 from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 from django.urls import reverse
 from django.views.decorators.http import require_http_methods
@@ -27,6 +28,7 @@ from dicomweb.accept import MediaRange, accept_parse, matches, media_type_parse
 from dicomweb.auth import dicomweb_view, error
 from dicomweb.multipart import (
     Dechunked,
+    LargeReads,
     MultipartError,
     boundary_new,
     closing,
@@ -524,13 +526,20 @@ def _stow(request: HttpRequest, study: str | None) -> HttpResponse:
 def _request_body(request: HttpRequest) -> Any:
     """The body as a stream. Django reads nothing of a body without Content-Length; a chunked
     body is read from the WSGI input itself: de-chunked by the server where it says so
-    (`wsgi.input_terminated`, gunicorn), else here (Django's development and test server)."""
+    (`wsgi.input_terminated`, gunicorn), else here (Django's development and test server).
+    gunicorn's input is read in large pieces (LargeReads)."""
+    wsgi_input = request.META.get("wsgi.input")
     chunked = "chunked" in request.META.get("HTTP_TRANSFER_ENCODING", "").lower()
-    if not chunked or request.META.get("CONTENT_LENGTH"):
+    length = request.META.get("CONTENT_LENGTH")
+    if not chunked or length:
+        # Unless something has read from it already (then Django holds what it read).
+        untouched = not getattr(request, "_read_started", True)
+        if length and length.isdigit() and untouched and LargeReads.usable(wsgi_input):
+            return LimitedStream(LargeReads(wsgi_input), int(length))
         return request
     if request.META.get("wsgi.input_terminated"):
-        return request.META["wsgi.input"]
-    return Dechunked(request.META["wsgi.input"])
+        return LargeReads(wsgi_input) if LargeReads.usable(wsgi_input) else wsgi_input
+    return Dechunked(wsgi_input)
 
 
 def _stow_response(outcome: StowOutcome, root: str, study: str | None) -> dict[str, Any]:
