@@ -157,14 +157,15 @@ class _Buffered:
         written = 0
         while True:
             index = self.buffer.find(marker)
+            # Written through a memoryview: a slice of bytes would be one more copy of it.
             if index >= 0:
-                out.write(self.buffer[:index])
+                out.write(memoryview(self.buffer)[:index])
                 written += index
                 self.buffer = self.buffer[index + len(marker) :]
                 return written
             keep = len(marker) - 1
             if len(self.buffer) > keep:
-                out.write(self.buffer[:-keep])
+                out.write(memoryview(self.buffer)[:-keep])
                 written += len(self.buffer) - keep
                 self.buffer = self.buffer[-keep:]
             if not self._fill():
