@@ -132,3 +132,47 @@ def test_zip_holds_a_dicomdir_naming_every_file(client, admin_client, storage_di
         assert "DICOMDIR" in names and len(names) == len(rows) + 1
         _check_media(root, list(rows), storage)
         _dcmtk_reads(root, len(rows))
+
+
+def test_dicomdir_of_several_patients_and_an_unindexable_instance(tmp_path):
+    """Root records chained patient to patient; an SR lacking the attributes its record needs
+    is stored outside the directory (DICOM/UNINDEX), the others indexed."""
+    from pydicom.dataset import Dataset
+    from pydicom.uid import BasicTextSRStorage, ExplicitVRLittleEndian
+
+    from dicomweb.dicomdir import Dicomdir
+
+    directory = Dicomdir()
+    written = {}
+    for patient in ("P1", "P2", "P3"):
+        for _study in range(2):
+            study_uid = generate_uid()
+            for number in range(3):
+                ds = dcmread(sample_file("CT_small.dcm"))
+                ds.PatientID, ds.StudyInstanceUID = patient, study_uid
+                ds.SeriesInstanceUID = f"{study_uid}.{number % 2}"
+                ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+                file_id = directory.add(ds)
+                path = tmp_path.joinpath(*file_id)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                ds.save_as(path, enforce_file_format=True)
+                written[ds.SOPInstanceUID] = path
+    sr = Dataset()
+    sr.PatientID, sr.StudyInstanceUID, sr.SeriesInstanceUID = "P1", generate_uid(), generate_uid()
+    sr.SOPClassUID = BasicTextSRStorage
+    sr.SOPInstanceUID = generate_uid()
+    sr.Modality = "SR"
+    sr.file_meta = Dataset()
+    sr.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    assert directory.add(sr)[:2] == ["DICOM", "UNINDEX"]
+    assert directory.left_out == 1
+    (tmp_path / "DICOMDIR").write_bytes(directory.encoded())
+    fs = FileSet(tmp_path / "DICOMDIR")
+    assert {e.SOPInstanceUID for e in fs} == set(written)
+    for entry in fs:
+        assert Path(entry.path) == written[entry.SOPInstanceUID]
+    patients = list(fs._tree.children)
+    assert [p._record.PatientID for p in patients] == ["P1", "P2", "P3"]
+    assert all(len(p.children) == 2 for p in patients)
+    assert all(len(s.children) == 2 for p in patients for s in p.children)
+    _dcmtk_reads(tmp_path, len(written))
