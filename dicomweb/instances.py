@@ -205,18 +205,30 @@ def explicit_little(stream: BinaryIO) -> Iterator[bytes]:
         raise InstanceUnreadable("decompressed, the pixel data would be above 4 GiB")
     vr = "OB" if int(ds.BitsAllocated) <= 8 else "OW"
     head = _part10_header(ds, _pixel_element_header(vr, total + total % 2))
-    return _decoded_frames(stream, head, frame_length, total % 2)
+    return _decoded_frames(stream, head, frame_length, frames, total % 2)
 
 
 def _decoded_frames(
-    stream: BinaryIO, head: bytes, frame_length: int, padding: int
+    stream: BinaryIO, head: bytes, frame_length: int, frames: int, padding: int
 ) -> Iterator[bytes]:
+    """`head` announced frames x frame_length bytes: exactly those are sent, or it raises."""
     yield head
     stream.seek(0)
-    for array in iter_pixels(stream, as_rgb=True):
-        if array.nbytes != frame_length:
-            raise InstanceUnreadable("frames of different sizes: not sent")
+    sent = 0
+    decoded = iter_pixels(stream, as_rgb=True)
+    while True:
+        try:
+            array = next(decoded, None)
+        except Exception as exc:
+            raise InstanceUnreadable(f"frame {sent + 1} cannot be decoded: {exc}") from None
+        if array is None:
+            break
+        if array.nbytes != frame_length or sent == frames:
+            raise InstanceUnreadable("the frames differ from what the header announced")
+        sent += 1
         yield array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes()
+    if sent != frames:
+        raise InstanceUnreadable(f"{sent} frames decoded of {frames}")
     yield b"\x00" * padding
 
 

@@ -14,7 +14,7 @@ from pydicom.uid import ExplicitVRLittleEndian, RLELossless, generate_uid
 from archive.header import HEADER_PREFIX
 from archive.models import Instance
 from dicomweb.instances import explicit_little, explicit_little_copy
-from dicomweb.multipart import parts_read
+from dicomweb.multipart import multipart_body, parts_read
 from dicomweb.stow import stow_store
 from dicomweb.views import _instances_body
 from tests.conftest import sample_file
@@ -134,3 +134,34 @@ def test_a_compressed_instance_is_sent_decompressed_a_frame_at_a_time(
     assert got.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
     assert (got.pixel_array == pixels).all()
     assert peak < 8 * frame + 4 * 2**20  # the instance is 40 frames
+
+
+def test_a_frame_failing_mid_response_cuts_the_response_short(transactional_db, storage_dir):
+    """Once an instance's part has started, a frame that cannot be decoded ends the response
+    with an error (the client sees a broken body) rather than a part of the wrong length; an
+    instance failing before its part starts is left out and the others are sent."""
+    ds = dcmread(sample_file("SC_rgb_rle_2frame.dcm"))
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.NumberOfFrames = 3  # two are there
+    out = io.BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    good = sample_file("MR_small_jp2klossless.dcm").read_bytes()
+    body = b"".join(
+        multipart_body(
+            "B", [("application/dicom", [out.getvalue()]), ("application/dicom", [good])]
+        )
+    )
+    outcome = stow_store(body=io.BytesIO(body), boundary="B", study_uid=None, address="test")
+    assert len(outcome.stored) == 2, outcome.failed
+    rows = {
+        r.sop_instance_uid: (r.path, r.sop_instance_uid, r.transfer_syntax_uid, "")
+        for r in Instance.objects.all()
+    }
+    broken = rows.pop(ds.SOPInstanceUID)
+    [fine] = rows.values()
+    chunks = []
+    with pytest.raises(RuntimeError, match="failed while sent"):
+        for chunk in _instances_body([fine, broken], ExplicitVRLittleEndian, "XYZ"):
+            chunks.append(chunk)
+    # The first instance went whole; the second's part began and was cut.
+    assert b"".join(chunks).count(b"--XYZ\r\n") == 2
