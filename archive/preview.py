@@ -39,19 +39,26 @@ class PreviewUnavailable(Exception):
     """The instance has no pixel data we can render; the message says why."""
 
 
+class FrameMissing(PreviewUnavailable):
+    """The frame asked for is beyond the instance's Number of Frames."""
+
+
 def preview_png(
     path: Path | BinaryIO,
     *,
     window: tuple[float, float] | None = None,
     max_side: int = MAX_SIDE,
     max_samples: int = MAX_SAMPLES,
+    frame_index: int | None = None,
 ) -> bytes:
-    """The middle frame of the file at `path` (a path, or a seekable binary file such as
-    `Storage.open` returns) as PNG, at most `max_side` pixels wide or high.
+    """Frame `frame_index` (0-based; the middle one if None) of the file at `path` (a path, or a
+    seekable binary file such as `Storage.open` returns) as PNG, at most `max_side` pixels wide
+    or high.
 
     `window` is (center, width) in modality units; without it, the file's first Window
     Center/Width, else the 0.5th to 99.5th percentile of the frame. Raises PreviewUnavailable
-    saying why there is none (no image, damaged, no decoder, above `max_samples` a frame).
+    saying why there is none (no image, damaged, no decoder, above `max_samples` a frame),
+    FrameMissing if the instance has no such frame.
     """
     try:
         read = file_header_read(path)
@@ -71,9 +78,15 @@ def preview_png(
     except (AttributeError, TypeError, ValueError) as exc:
         raise PreviewUnavailable(f"image attributes missing or invalid: {exc}") from None
     _within_budget(rows, columns, samples, max_samples, "")
+    if frame_index is not None and not 0 <= frame_index < frames:
+        raise FrameMissing(f"no frame {frame_index + 1}: the instance has {frames}")
     pixel_bytes = frames * rows * columns * samples * bytes_per_sample
     frame = _frame_decode(
-        path, header, index=frames // 2, budget=pixel_bytes, max_samples=max_samples
+        path,
+        header,
+        index=frames // 2 if frame_index is None else frame_index,
+        budget=pixel_bytes,
+        max_samples=max_samples,
     )
     # Subsample first: everything after this is per preview pixel, not per stored pixel.
     step = max(1, math.ceil(max(frame.shape[:2]) / max_side))

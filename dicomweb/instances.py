@@ -3,7 +3,8 @@ metadata as DICOM JSON, the pixel data's place in the file, single frames, and c
 explicit VR little endian. Files are read, never held whole: a frame is read from its offset,
 an instance streamed as stored."""
 
-import base64
+import io
+import itertools
 import struct
 import tempfile
 from collections.abc import Iterator
@@ -12,15 +13,16 @@ from dataclasses import dataclass
 from typing import Any, BinaryIO
 
 from pydicom import dcmread
+from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
-from pydicom.encaps import get_frame
-from pydicom.pixels import pixel_array
+from pydicom.encaps import encapsulate, get_frame
+from pydicom.pixels import iter_pixels, pixel_array
 from pydicom.uid import UID, ExplicitVRLittleEndian
 
 from archive.storage import Storage
+from dicomweb.multipart import file_chunks
 
 PIXEL_DATA = 0x7FE00010
-BULK_VRS = {"OB", "OD", "OF", "OL", "OV", "OW", "UN"}
 # Binary values at least this long are sent as BulkDataURI in metadata, not inline.
 BULK_THRESHOLD = 1024
 SPOOL_MEMORY = 8 * 2**20
@@ -152,6 +154,105 @@ def frame_decoded(stream: BinaryIO, location: PixelLocation, number: int) -> byt
     return array.astype(array.dtype.newbyteorder("<")).tobytes()
 
 
+def explicit_little(stream: BinaryIO) -> Iterator[bytes]:
+    """The instance as a Part 10 file in explicit VR little endian, a piece at a time: the
+    attributes re-encoded, then the pixel data copied (implicit VR little endian) or decoded
+    (compressed) a frame at a time, so memory holds one frame, not the instance. Elements
+    after the pixel data (a digital signature, padding) are left out: re-encoding voids a
+    signature anyway. Big endian and deflated files are converted whole (explicit_little_copy).
+
+    Everything that can fail before the first byte is checked here, raising
+    InstanceUnreadable; a frame that then fails to decode raises from the iterator."""
+    ds, offset = header_read(stream)
+    syntax = UID(stored_syntax(ds))
+    if syntax.is_deflated or not syntax.is_little_endian:
+        return _spooled(explicit_little_copy(stream))
+    if not _has_pixel_data(stream, offset):
+        return iter([_part10_header(ds, b"")])
+    stream.seek(0)
+    location = pixel_locate(stream)
+    if not location.encapsulated:
+        vr = "OB" if int(location.header.get("BitsAllocated", 16)) <= 8 else "OW"
+        head = _part10_header(ds, _pixel_element_header(vr, location.length))
+        stream.seek(location.value_offset)
+        return itertools.chain([head], file_chunks(stream, length=location.length))
+    frames = location.number_of_frames
+    try:
+        decoded = iter_pixels(stream, indices=[0], as_rgb=True)
+        try:
+            first = next(decoded)
+        finally:
+            decoded.close()  # it puts the stream back where it was: now, not when collected
+        # pydicom's decompress sets what decoding changes (Photometric Interpretation,
+        # Planar Configuration): on this dataset given the first frame alone.
+        ds.PixelData = encapsulate([frame_read(stream, location, 1)])
+        ds["PixelData"].VR = "OB"
+        ds["PixelData"].is_undefined_length = True
+        ds.NumberOfFrames = 1
+        ds.decompress(generate_instance_uid=False, as_rgb=True)
+    except InstanceUnreadable:
+        raise
+    except Exception as exc:
+        raise InstanceUnreadable(f"cannot be decompressed: {exc}") from None
+    del ds.PixelData
+    if "NumberOfFrames" in location.header:
+        ds.NumberOfFrames = frames
+    else:
+        del ds.NumberOfFrames
+    frame_length = first.nbytes
+    total = frame_length * frames
+    if total + total % 2 >= 2**32 - 1:
+        raise InstanceUnreadable("decompressed, the pixel data would be above 4 GiB")
+    vr = "OB" if int(ds.BitsAllocated) <= 8 else "OW"
+    head = _part10_header(ds, _pixel_element_header(vr, total + total % 2))
+    return _decoded_frames(stream, head, frame_length, frames, total % 2)
+
+
+def _decoded_frames(
+    stream: BinaryIO, head: bytes, frame_length: int, frames: int, padding: int
+) -> Iterator[bytes]:
+    """`head` announced frames x frame_length bytes: exactly those are sent, or it raises."""
+    yield head
+    stream.seek(0)
+    sent = 0
+    decoded = iter_pixels(stream, as_rgb=True)
+    while True:
+        try:
+            array = next(decoded, None)
+        except Exception as exc:
+            raise InstanceUnreadable(f"frame {sent + 1} cannot be decoded: {exc}") from None
+        if array is None:
+            break
+        if array.nbytes != frame_length or sent == frames:
+            raise InstanceUnreadable("the frames differ from what the header announced")
+        sent += 1
+        yield array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes()
+    if sent != frames:
+        raise InstanceUnreadable(f"{sent} frames decoded of {frames}")
+    yield b"\x00" * padding
+
+
+def _spooled(copy: BinaryIO) -> Iterator[bytes]:
+    with copy:
+        yield from file_chunks(copy)
+
+
+def _pixel_element_header(vr: str, length: int) -> bytes:
+    return struct.pack("<HH2sHI", 0x7FE0, 0x0010, vr.encode(), 0, length)
+
+
+def _part10_header(ds: Dataset, pixel_element: bytes) -> bytes:
+    """Preamble, file meta (saying explicit VR little endian) and attributes of `ds` (without
+    its pixel data), then `pixel_element` (the pixel data element's tag, VR and length)."""
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    out = io.BytesIO()
+    try:
+        ds.save_as(out, enforce_file_format=True, little_endian=True, implicit_vr=False)
+    except Exception as exc:
+        raise InstanceUnreadable(f"cannot convert to explicit VR little endian: {exc}") from None
+    return out.getvalue() + pixel_element
+
+
 def explicit_little_copy(stream: BinaryIO) -> BinaryIO:
     """The instance as a Part 10 file in explicit VR little endian (decompressed where it is
     compressed), in a temporary file spooled to disk past SPOOL_MEMORY."""
@@ -160,8 +261,9 @@ def explicit_little_copy(stream: BinaryIO) -> BinaryIO:
         ds = dcmread(stream, force=True)
         if ds.file_meta.TransferSyntaxUID.is_compressed:
             ds.decompress(generate_instance_uid=False)
-        else:
-            ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        elif not ds.file_meta.TransferSyntaxUID.is_little_endian:
+            _big_endian_undone(ds)
+        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
         out = tempfile.SpooledTemporaryFile(max_size=SPOOL_MEMORY)  # noqa: SIM115 (returned)
         ds.save_as(out, enforce_file_format=True, little_endian=True, implicit_vr=False)
     except Exception as exc:
@@ -170,31 +272,76 @@ def explicit_little_copy(stream: BinaryIO) -> BinaryIO:
     return out
 
 
+def _big_endian_undone(ds: Dataset) -> None:
+    """Makes a dataset read from explicit VR big endian (retired) writable as little endian:
+    pydicom refuses to change the byte order of what it has not decoded. Values are decoded,
+    the pixel data swapped; other binary values (a LUT's, an overlay's) stay as they are."""
+    if "PixelData" in ds:
+        array = ds.pixel_array
+        ds.PixelData = array.astype(array.dtype.newbyteorder("<")).tobytes()
+        ds["PixelData"].VR = "OB" if int(ds.BitsAllocated) <= 8 else "OW"
+    for _ in ds.iterall():
+        pass
+    ds.set_original_encoding(False, True, ds.original_character_set)
+
+
 def metadata_json(stream: BinaryIO, instance_uri: str) -> dict[str, Any]:
-    """The instance's attributes as DICOM JSON (PS3.18 F.2): pixel data and top-level binary
-    values of BULK_THRESHOLD bytes or more as BulkDataURI, smaller binary values and those in
-    sequences inline; AvailableTransferSyntaxUID (0008,3002) names the stored syntax."""
+    """The instance's attributes as DICOM JSON (PS3.18 F.2): pixel data and binary values of
+    BULK_THRESHOLD bytes or more, at any depth (an icon's pixel data in its sequence), as
+    BulkDataURI (`{instance}/bulkdata/{path}`, the path as `bulk_path` writes it), smaller
+    ones inline; AvailableTransferSyntaxUID (0008,3002) names the stored syntax."""
     ds, offset = header_read(stream)
     syntax = stored_syntax(ds)
     has_pixels = _has_pixel_data(stream, offset)
-    bulk: dict[int, str] = {}
-    for element in list(ds):
-        if element.VR in BULK_VRS and element.value is not None:
-            size = len(element.value) if isinstance(element.value, bytes | bytearray) else 0
-            if size >= BULK_THRESHOLD:
-                bulk[element.tag] = element.VR
-                del ds[element.tag]
+    paths = {id(element): path for path, element in _elements(ds, ())}
     ds.AvailableTransferSyntaxUID = syntax
+
+    def uri(element: DataElement) -> str:
+        return f"{instance_uri}/bulkdata/{bulk_path(paths[id(element)])}"
+
     try:
-        result = ds.to_json_dict(bulk_data_threshold=2**31, suppress_invalid_tags=True)
+        # pydicom sends a value as BulkDataURI when its length is above 3/4 of the threshold
+        # (what base64 would make of it): this one makes that BULK_THRESHOLD bytes or more.
+        result = ds.to_json_dict(
+            bulk_data_threshold=(BULK_THRESHOLD // 3) * 4,
+            bulk_data_element_handler=uri,
+            suppress_invalid_tags=True,
+        )
     except Exception as exc:
         raise InstanceUnreadable(f"the attributes cannot be encoded: {exc}") from None
-    for tag, vr in bulk.items():
-        result[f"{tag:08X}"] = {"vr": vr, "BulkDataURI": f"{instance_uri}/bulkdata/{tag:08X}"}
     if has_pixels:
         vr = "OB" if UID(syntax).is_compressed or int(ds.get("BitsAllocated", 16)) <= 8 else "OW"
         result["7FE00010"] = {"vr": vr, "BulkDataURI": f"{instance_uri}/bulkdata/7FE00010"}
     return dict(sorted(result.items()))
+
+
+BulkPath = tuple[int, ...]  # tag, item index, tag, ..., tag
+
+
+def _elements(ds: Dataset, prefix: BulkPath) -> Iterator[tuple[BulkPath, DataElement]]:
+    """Every element but sequences, at any depth, with its path (pydicom decides which are
+    binary: ambiguous VRs such as "OB or OW" too)."""
+    for element in ds:
+        if element.VR == "SQ":
+            for index, item in enumerate(element.value or ()):
+                yield from _elements(item, (*prefix, element.tag, index))
+        else:
+            yield (*prefix, element.tag), element
+
+
+def bulk_path(path: BulkPath) -> str:
+    """`00880200/0/7FE00010`: tags in hex, each sequence's item index (from 0) after it."""
+    return "/".join(f"{v:08X}" if i % 2 == 0 else str(v) for i, v in enumerate(path))
+
+
+def bulk_path_parse(text: str) -> BulkPath | None:
+    parts = text.strip("/").split("/")
+    if len(parts) % 2 == 0:
+        return None
+    try:
+        return tuple(int(p, 16) if i % 2 == 0 else int(p) for i, p in enumerate(parts))
+    except ValueError:
+        return None
 
 
 def _has_pixel_data(stream: BinaryIO, offset: int) -> bool:
@@ -203,10 +350,16 @@ def _has_pixel_data(stream: BinaryIO, offset: int) -> bool:
     return len(head) == 4 and struct.unpack("<HH", head) == (0x7FE0, 0x0010)
 
 
-def bulk_value(stream: BinaryIO, tag: int) -> bytes:
-    """A top-level binary value other than the pixel data."""
+def bulk_value(stream: BinaryIO, path: BulkPath) -> bytes:
+    """A binary value other than the top-level pixel data, at `path` (see bulk_path)."""
     ds, _ = header_read(stream)
-    if tag not in ds or ds[tag].VR not in BULK_VRS:
-        raise InstanceUnreadable(f"no binary value ({tag:08X}) in the instance")
-    value = ds[tag].value
-    return value if isinstance(value, bytes) else base64.b64decode(value)
+    where = bulk_path(path)
+    for tag, index in zip(path[:-1:2], path[1::2], strict=True):
+        if tag not in ds or ds[tag].VR != "SQ" or not 0 <= index < len(ds[tag].value):
+            raise InstanceUnreadable(f"no sequence item at {where} in the instance")
+        ds = ds[tag].value[index]
+    tag = path[-1]
+    value = ds[tag].value if tag in ds else None
+    if not isinstance(value, bytes | bytearray):
+        raise InstanceUnreadable(f"no binary value at {where} in the instance")
+    return bytes(value)

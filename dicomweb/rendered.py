@@ -1,7 +1,9 @@
-"""WADO-RS rendered and thumbnail resources (PS3.18 8.3.5, 8.3.6): one frame windowed to 8
+"""WADO-RS rendered and thumbnail resources (PS3.18 8.3.5, 8.3.6): one frame (the
+middle one, or the one a frames/{n}/rendered path names) windowed to 8
 bits (archive.preview, the admin's previews) as JPEG or PNG."""
 
 import io
+from typing import BinaryIO
 
 from PIL import Image
 
@@ -52,9 +54,17 @@ def media_choose(ranges: list[MediaRange]) -> str | None:
     return None
 
 
-def render(path: object, *, media: str, window: tuple[float, float] | None, side: int) -> bytes:
-    """Raises archive.preview.PreviewUnavailable."""
-    png = preview_png(path, window=window, max_side=side or MAX_SIDE)  # type: ignore[arg-type]
+def render(
+    source: BinaryIO,
+    *,
+    media: str,
+    window: tuple[float, float] | None,
+    side: int,
+    frame_index: int | None = None,
+) -> bytes:
+    """Frame `frame_index` (0-based; the middle one if None) of the instance read from `source`.
+    Raises archive.preview.PreviewUnavailable (FrameMissing for a frame it does not have)."""
+    png = preview_png(source, window=window, max_side=side or MAX_SIDE, frame_index=frame_index)
     if media == "image/png":
         return png
     image = Image.open(io.BytesIO(png))

@@ -10,7 +10,6 @@ from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
 from django.conf import settings
-from pydicom.dataset import Dataset
 from pydicom.filereader import _read_file_meta_info
 
 from archive.exceptions import (
@@ -22,6 +21,7 @@ from archive.exceptions import (
     StorageFailure,
 )
 from archive.header import HEADER_PREFIX, header_read
+from archive.part10 import FileMeta, file_meta_scan
 from archive.services import IngestSettings, instance_store
 from archive.storage import Storage
 from dicomweb.accept import media_type_parse
@@ -93,6 +93,10 @@ def ingest_settings() -> IngestSettings:
     )
 
 
+# Bytes read for the file meta group: preamble and group, a few hundred bytes as a rule.
+_META_READ = 4096
+
+
 class _Window(io.RawIOBase):
     """A read-only view of `stream` from `start`: the dataset after a Part 10 file meta
     group, for instance_store, which reads its dataset from offset 0."""
@@ -124,19 +128,34 @@ class _Window(io.RawIOBase):
         return len(data)
 
 
-def file_meta_read(body: BinaryIO) -> tuple[Dataset, int]:
-    """The part's file meta group and where its dataset starts. Raises DatasetUnreadable."""
+def file_meta_read(body: BinaryIO) -> FileMeta:
+    """The part's file meta group (read by hand, or by pydicom when unusual) and where its
+    dataset starts. Raises DatasetUnreadable."""
     body.seek(0)
-    if body.read(132)[128:132] != b"DICM":
+    data = body.read(_META_READ)
+    if data[128:132] != b"DICM":
         raise DatasetUnreadable("not a DICOM Part 10 file (no DICM prefix)")
-    try:
-        meta = _read_file_meta_info(body)
-    except Exception as exc:
-        raise DatasetUnreadable(f"unreadable file meta group: {exc}") from None
-    for keyword in ("TransferSyntaxUID", "MediaStorageSOPClassUID", "MediaStorageSOPInstanceUID"):
-        if not str(meta.get(keyword, "") or "").strip():
+    meta = file_meta_scan(data)
+    if meta is None:
+        body.seek(132)
+        try:
+            group = _read_file_meta_info(body)
+        except Exception as exc:
+            raise DatasetUnreadable(f"unreadable file meta group: {exc}") from None
+        meta = FileMeta(
+            transfer_syntax_uid=str(group.get("TransferSyntaxUID", "") or "").strip("\0 "),
+            sop_class_uid=str(group.get("MediaStorageSOPClassUID", "") or "").strip("\0 "),
+            sop_instance_uid=str(group.get("MediaStorageSOPInstanceUID", "") or "").strip("\0 "),
+            dataset_offset=body.tell(),
+        )
+    for name, keyword in (
+        (meta.transfer_syntax_uid, "TransferSyntaxUID"),
+        (meta.sop_class_uid, "MediaStorageSOPClassUID"),
+        (meta.sop_instance_uid, "MediaStorageSOPInstanceUID"),
+    ):
+        if not name:
             raise DatasetUnreadable(f"the file meta group lacks {keyword}")
-    return meta, body.tell()
+    return meta
 
 
 def stow_store(
@@ -191,13 +210,12 @@ def file_store(
     `outcome`."""
     part = Part({}, body, 0)
     try:
-        meta, start = file_meta_read(part.body)
+        meta = file_meta_read(part.body)
     except DatasetUnreadable as exc:
         outcome.failed.append(_failure("", "", CANNOT_UNDERSTAND, str(exc)))
         return
-    sop_class = str(meta.MediaStorageSOPClassUID).strip("\0 ")
-    sop_instance = str(meta.MediaStorageSOPInstanceUID).strip("\0 ")
-    syntax = str(meta.TransferSyntaxUID).strip("\0 ")
+    sop_class, sop_instance = meta.sop_class_uid, meta.sop_instance_uid
+    syntax, start = meta.transfer_syntax_uid, meta.dataset_offset
     why = refusal(sop_class) if refusal is not None else None
     if why is not None:
         outcome.failed.append(_failure(sop_class, sop_instance, SOP_CLASS_NOT_SUPPORTED, why))

@@ -21,7 +21,11 @@ urlpatterns = [
     path(f"studies/{S}/series/{SE}/instances/{IN}", views.retrieve),
     path(f"studies/{S}/series/{SE}/instances/{IN}/metadata", views.metadata),
     path(f"studies/{S}/series/{SE}/instances/{IN}/frames/<str:numbers>", views.frames),
-    path(f"studies/{S}/series/{SE}/instances/{IN}/bulkdata/<str:tag>", views.bulkdata),
+    path(
+        f"studies/{S}/series/{SE}/instances/{IN}/frames/<str:numbers>/rendered",
+        views.frame_rendered,
+    ),
+    path(f"studies/{S}/series/{SE}/instances/{IN}/bulkdata/<path:tag>", views.bulkdata),
     path(f"studies/{S}/rendered", views.rendered),
     path(f"studies/{S}/thumbnail", views.thumbnail),
     path(f"studies/{S}/series/{SE}/rendered", views.rendered),

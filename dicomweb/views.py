@@ -10,15 +10,15 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from django.conf import settings
+from django.core.handlers.wsgi import LimitedStream
 from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 from django.urls import reverse
 from django.views.decorators.http import require_http_methods
 from pydicom.dataset import Dataset
 from pydicom.uid import UID, ExplicitVRLittleEndian
 
-from archive.exceptions import StorageFailure
 from archive.models import Instance, Series, Study
-from archive.preview import PreviewUnavailable
+from archive.preview import FrameMissing, PreviewUnavailable
 from archive.query import IMAGE, SERIES, STUDY
 from archive.storage import Storage
 from audit.models import QUERY, RETRIEVE, STORE
@@ -28,6 +28,7 @@ from dicomweb.accept import MediaRange, accept_parse, matches, media_type_parse
 from dicomweb.auth import dicomweb_view, error
 from dicomweb.multipart import (
     Dechunked,
+    LargeReads,
     MultipartError,
     boundary_new,
     closing,
@@ -217,24 +218,24 @@ def _retrieve(
 
 
 def _instances_body(rows: list[tuple], syntax: str, boundary: str) -> Iterator[bytes]:
+    """One instance after the other, each streamed: as stored, or converted to explicit VR
+    little endian a frame at a time (stored.explicit_little)."""
     storage = _storage()
     for path, sop_uid, stored_syntax, _ in rows:
         try:
             with stored.opened(storage, path) as stream:
                 if syntax == ANY or stored_syntax == ExplicitVRLittleEndian:
-                    sent, body = stored_syntax, stream
-                    converted = None
+                    sent, body = stored_syntax, file_chunks(stream)
                 else:
-                    converted = stored.explicit_little_copy(stream)
-                    sent, body = ExplicitVRLittleEndian, converted
+                    sent, body = ExplicitVRLittleEndian, stored.explicit_little(stream)
+                yield part_header(boundary, f"application/dicom; transfer-syntax={sent}")
                 try:
-                    yield part_header(boundary, f"application/dicom; transfer-syntax={sent}")
-                    body.seek(0)
-                    yield from file_chunks(body)
-                    yield b"\r\n"
-                finally:
-                    if converted is not None:
-                        converted.close()
+                    yield from body
+                except stored.InstanceUnreadable as exc:
+                    # Part of the instance is sent: no way to say so in the body but to cut it
+                    # short, so the client sees a broken response, not a wrong instance.
+                    raise RuntimeError(f"instance {sop_uid} failed while sent: {exc}") from exc
+                yield b"\r\n"
         except stored.InstanceUnreadable as exc:
             # The status line is gone by now: the instance is left out, and said so.
             logger.error("WADO-RS: instance %s left out: %s", sop_uid, exc)
@@ -372,16 +373,16 @@ def _frames_response(
 def bulkdata(
     request: HttpRequest, study: str, series: str, instance: str, tag: str
 ) -> HttpResponse:
-    """A BulkDataURI of the metadata: the pixel data (its frames), or another binary value."""
+    """A BulkDataURI of the metadata: the pixel data (its frames), or another binary value,
+    top-level or in a sequence (`{sequence tag}/{item index}/.../{tag}`)."""
     rows = _instance_rows(study, series, instance)
     if not rows:
         return _not_found(study, series, instance)
     path, _, stored_syntax, _ = rows[0]
-    try:
-        number = int(tag, 16)
-    except ValueError:
-        return error(400, f"not a tag: {tag!r}")
-    if number == stored.PIXEL_DATA:
+    where = stored.bulk_path_parse(tag)
+    if where is None:
+        return error(400, f"not a tag, or a sequence tag/item/.../tag path: {tag!r}")
+    if where == (stored.PIXEL_DATA,):
         ranges = accept_parse(request.headers.get("Accept"))
         choice = _frame_choice(ranges, stored_syntax)
         if choice is None:
@@ -389,7 +390,7 @@ def bulkdata(
         return _frames_response(request, path, stored_syntax, None, choice, study, series)
     try:
         with stored.opened(_storage(), path) as stream:
-            value = stored.bulk_value(stream, number)
+            value = stored.bulk_value(stream, where)
     except stored.InstanceUnreadable as exc:
         return error(404, str(exc))
     _retrieve_audit(request, study, series, "bulkdata", 1)
@@ -415,6 +416,33 @@ def rendered(
 ) -> HttpResponse:
     """An instance rendered (its middle frame), or a series' or study's thumbnail (its middle
     instance), as JPEG or PNG; `window=center,width`, `viewport=width,height`."""
+    return _rendered(request, study, series, instance, thumbnail=thumbnail, frame_index=None)
+
+
+@dicomweb_view
+@require_http_methods(["GET", "HEAD"])
+def frame_rendered(
+    request: HttpRequest, study: str, series: str, instance: str, numbers: str
+) -> HttpResponse:
+    """One frame of an instance rendered (PS3.18 8.3.5.1.4), as the instance's `rendered`."""
+    wanted = _frame_numbers(numbers)
+    if wanted is None:
+        return error(400, f"frame numbers are numbers from 1: {numbers!r}")
+    if len(wanted) != 1:
+        # Several frames would be one multi-frame image (GIF, video): not offered.
+        return error(400, "frames are rendered one at a time (image/jpeg or image/png)")
+    return _rendered(request, study, series, instance, thumbnail=False, frame_index=wanted[0] - 1)
+
+
+def _rendered(
+    request: HttpRequest,
+    study: str,
+    series: str | None,
+    instance: str | None,
+    *,
+    thumbnail: bool,
+    frame_index: int | None,
+) -> HttpResponse:
     media = media_choose(accept_parse(request.headers.get("Accept")))
     if media is None:
         return error(406, "rendered images are sent as image/jpeg or image/png")
@@ -428,11 +456,16 @@ def rendered(
         return _not_found(study, series, instance)
     path = rows[len(rows) // 2][0]
     try:
-        local = _storage().resolve(path)
-        image = render(local, media=media, window=window, side=side)
-    except (PreviewUnavailable, StorageFailure) as exc:
-        return error(404 if isinstance(exc, StorageFailure) else 400, f"no image: {exc}")
-    _retrieve_audit(request, study, series, "thumbnail" if thumbnail else "rendered", 1)
+        with stored.opened(_storage(), path) as stream:
+            image = render(stream, media=media, window=window, side=side, frame_index=frame_index)
+    except stored.InstanceUnreadable as exc:
+        return error(404, f"no image: {exc}")
+    except FrameMissing as exc:
+        return error(404, str(exc))
+    except PreviewUnavailable as exc:
+        return error(400, f"no image: {exc}")
+    what = "thumbnail" if thumbnail else "rendered" if frame_index is None else "frame rendered"
+    _retrieve_audit(request, study, series, what, 1)
     response = HttpResponse(image, content_type=media)
     response["Cache-Control"] = "private, max-age=3600"
     return response
@@ -493,13 +526,20 @@ def _stow(request: HttpRequest, study: str | None) -> HttpResponse:
 def _request_body(request: HttpRequest) -> Any:
     """The body as a stream. Django reads nothing of a body without Content-Length; a chunked
     body is read from the WSGI input itself: de-chunked by the server where it says so
-    (`wsgi.input_terminated`, gunicorn), else here (Django's development and test server)."""
+    (`wsgi.input_terminated`, gunicorn), else here (Django's development and test server).
+    gunicorn's input is read in large pieces (LargeReads)."""
+    wsgi_input = request.META.get("wsgi.input")
     chunked = "chunked" in request.META.get("HTTP_TRANSFER_ENCODING", "").lower()
-    if not chunked or request.META.get("CONTENT_LENGTH"):
+    length = request.META.get("CONTENT_LENGTH")
+    if not chunked or length:
+        # Unless something has read from it already (then Django holds what it read).
+        untouched = not getattr(request, "_read_started", True)
+        if length and length.isdigit() and untouched and LargeReads.usable(wsgi_input):
+            return LimitedStream(LargeReads(wsgi_input), int(length))
         return request
     if request.META.get("wsgi.input_terminated"):
-        return request.META["wsgi.input"]
-    return Dechunked(request.META["wsgi.input"])
+        return LargeReads(wsgi_input) if LargeReads.usable(wsgi_input) else wsgi_input
+    return Dechunked(wsgi_input)
 
 
 def _stow_response(outcome: StowOutcome, root: str, study: str | None) -> dict[str, Any]:

@@ -1,8 +1,9 @@
-"""A patient, study or series as a ZIP of its stored files (Orthanc's explorer has this too),
-streamed: each file is copied from the storage service into the archive a chunk at a time and
-sent as it is compressed, so memory stays flat whatever the study's size."""
+"""A patient, study or series as a ZIP of its stored files with a DICOMDIR (Orthanc's explorer
+has this too), streamed: each file is copied from the storage service into the archive a chunk
+at a time and sent as it is compressed, so memory stays flat whatever the study's size (but for
+the DICOMDIR's records, a few hundred bytes a file)."""
 
-import re
+import logging
 import zipfile
 from collections.abc import Iterator
 
@@ -14,8 +15,9 @@ from archive.access_signals import DOWNLOAD, access_signal
 from archive.models import Instance, Patient, Series, Study
 from archive.storage import Storage
 from dicomweb import instances as stored
+from dicomweb.dicomdir import Dicomdir
 
-_SAFE = re.compile(r"[^A-Za-z0-9._-]+")
+logger = logging.getLogger(__name__)
 _CHUNK = 256 * 1024
 
 
@@ -43,36 +45,31 @@ class _Sink:
         return data
 
 
-def _name(text: str, fallback: str) -> str:
-    return _SAFE.sub("_", text).strip("._")[:64] or fallback
-
-
-def zip_stream(instances: Iterator[tuple[str, str, str, str, str]]) -> Iterator[bytes]:
-    """The ZIP of (patient ID, study UID, series UID, SOP UID, path) rows: one folder per
-    patient, study and series (names made safe), one `<SOP>.dcm` each."""
+def zip_stream(instances: Iterator[tuple[str, str]]) -> Iterator[bytes]:
+    """The ZIP of (SOP UID, path) rows as DICOM media (PS3.10): each file under its File ID,
+    DICOM/PTnnnnnn/STnnnnnn/SEnnnnnn/IMnnnnnn, and the DICOMDIR indexing them, written last
+    (the records of all files are needed for it; they are kept encoded, a few hundred bytes
+    each, while the files stream)."""
     storage = Storage(settings.DICOM_STORAGE_DIR)
     sink = _Sink()
+    directory = Dicomdir()
     with zipfile.ZipFile(sink, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as archive:
-        for patient_id, study_uid, series_uid, sop_uid, path in instances:
-            name = "/".join(
-                (
-                    _name(patient_id, "patient"),
-                    _name(study_uid, "study"),
-                    _name(series_uid, "series"),
-                    _name(sop_uid, "instance") + ".dcm",
-                )
-            )
+        for sop_uid, path in instances:
             try:
-                with (
-                    stored.opened(storage, path) as source,
-                    archive.open(name, "w", force_zip64=True) as target,
-                ):
-                    while chunk := source.read(_CHUNK):
-                        target.write(chunk)
-                        yield sink.take()
-            except stored.InstanceUnreadable:
-                continue  # a missing file: the others still come
+                with stored.opened(storage, path) as source:
+                    header, _ = stored.header_read(source)
+                    file_id = directory.add(header)
+                    source.seek(0)
+                    with archive.open("/".join(file_id), "w", force_zip64=True) as target:
+                        while chunk := source.read(_CHUNK):
+                            target.write(chunk)
+                            yield sink.take()
+            except stored.InstanceUnreadable as exc:
+                # The others still come; this one is not in the DICOMDIR either.
+                logger.error("ZIP download: instance %s left out: %s", sop_uid, exc)
+                continue
             yield sink.take()
+        archive.writestr("DICOMDIR", directory.encoded())
     yield sink.take()
 
 
@@ -90,13 +87,7 @@ def zip_download(request: HttpRequest, level: str, pk: str) -> StreamingHttpResp
     rows = (
         Instance.objects.filter(**{path: obj})
         .order_by("series__study_id", "series_id", "instance_number", "pk")
-        .values_list(
-            "series__study__patient__patient_id",
-            "series__study__study_instance_uid",
-            "series__series_instance_uid",
-            "sop_instance_uid",
-            "path",
-        )
+        .values_list("sop_instance_uid", "path")
     )
     access_signal(DOWNLOAD, request, [obj], detail={"zip": level})
     response = StreamingHttpResponse(

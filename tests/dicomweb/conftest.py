@@ -62,7 +62,8 @@ def _database_url() -> str:
 
 
 @pytest.fixture
-def gunicorn(storage_dir, tmp_path, web_user):
+def gunicorn_process(storage_dir, tmp_path, web_user):
+    """gunicorn serving the project with one sync worker: (the /dicomweb URL, the master)."""
     port = free_port()
     env = {
         **os.environ,
@@ -72,7 +73,8 @@ def gunicorn(storage_dir, tmp_path, web_user):
     }
     env.pop("DICOM_CONFIG", None)
     process = subprocess.Popen(
-        [str(GUNICORN), "pacsproject.wsgi", "-b", f"127.0.0.1:{port}", "-w", "1"],
+        # -t: a sync worker is killed after this many seconds in one request (1 GB ones too).
+        [str(GUNICORN), "pacsproject.wsgi", "-b", f"127.0.0.1:{port}", "-w", "1", "-t", "600"],
         cwd=settings.BASE_DIR,
         env=env,
         stdout=subprocess.DEVNULL,
@@ -85,6 +87,11 @@ def gunicorn(storage_dir, tmp_path, web_user):
             break
         except OSError:
             time.sleep(0.2)
-    yield f"http://127.0.0.1:{port}/dicomweb"
+    yield f"http://127.0.0.1:{port}/dicomweb", process
     process.terminate()
     process.wait(timeout=30)
+
+
+@pytest.fixture
+def gunicorn(gunicorn_process) -> str:
+    return gunicorn_process[0]

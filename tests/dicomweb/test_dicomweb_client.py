@@ -204,3 +204,118 @@ def test_rendered_and_thumbnail(client, root, auth):
     assert thumb.status_code == 200 and thumb.headers["Content-Type"] == "image/jpeg"
     bad = requests.get(f"{base}/thumbnail", params={"window": "x"}, auth=auth)
     assert bad.status_code == 400
+
+
+def _multiframe_ct(frames: int = 4):
+    """CT_small made multi-frame, each frame a different ramp, so frames are told apart."""
+    import numpy as np
+    from pydicom.uid import generate_uid
+
+    ds = dcmread(sample_file("CT_small.dcm"))
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ramp = np.arange(128 * 128, dtype="<i2").reshape(128, 128) % 512
+    pixels = np.stack([ramp + 300 * k for k in range(frames)]).astype("<i2")
+    ds.NumberOfFrames = frames
+    ds.PixelData = pixels.tobytes()
+    return ds, pixels
+
+
+def test_frames_rendered(client, root, auth):
+    import numpy as np
+    from PIL import Image
+
+    ds, pixels = _multiframe_ct()
+    rle = dcmread(sample_file("SC_rgb_rle_2frame.dcm"))
+    client.store_instances([ds, rle])
+    base = f"{root}/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}"
+    url = f"{base}/instances/{ds.SOPInstanceUID}/frames"
+    center, width = 600.0, 1200.0
+    for number in (1, 3):
+        png = requests.get(
+            f"{url}/{number}/rendered",
+            params={"window": f"{center:g},{width:g},LINEAR"},
+            headers={"Accept": "image/png"},
+            auth=auth,
+        )
+        assert png.status_code == 200 and png.headers["Content-Type"] == "image/png"
+        got = np.asarray(Image.open(io.BytesIO(png.content)))
+        values = pixels[number - 1] * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
+        low = center - width / 2
+        expected = (np.clip((values - low) / width, 0, 1) * 255 + 0.5).astype(np.uint8)
+        assert (got == expected).all(), number
+    # Through dicomweb-client too, JPEG and a viewport.
+    jpeg = client.retrieve_instance_frames_rendered(
+        ds.StudyInstanceUID,
+        ds.SeriesInstanceUID,
+        ds.SOPInstanceUID,
+        frame_numbers=[2],
+        media_types=("image/jpeg",),
+        params={"viewport": "64,64"},
+    )
+    image = Image.open(io.BytesIO(jpeg))
+    assert image.format == "JPEG" and image.size == (64, 64)
+    # A compressed (RLE, RGB) instance: each frame decoded as itself.
+    rle_url = (
+        f"{root}/studies/{rle.StudyInstanceUID}/series/{rle.SeriesInstanceUID}"
+        f"/instances/{rle.SOPInstanceUID}/frames"
+    )
+    for number in (1, 2):
+        png = requests.get(
+            f"{rle_url}/{number}/rendered", headers={"Accept": "image/png"}, auth=auth
+        )
+        assert png.status_code == 200
+        got = np.asarray(Image.open(io.BytesIO(png.content)))
+        assert (got == rle.pixel_array[number - 1]).all(), number
+    assert requests.get(f"{url}/5/rendered", auth=auth).status_code == 404
+    assert requests.get(f"{url}/1,2/rendered", auth=auth).status_code == 400
+    assert requests.get(f"{url}/0/rendered", auth=auth).status_code == 400
+
+
+def _here(root: str, uri: str) -> str:
+    """dicomweb-client sends its Host header without the port, so the URIs the server builds
+    from it lack the live server's port: the same path under `root`."""
+    return root + uri.split("/dicomweb", 1)[1]
+
+
+def test_bulk_data_in_sequences(client, root, auth):
+    """An icon's pixel data in its sequence (and a value two sequences deep) is a BulkDataURI
+    in the metadata, and that URI serves the value; small values stay inline."""
+    import base64
+
+    from pydicom.dataset import Dataset
+    from pydicom.uid import generate_uid
+
+    ds = dcmread(sample_file("CT_small.dcm"))
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    icon = Dataset()
+    icon.Rows = icon.Columns = 64
+    icon.SamplesPerPixel, icon.PhotometricInterpretation = 1, "MONOCHROME2"
+    icon.BitsAllocated = icon.BitsStored = 8
+    icon.HighBit, icon.PixelRepresentation = 7, 0
+    icon_pixels = bytes(range(256)) * 16
+    icon.PixelData = icon_pixels
+    ds.IconImageSequence = [icon]
+    inner = Dataset()
+    inner.EncapsulatedDocument = b"%PDF-" + bytes(3001) + b"%%EOF\n"  # even: no padding
+    small = Dataset()
+    small.EncapsulatedDocument = b"tiny"
+    outer = Dataset()
+    outer.ContentSequence = [small, inner]
+    ds.add_new(0x00400555, "SQ", [outer])  # AcquisitionContextSequence
+    client.store_instances([ds])
+    meta = client.retrieve_instance_metadata(
+        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID
+    )
+    icon_json = meta["00880200"]["Value"][0]["7FE00010"]
+    assert "InlineBinary" not in icon_json
+    assert icon_json["BulkDataURI"].endswith("/bulkdata/00880200/0/7FE00010")
+    assert client.retrieve_bulkdata(_here(root, icon_json["BulkDataURI"])) == [icon_pixels]
+    items = meta["00400555"]["Value"][0]["0040A730"]["Value"]
+    assert base64.b64decode(items[0]["00420011"]["InlineBinary"]) == b"tiny"
+    deep = items[1]["00420011"]["BulkDataURI"]
+    assert deep.endswith("/bulkdata/00400555/0/0040A730/1/00420011")
+    assert client.retrieve_bulkdata(_here(root, deep)) == [inner.EncapsulatedDocument]
+    instance = _here(root, deep.split("/bulkdata/")[0])
+    for wrong in ("00880200/1/7FE00010", "00880200/0", "00880200/x/7FE00010"):
+        response = requests.get(f"{instance}/bulkdata/{wrong}", auth=auth)
+        assert response.status_code in (400, 404), wrong

@@ -48,12 +48,12 @@ def test_zip_download_of_study_series_and_patient(admin_client, storage_dir, tra
 
     for name in ("CT_small.dcm", "MR_small.dcm"):
         with open(sample_file(name), "rb") as body:
-            meta, start = file_meta_read(body)
+            meta = file_meta_read(body)
             instance_store(
-                dataset=_Window(body, start),
-                transfer_syntax_uid=meta.TransferSyntaxUID,
-                sop_class_uid=meta.MediaStorageSOPClassUID,
-                sop_instance_uid=meta.MediaStorageSOPInstanceUID,
+                dataset=_Window(body, meta.dataset_offset),
+                transfer_syntax_uid=meta.transfer_syntax_uid,
+                sop_class_uid=meta.sop_class_uid,
+                sop_instance_uid=meta.sop_instance_uid,
                 calling_ae_title="",
                 remote_address="",
                 settings=IngestSettings(storage=Storage(storage_dir)),
@@ -63,7 +63,8 @@ def test_zip_download_of_study_series_and_patient(admin_client, storage_dir, tra
     assert response.status_code == 200 and response["Content-Type"] == "application/zip"
     data = b"".join(response.streaming_content)
     with zipfile.ZipFile(io.BytesIO(data)) as archive:
-        [name] = archive.namelist()
+        [name, directory] = archive.namelist()
+        assert directory == "DICOMDIR"
         stored = Storage(storage_dir).open(study.series.get().instances.get().path).read()
         assert archive.read(name) == stored
     series = study.series.get()
