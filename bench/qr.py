@@ -212,6 +212,7 @@ def main() -> None:
 
     scale.migrate(index)
     seconds = scale.fill(index, args.rows)
+    scale.storage_bind(index, work / "store")
     import sqlite3
 
     with sqlite3.connect(index) as db:
