@@ -83,6 +83,8 @@ def _peer(assoc: Any) -> str:
 
 
 C_FIND_RSP = 0x8020
+C_GET_RSP = 0x8010
+C_MOVE_RSP = 0x8021
 PENDING_WITH_UNSUPPORTED_KEYS = 0xFF01  # PS3.4 C.4.1.1.4: optional keys not supported
 
 
@@ -201,8 +203,10 @@ class _Responder:
         self.rsp.AffectedSOPClassUID = req.AffectedSOPClassUID
         self.remaining = self.completed = self.failed = self.warnings = 0
         self.failed_uids: list[str] = []
-        # C-GET: responses written with the C-STOREs (see receiver.transport.accepted).
-        self.direct: AcceptedAssociationStore | None = None
+        # Responses encoded by archive.dimse_codec and written by this thread (as C-FIND's, see
+        # receiver.transport.accepted); C-GET's with its C-STOREs, once they start.
+        self.command_field = C_MOVE_RSP if kind == "move" else C_GET_RSP
+        self.direct: QueuedWriter | None = QueuedWriter(service.assoc) if kind == "move" else None
         # For the audit record: the retrieve keys, the move destination, the final status.
         self.keys: dict[str, str] = {}
         self.destination: str | None = None
@@ -232,7 +236,7 @@ class _Responder:
             rsp.Identifier = BytesIO(identifier)
         if self.direct is not None:
             command = response_command(
-                command_field=0x8010,
+                command_field=self.command_field,
                 sop_class_uid=str(rsp.AffectedSOPClassUID),
                 message_id=int(rsp.MessageIDBeingRespondedTo),
                 status=status,
