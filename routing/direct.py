@@ -5,7 +5,8 @@ pydicom; for a C-MOVE of small instances that cost about 3 ms per instance, thre
 Orthanc takes (bench/qr.py). Here one thread does it all: pynetdicom's documented PDU classes
 (`pynetdicom.pdu`, `pdu_primitives`) encode the A-ASSOCIATE-RQ and decode the answer, and the
 C-STORE-RQ command sets and P-DATA-TF framing come from archive.dimse_codec. A stored file is
-sent from its bytes on disk, a piece at a time; nothing is decoded.
+sent from its bytes on disk, a block at a time, the command set and the first block in one
+system call; nothing is decoded. The socket has Nagle's algorithm off.
 
 No reach-in: the socket is our own, and only pynetdicom's public PDU classes are used. What
 writes on associations a peer opened to us (C-GET, C-FIND responses) reaches into pynetdicom's

@@ -8,8 +8,9 @@ The reach-ins (listed in the package docstring, 13-15): the socket under pynetdi
 thread only reads meanwhile (nothing else is queued for it, and fastpath writes only in answer
 to a C-STORE from the peer); on TLS, where one thread must not write while another reads, each
 PDU goes through the DUL thread's `send_pdu` with the queue (`to_provider_queue`) kept short
-and `_kill_thread` watched. The peer's C-STORE responses are taken from the association's
-DIMSE provider (`dimse.get_msg`).
+and `_kill_thread` watched. The peer's C-STORE responses come from the fast path's reader
+(receiver.transport.fastpath.store_responses_take), or from the association's DIMSE provider
+(`dimse.get_msg`) where the fast path does not read the association.
 """
 
 import logging
