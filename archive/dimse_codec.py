@@ -11,7 +11,9 @@ place below both.
 """
 
 import logging
+import ssl
 import zlib
+from dataclasses import dataclass
 from io import BytesIO
 from typing import Any, BinaryIO
 
@@ -65,15 +67,31 @@ def _context(
     raise ValueError(f"no accepted presentation context for {sop_class} in {syntax}")
 
 
+@dataclass
+class StoreMessage:
+    """One C-STORE-RQ ready to send: its context, command set and data set (`length` bytes read
+    from `stream` where it stands). Close it, sent or not."""
+
+    context_id: int
+    command: bytes
+    stream: BinaryIO
+    length: int
+    sop_instance_uid: str
+
+    def close(self) -> None:
+        self.stream.close()
+
+
 def store_prepare(
     source: Dataset | StoredFile,
     accepted: dict[int, tuple[str, str]],
     message_id: int,
     originator_ae_title: str | None,
     originator_message_id: int | None,
-) -> tuple[int, bytes, BinaryIO, str] | None:
-    """The context ID, command set, data set stream and SOP instance UID of one C-STORE-RQ;
-    None (logged) when it cannot be sent. `accepted`: context ID → (SOP class, syntax)."""
+) -> StoreMessage | None:
+    """The C-STORE-RQ of one sub-operation; None (logged, and a StoredFile closed) when it
+    cannot be sent. `accepted`: context ID → (SOP class, syntax). A StoredFile is sent from
+    its open file as stored; a Dataset is encoded in the accepted syntax."""
     stream: BinaryIO
     try:
         if isinstance(source, StoredFile):
@@ -81,20 +99,20 @@ def store_prepare(
             context_id, _ = _context(
                 accepted, sop_class, source.transfer_syntax_uid, convertible=False
             )
-            stream = source.path.open("rb")
-            stream.seek(source.offset)
+            stream, length = source.stream, source.length
         else:
             sop_class, sop_instance = str(source.SOPClassUID), str(source.SOPInstanceUID)
             context_id, syntax = _context(
                 accepted, sop_class, str(source.file_meta.TransferSyntaxUID), convertible=True
             )
-            stream = BytesIO(dataset_encode(source, syntax))
+            encoded = dataset_encode(source, syntax)
+            stream, length = BytesIO(encoded), len(encoded)
     except (ValueError, AttributeError, KeyError, OSError) as exc:
-        name = (
-            source.sop_instance_uid
-            if isinstance(source, StoredFile)
-            else source.get("SOPInstanceUID", "?")
-        )
+        if isinstance(source, StoredFile):
+            source.close()
+            name = source.sop_instance_uid
+        else:
+            name = source.get("SOPInstanceUID", "?")
         logger.warning("C-STORE of %s not sent: %s", name, exc)
         return None
     command = store_request(
@@ -104,33 +122,86 @@ def store_prepare(
         originator_ae_title=originator_ae_title,
         originator_message_id=originator_message_id,
     )
-    return context_id, command, stream, sop_instance
+    return StoreMessage(context_id, command, stream, length, sop_instance)
+
+
+# Data set bytes read and written per system call; a whole number of PDUs of the peer's size.
+_BLOCK = 2**20
+# Buffers per sendmsg(), under the IOV_MAX of 1024 that Linux allows.
+_IOV = 512
 
 
 def message_send(
-    sock: Any, context_id: int, command: bytes, stream: BinaryIO | None, peer_maximum: int
+    sock: Any,
+    context_id: int,
+    command: bytes,
+    stream: BinaryIO | None,
+    peer_maximum: int,
+    length: int | None = None,
 ) -> None:
     """A DIMSE message as P-DATA-TF PDUs no longer than the peer's maximum (0: no limit):
-    the command set, then the data set read from `stream` a piece at a time. `sock` needs
-    only `sendall`."""
+    the command set, then `length` bytes of data set read from `stream` (to its end when None)
+    a block at a time. The command and the first block go out in one write: a small instance
+    is one TCP segment for the peer to wake up for, not two. `sock` needs `sendall`; `sendmsg`
+    is used when it has one that works (plain sockets, not TLS)."""
     room = max((peer_maximum or MAX_PDU) - 6, 2)
-    sock.sendall(p_data(context_id, command, room, command=True))
+    head = p_data(context_id, command, room, command=True)
     if stream is None:
+        sock.sendall(head)
         return
-    start = stream.tell()
-    total = stream.seek(0, 2) - start
-    stream.seek(start)
-    sent = 0
+    if length is None:
+        start = stream.tell()
+        length = stream.seek(0, 2) - start
+        stream.seek(start)
+    block = room * max(1, _BLOCK // room)
+    buffer = memoryview(bytearray(min(length, block)))
+    parts: list[bytes | memoryview] = [head]
+    remaining = length
     while True:
-        chunk = stream.read(min(room, 4 * 2**20))
-        sent += len(chunk)
-        last = sent >= total
-        item = _ITEM.pack(len(chunk) + 2, context_id, _LAST if last else 0)
-        sock.sendall(_PDU.pack(0x04, 0, len(item) + len(chunk)) + item + chunk)
-        if last:
+        size = min(remaining, block)
+        _read_into(stream, buffer[:size])
+        remaining -= size
+        for offset in range(0, max(size, 1), room):
+            chunk = buffer[offset : min(offset + room, size)]
+            last = remaining == 0 and offset + room >= size
+            parts.append(
+                _PDU.pack(0x04, 0, len(chunk) + 6)
+                + _ITEM.pack(len(chunk) + 2, context_id, _LAST if last else 0)
+            )
+            parts.append(chunk)
+        _write(sock, parts)
+        if remaining == 0:
             return
-        if not chunk:
+        parts = []
+
+
+def _read_into(stream: BinaryIO, target: memoryview) -> None:
+    filled = 0
+    while filled < len(target):
+        count = stream.readinto(target[filled:])  # type: ignore[attr-defined]
+        if not count:
             raise ValueError("the file ended early")
+        filled += count
+
+
+def _write(sock: Any, parts: list[bytes | memoryview]) -> None:
+    """Write `parts` in order: gathered by sendmsg() on a plain socket, joined otherwise."""
+    sendmsg = None if isinstance(sock, ssl.SSLSocket) else getattr(sock, "sendmsg", None)
+    if sendmsg is None:
+        sock.sendall(b"".join(parts))
+        return
+    views = [memoryview(part) for part in parts if len(part)]
+    first = 0
+    while first < len(views):
+        sent = sendmsg(views[first : first + _IOV])
+        while sent:
+            size = len(views[first])
+            if sent >= size:
+                sent -= size
+                first += 1
+            else:
+                views[first] = views[first][sent:]
+                sent = 0
 
 
 def response_command(

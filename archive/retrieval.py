@@ -9,7 +9,6 @@ import logging
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import BinaryIO
 
 from pydicom import dcmread
@@ -78,6 +77,68 @@ class Retrieval:
                     yield item
 
 
+Source = StoredFile | Dataset | RetrieveFailed
+
+
+class RetrieveSources:
+    """The instances of a retrieval, each with what to send for it (`instance_source`, or the
+    RetrieveFailed saying why nothing can be), prepared one ahead: `prepare_next()` opens the
+    next file (or decodes it) while the receiver is still busy with the current one. At most
+    two instances are open at a time. `close()` closes a prepared one that was not taken."""
+
+    def __init__(
+        self,
+        retrieval: Retrieval,
+        *,
+        storage: Storage,
+        accepted: dict[str, set[str]] | dict[str, frozenset[str]],
+    ) -> None:
+        self._items = retrieval.items()
+        self._storage = storage
+        self._accepted = accepted
+        self._next: tuple[RetrieveItem, Source] | None = None
+        self._exhausted = False
+
+    def prepare_next(self) -> None:
+        if self._next is not None or self._exhausted:
+            return
+        item = next(self._items, None)
+        if item is None:
+            self._exhausted = True
+            return
+        source: Source
+        try:
+            source = instance_source(
+                storage=self._storage,
+                item=item,
+                accepted=self._accepted.get(item.sop_class_uid, frozenset()),
+            )
+        except RetrieveFailed as exc:
+            source = exc
+        self._next = (item, source)
+
+    def __iter__(self) -> "RetrieveSources":
+        return self
+
+    def __next__(self) -> tuple[RetrieveItem, Source]:
+        self.prepare_next()
+        if self._next is None:
+            raise StopIteration
+        taken, self._next = self._next, None
+        return taken
+
+    def close(self) -> None:
+        if self._next is not None:
+            source_close(self._next[1])
+            self._next = None
+
+
+def source_close(source: Source) -> None:
+    """Close what `instance_source` opened for an instance that will not be sent."""
+    if isinstance(source, StoredFile):
+        source.close()
+
+
 def retrieve_parse(identifier: Dataset, *, model: str) -> Query:
     """The instances a C-MOVE/C-GET identifier selects, as an IMAGE-level query on its unique
     keys (PatientID, StudyInstanceUID, SeriesInstanceUID, SOPInstanceUID).
@@ -126,44 +187,47 @@ def retrieve_instances(query: Query) -> Retrieval:
 def instance_source(
     *, storage: Storage, item: RetrieveItem, accepted: frozenset[str] | set[str]
 ) -> StoredFile | Dataset:
-    """What to send for one instance: the stored file itself, streamed by the sender without
-    decoding, when the receiver accepts its stored syntax; else a Dataset from
-    `instance_dataset`. Raises RetrieveFailed."""
+    """What to send for one instance: the stored file itself, opened once and sent from the
+    first byte after its file meta group without decoding, when the receiver accepts its
+    stored syntax; else a Dataset from `instance_dataset`. Raises RetrieveFailed."""
     if item.transfer_syntax_uid not in accepted:
         return instance_dataset(storage=storage, item=item, accepted=accepted)
     try:
-        path = storage.local_path(item.path)
-        if path is None:  # object storage: read through the storage service
-            return instance_dataset(storage=storage, item=item, accepted=accepted)
-        offset = _dataset_offset(path)
+        stream = storage.open(item.path)
     except StorageFailure as exc:
         raise RetrieveFailed(str(exc)) from None
     except FileNotFoundError:
         raise RetrieveFailed(f"the file of {item.sop_instance_uid} is missing") from None
-    except (OSError, ValueError) as exc:
+    except OSError as exc:
+        raise RetrieveFailed(f"the file of {item.sop_instance_uid} is unreadable: {exc}") from None
+    try:
+        offset = _dataset_offset(stream)
+        length = stream.seek(0, 2) - offset
+        stream.seek(offset)
+    except (OSError, ValueError, EOFError) as exc:
+        stream.close()
         raise RetrieveFailed(f"the file of {item.sop_instance_uid} is unreadable: {exc}") from None
     return StoredFile(
-        path, offset, item.sop_class_uid, item.sop_instance_uid, item.transfer_syntax_uid
+        stream, length, item.sop_class_uid, item.sop_instance_uid, item.transfer_syntax_uid
     )
 
 
 _META_LENGTH = struct.Struct("<HH2sHI")
 
 
-def _dataset_offset(path: Path) -> int:
+def _dataset_offset(stream: BinaryIO) -> int:
     """Where the data set starts: after the preamble, 'DICM' and the file meta group, whose
     length its first element gives (archive.part10 always writes it)."""
-    with path.open("rb") as stream:
-        head = stream.read(144)
-        if len(head) == 144 and head[128:132] == b"DICM":
-            group, element, vr, _, length = _META_LENGTH.unpack_from(head, 132)
-            if (group, element, vr) == (2, 0, b"UL"):
-                return 144 + length
-        # Another writer's file without the group length: let pydicom walk the group.
-        stream.seek(0)
-        read_preamble(stream, False)
-        _read_file_meta_info(stream)
-        return stream.tell()
+    head = stream.read(144)
+    if len(head) == 144 and head[128:132] == b"DICM":
+        group, element, vr, _, length = _META_LENGTH.unpack_from(head, 132)
+        if (group, element, vr) == (2, 0, b"UL"):
+            return 144 + length
+    # Another writer's file without the group length: let pydicom walk the group.
+    stream.seek(0)
+    read_preamble(stream, False)
+    _read_file_meta_info(stream)
+    return stream.tell()
 
 
 def instance_dataset(

@@ -1,17 +1,22 @@
-"""A stored file to stream as it is: a value shared by retrieval (which finds it) and the DIMSE
+"""A stored file to stream as it is: a value shared by retrieval (which opens it) and the DIMSE
 codec (which sends it); here so that neither the codec nor the transport that imports it loads
 Django's models."""
 
 from dataclasses import dataclass
-from pathlib import Path
+from typing import BinaryIO
 
 
-@dataclass(frozen=True)
+@dataclass
 class StoredFile:
-    """A stored instance sent as it is, its data set read from `offset` in its file."""
+    """A stored instance sent as it is: its file, opened once by archive.retrieval and left
+    positioned at the data set, of which `length` bytes (everything after the file meta group)
+    are to be sent. Whoever holds it closes it, sent or not."""
 
-    path: Path
-    offset: int
+    stream: BinaryIO
+    length: int
     sop_class_uid: str
     sop_instance_uid: str
     transfer_syntax_uid: str
+
+    def close(self) -> None:
+        self.stream.close()

@@ -2,6 +2,7 @@
 
     python bench/qr.py                                   # 1,000,000 rows, 500-instance studies
     python bench/qr.py --rows 10000 --count 20 --repeat 1 # smoke run
+    python bench/qr.py --rows 800 --count 100 --no-orthanc # ours only (before/after a change)
 
 1. Fills a fresh SQLite index with `--rows` synthetic instances (bench/scale.py; one series in
    500 is PT, so a modality query is selective), stores a real `--count`-instance CT study into
@@ -204,6 +205,11 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--finds", type=int, default=21)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "out")
+    parser.add_argument(
+        "--no-orthanc",
+        action="store_true",
+        help="time our retrievals only (comparing two versions of ours; no ratio)",
+    )
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="qr-", dir=args.out))
@@ -212,6 +218,7 @@ def main() -> None:
 
     scale.migrate(index)
     seconds = scale.fill(index, args.rows)
+    scale.storage_bind(index, work / "store")
     import sqlite3
 
     with sqlite3.connect(index) as db:
@@ -225,11 +232,12 @@ def main() -> None:
     destination = work / "storescp"
     storescp, destination_port = start_storescp(destination)
     ours = start_ours(work, index, destination_port)
-    orthanc = start_orthanc(work, destination_port)
+    orthanc = None if args.no_orthanc else start_orthanc(work, destination_port)
+    servers = [ours] if orthanc is None else [ours, orthanc]
     try:
         for px in args.pixels:
-            storescu(ours.port, ours.ae_title, work / f"corpus-{px}")
-            storescu(orthanc.port, orthanc.ae_title, work / f"corpus-{px}")
+            for server in servers:
+                storescu(server.port, server.ae_title, work / f"corpus-{px}")
 
         first = args.pixels[0]
         keys = {
@@ -251,7 +259,7 @@ def main() -> None:
             for kind in ("move", "get"):
                 timings: dict[str, list[float]] = {"ours": [], "orthanc": []}
                 for _ in range(args.repeat):
-                    for server in (ours, orthanc):
+                    for server in servers:
                         target = destination if kind == "move" else get_out
                         _clear(target)
                         timings[server.name].append(retrieve(kind, server, study, get_out))
@@ -259,6 +267,10 @@ def main() -> None:
                         if received != args.count:
                             print(f"  ! {server.name} {kind}: {received} of {args.count} arrived")
                 ours_s = statistics.median(timings["ours"])
+                if orthanc is None:
+                    label = f"C-{kind.upper()} {px}x{px}"
+                    print(f"  {label:22} {ours_s:8.2f} {'-':>10} {args.count / ours_s:12.0f}")
+                    continue
                 theirs = statistics.median(timings["orthanc"])
                 label = f"C-{kind.upper()} {px}x{px}"
                 print(
@@ -267,7 +279,8 @@ def main() -> None:
                 )
     finally:
         ours.stop()
-        orthanc.stop()
+        if orthanc is not None:
+            orthanc.stop()
         storescp.terminate()
         storescp.wait()
 

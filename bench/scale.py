@@ -8,6 +8,7 @@ times the look-ups users make through the ORM.
 """
 
 import argparse
+import json
 import os
 import shutil
 import sqlite3
@@ -15,12 +16,14 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import date, timedelta
+import uuid
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from archive.storage.base import MARKER  # noqa: E402
 from bench import run  # noqa: E402
 from bench.corpus import corpus_write  # noqa: E402
 
@@ -40,9 +43,11 @@ def fill(index: Path, rows: int) -> float:
     db = sqlite3.connect(index)
     db.execute("PRAGMA journal_mode=WAL")
     db.execute("PRAGMA synchronous=OFF")
-    series_count = rows // PER_SERIES
-    study_count = series_count // SERIES_PER_STUDY
-    patient_count = study_count // STUDIES_PER_PATIENT
+    # Rounded up: a series or study pointing past the last filler row would otherwise belong
+    # to the first real one stored after the fill.
+    series_count = -(-rows // PER_SERIES)
+    study_count = -(-series_count // SERIES_PER_STUDY)
+    patient_count = -(-study_count // STUDIES_PER_PATIENT)
     db.executemany(
         "INSERT INTO archive_patient (id, patient_id, issuer_of_patient_id, name, sex) "
         "VALUES (?, ?, '', ?, 'O')",
@@ -84,6 +89,25 @@ def fill(index: Path, rows: int) -> float:
     return time.perf_counter() - start
 
 
+def storage_bind(index: Path, store: Path) -> None:
+    """Record `store` as the storage `index` describes, as a receiver's first start on an empty
+    index does (archive.storage_identity). The filler rows name files that do not exist: a
+    receiver would otherwise take the filled index for another storage's and refuse to start."""
+    identity = uuid.uuid4()
+    now = datetime.now(UTC)
+    store.mkdir(parents=True, exist_ok=True)
+    marker = {"identity": str(identity), "written_at": now.isoformat(timespec="seconds")}
+    (store / MARKER).write_text(json.dumps(marker) + "\n", encoding="utf-8")
+    with sqlite3.connect(index) as db:
+        db.execute("DELETE FROM archive_storagelocation")
+        db.execute(
+            "INSERT INTO archive_storagelocation (identity, directory, recorded_at) "
+            "VALUES (?, ?, ?)",
+            (identity.hex, str(store.resolve()), now.strftime("%Y-%m-%d %H:%M:%S")),
+        )
+    db.close()
+
+
 def lookups(index: Path) -> str:
     result = subprocess.run(
         [sys.executable, "-m", "bench.lookups"],
@@ -96,6 +120,7 @@ def lookups(index: Path) -> str:
 
 def ingest(index: Path, corpus: list[Path], base: Path, associations: int) -> float:
     work = Path(tempfile.mkdtemp(prefix="scale-", dir=base))
+    storage_bind(index, work / "store")
     port = run.free_port()
     process = subprocess.Popen(
         [sys.executable, str(ROOT / "manage.py"), "runscp", str(port), "BENCH", "--bind",

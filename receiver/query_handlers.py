@@ -35,7 +35,13 @@ from archive.query import (
     query_parse,
     query_run_encoded,
 )
-from archive.retrieval import RetrieveFailed, instance_source, retrieve_instances, retrieve_parse
+from archive.retrieval import (
+    RetrieveFailed,
+    RetrieveSources,
+    retrieve_instances,
+    retrieve_parse,
+    source_close,
+)
 from archive.storage import Storage
 from receiver.config import ReceiverConfig
 from receiver.query_audit import query_audit_write, retrieve_audit_write
@@ -77,6 +83,8 @@ def _peer(assoc: Any) -> str:
 
 
 C_FIND_RSP = 0x8020
+C_GET_RSP = 0x8010
+C_MOVE_RSP = 0x8021
 PENDING_WITH_UNSUPPORTED_KEYS = 0xFF01  # PS3.4 C.4.1.1.4: optional keys not supported
 
 
@@ -195,8 +203,10 @@ class _Responder:
         self.rsp.AffectedSOPClassUID = req.AffectedSOPClassUID
         self.remaining = self.completed = self.failed = self.warnings = 0
         self.failed_uids: list[str] = []
-        # C-GET: responses written with the C-STOREs (see receiver.transport.accepted).
-        self.direct: AcceptedAssociationStore | None = None
+        # Responses encoded by archive.dimse_codec and written by this thread (as C-FIND's, see
+        # receiver.transport.accepted); C-GET's with its C-STOREs, once they start.
+        self.command_field = C_MOVE_RSP if kind == "move" else C_GET_RSP
+        self.direct: QueuedWriter | None = QueuedWriter(service.assoc) if kind == "move" else None
         # For the audit record: the retrieve keys, the move destination, the final status.
         self.keys: dict[str, str] = {}
         self.destination: str | None = None
@@ -226,7 +236,7 @@ class _Responder:
             rsp.Identifier = BytesIO(identifier)
         if self.direct is not None:
             command = response_command(
-                command_field=0x8010,
+                command_field=self.command_field,
                 sop_class_uid=str(rsp.AffectedSOPClassUID),
                 message_id=int(rsp.MessageIDBeingRespondedTo),
                 status=status,
@@ -355,34 +365,34 @@ def _retrieve(
             respond.send(CANNOT_PERFORM, final=True)
             return
         accepted = sender.accepted_syntaxes()
-        store = contextlib.nullcontext(sender)
+        store: Any = contextlib.nullcontext(sender)
     else:
-        sender = respond.direct = AcceptedAssociationStore(assoc)
+        # Inside `with`, the peer's C-STORE responses reach us without pynetdicom's decoding.
+        sender = store = respond.direct = AcceptedAssociationStore(assoc)
         accepted = {}
         for sop_class, offered in sender.accepted.values():
             accepted.setdefault(sop_class, set()).add(offered)
-        store = contextlib.nullcontext(sender)
 
     message_id = 0
     status = SUCCESS
     last_pending = 0.0
+    # Each instance's file is opened (or decoded) while the receiver is still storing the one
+    # before: one sub-operation outstanding at a time as PS3.7 asks without an asynchronous
+    # operations window, but our share of each one out of the round trip.
+    sources = RetrieveSources(retrieval, storage=storage, accepted=accepted)
     try:
         with store as sending:
-            for item in retrieval.items():
+            for item, source in sources:
                 if service.is_cancelled(req.MessageID):
+                    source_close(source)
                     status = CANCELLED
                     break
                 if not assoc.is_established or not sender.is_established:
+                    source_close(source)
                     break
                 message_id = message_id % 65535 + 1
-                try:
-                    source = instance_source(
-                        storage=storage,
-                        item=item,
-                        accepted=accepted.get(item.sop_class_uid, set()),
-                    )
-                except RetrieveFailed as exc:
-                    logger.warning("%s sub-operation failed: %s", name, exc)
+                if isinstance(source, RetrieveFailed):
+                    logger.warning("%s sub-operation failed: %s", name, source)
                     result = None
                 else:
                     result = sending.send(
@@ -390,8 +400,9 @@ def _retrieve(
                         message_id=message_id,
                         originator_ae_title=assoc.requestor.ae_title if peer else None,
                         originator_message_id=req.MessageID if peer else None,
+                        meanwhile=sources.prepare_next,
                     )
-                    del source
+                del source
                 respond.remaining -= 1
                 if result == SUCCESS:
                     respond.completed += 1
@@ -405,6 +416,7 @@ def _retrieve(
                     last_pending = now
                     respond.send(PENDING)
     finally:
+        sources.close()
         if peer is not None and sender.is_established:
             sender.release()
     if not assoc.is_established:

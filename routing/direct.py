@@ -5,7 +5,8 @@ pydicom; for a C-MOVE of small instances that cost about 3 ms per instance, thre
 Orthanc takes (bench/qr.py). Here one thread does it all: pynetdicom's documented PDU classes
 (`pynetdicom.pdu`, `pdu_primitives`) encode the A-ASSOCIATE-RQ and decode the answer, and the
 C-STORE-RQ command sets and P-DATA-TF framing come from archive.dimse_codec. A stored file is
-sent from its bytes on disk, a piece at a time; nothing is decoded.
+sent from its bytes on disk, a block at a time, the command set and the first block in one
+system call; nothing is decoded. The socket has Nagle's algorithm off.
 
 No reach-in: the socket is our own, and only pynetdicom's public PDU classes are used. What
 writes on associations a peer opened to us (C-GET, C-FIND responses) reaches into pynetdicom's
@@ -17,6 +18,7 @@ import contextlib
 import logging
 import socket
 import struct
+from collections.abc import Callable
 
 from pydicom.dataset import Dataset
 from pynetdicom import pdu as _pdu
@@ -150,24 +152,45 @@ class DirectStoreAssociation:
         message_id: int,
         originator_ae_title: str | None = None,
         originator_message_id: int | None = None,
+        meanwhile: Callable[[], None] | None = None,
     ) -> int | None:
         """Send one C-STORE-RQ and wait for its response; the status, or None when it could not
         be sent (no accepted context, unreadable file) or no response came (then the
-        association is aborted)."""
+        association is aborted). `meanwhile()` runs once the request is written, while the
+        peer works on it (the caller prepares its next sub-operation)."""
         if self.sock is None:
+            if isinstance(source, StoredFile):
+                source.close()
             return None
-        prepared = store_prepare(
+        message = store_prepare(
             source, self.accepted, message_id, originator_ae_title, originator_message_id
         )
-        if prepared is None:
+        if message is None:
             return None
-        context_id, command, stream, sop_instance = prepared
         try:
-            with stream:
-                message_send(self.sock, context_id, command, stream, self.peer_maximum)
+            with message.stream:
+                message_send(
+                    self.sock,
+                    message.context_id,
+                    message.command,
+                    message.stream,
+                    self.peer_maximum,
+                    message.length,
+                )
+        except (OSError, ValueError) as exc:
+            logger.warning(
+                "C-STORE of %s to %s broken off: %s", message.sop_instance_uid, self.peer, exc
+            )
+            self.abort()
+            return None
+        if meanwhile is not None:
+            meanwhile()
+        try:
             return self._response(message_id)
         except (OSError, ValueError) as exc:
-            logger.warning("C-STORE of %s to %s broken off: %s", sop_instance, self.peer, exc)
+            logger.warning(
+                "No C-STORE response for %s from %s: %s", message.sop_instance_uid, self.peer, exc
+            )
             self.abort()
             return None
 

@@ -49,8 +49,18 @@ it was measured to bring.
 14. `DULServiceProvider.send_pdu`, `to_provider_queue`, `_kill_thread` (accepted): on TLS the
     same PDUs go through the DUL thread, the queue kept to a few PDUs so that a large file is
     never all in memory. Correctness (one writer per TLS connection), memory.
-15. `Association.dimse.get_msg(block=True)` (accepted): the peer's C-STORE-RSP to a C-GET
-    sub-operation, taken by the serving thread as pynetdicom's own C-GET SCP does.
+15. The peer's C-STORE-RSP to a C-GET sub-operation (accepted, fastpath): taken from the
+    fastpath reader (1), which queues its command set for the serving thread
+    (`fastpath.store_responses_take`) instead of passing it through pynetdicom's state
+    machine, DIMSE provider and pydicom's decoding; C-GET of 100 small instances about twice
+    as fast (docs/performance.md). Where the fast path does not read the association (or hands
+    it back to pynetdicom), `Association.dimse.get_msg(block=True)` as pynetdicom's own C-GET
+    SCP does.
+
+16. `set_uid`, defined in `utils` and imported by name into `pdu_items`, `pdu_primitives`,
+    `presentation`, `dimse_primitives` and `ae`, replaced by a memoised wrapper (contexts): the
+    ~2,500 UIDs of an A-ASSOCIATE-RQ proposing every storage class (getscu, storescu) are built
+    and validated once per process instead of once per association.
 
 Outside this package, routing.direct opens its own sockets for C-MOVE destinations and the
 forwarding queue and uses only pynetdicom's documented PDU classes: no reach-in. The command

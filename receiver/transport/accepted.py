@@ -8,13 +8,16 @@ The reach-ins (listed in the package docstring, 13-15): the socket under pynetdi
 thread only reads meanwhile (nothing else is queued for it, and fastpath writes only in answer
 to a C-STORE from the peer); on TLS, where one thread must not write while another reads, each
 PDU goes through the DUL thread's `send_pdu` with the queue (`to_provider_queue`) kept short
-and `_kill_thread` watched. The peer's C-STORE responses are taken from the association's
-DIMSE provider (`dimse.get_msg`).
+and `_kill_thread` watched. The peer's C-STORE responses come from the fast path's reader
+(receiver.transport.fastpath.store_responses_take), or from the association's DIMSE provider
+(`dimse.get_msg`) where the fast path does not read the association.
 """
 
 import logging
+import queue
 import ssl
 import time
+from collections.abc import Callable
 from io import BytesIO
 from typing import Any
 
@@ -23,8 +26,9 @@ from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.pdu_primitives import P_DATA
 
 from archive.dicom_bytes import PDU_HEADER, PDV_ITEM_HEADER
-from archive.dimse_codec import message_send, store_prepare
+from archive.dimse_codec import message_send, store_prepare, unsigned
 from archive.stored_file import StoredFile
+from receiver.transport import fastpath
 
 logger = logging.getLogger(__name__)
 
@@ -74,8 +78,9 @@ class QueuedWriter:
 
 class AcceptedAssociationStore(QueuedWriter):
     """C-STORE requests on an association a peer opened to us (C-GET), and its C-GET responses
-    on the same socket (`command_send`). The peer's C-STORE responses arrive through
-    pynetdicom."""
+    on the same socket (`command_send`). Used as a context manager: while inside, the peer's
+    C-STORE responses come from receiver.transport.fastpath's reader; otherwise (or once it
+    hands the association back to pynetdicom) from pynetdicom's DIMSE provider."""
 
     def __init__(self, assoc: Any) -> None:
         super().__init__(assoc)
@@ -85,16 +90,20 @@ class AcceptedAssociationStore(QueuedWriter):
             for cx in assoc.accepted_contexts
             if cx.as_scu
         }
+        self.responses: queue.SimpleQueue | None = None
 
     @property
     def is_established(self) -> bool:
         return bool(self.assoc.is_established)
 
     def __enter__(self) -> "AcceptedAssociationStore":
+        self.responses = fastpath.store_responses_take(self.assoc)
         return self
 
     def __exit__(self, *exc_info: object) -> None:
-        pass
+        if self.responses is not None:
+            fastpath.store_responses_release(self.assoc, self.responses)
+            self.responses = None
 
     def send(
         self,
@@ -103,31 +112,59 @@ class AcceptedAssociationStore(QueuedWriter):
         message_id: int,
         originator_ae_title: str | None = None,
         originator_message_id: int | None = None,
+        meanwhile: Callable[[], None] | None = None,
     ) -> int | None:
         """Send one C-STORE-RQ and wait for its response: the status, or None when it could
-        not be sent or no response came (then the association is aborted)."""
-        prepared = store_prepare(source, self.accepted, message_id, None, None)
-        if prepared is None:
+        not be sent or no response came (then the association is aborted). `meanwhile()` runs
+        once the request is written, while the peer works on it."""
+        message = store_prepare(source, self.accepted, message_id, None, None)
+        if message is None:
             return None
-        context_id, command, stream, sop_instance = prepared
         try:
-            with stream:
-                message_send(self.sock, context_id, command, stream, self.peer_maximum)
+            with message.stream:
+                message_send(
+                    self.sock,
+                    message.context_id,
+                    message.command,
+                    message.stream,
+                    self.peer_maximum,
+                    message.length,
+                )
         except (OSError, ValueError) as exc:
-            logger.warning("C-STORE of %s broken off: %s", sop_instance, exc)
+            logger.warning("C-STORE of %s broken off: %s", message.sop_instance_uid, exc)
             self.assoc.abort()
             return None
+        if meanwhile is not None:
+            meanwhile()
+        status = self._response(message_id)
+        if status is None and self.assoc.is_established:
+            logger.error("No C-STORE response to a C-GET sub-operation: aborting")
+            self.assoc.abort()
+        return status
+
+    def _response(self, message_id: int) -> int | None:
         while True:
-            _, response = self.assoc.dimse.get_msg(block=True)
-            if response is None:
-                if self.assoc.is_established:
-                    logger.error("No C-STORE response to a C-GET sub-operation: aborting")
-                    self.assoc.abort()
-                return None
-            if (
-                isinstance(response, C_STORE)
-                and response.MessageIDBeingRespondedTo == message_id
-                and response.Status is not None
-            ):
-                return int(response.Status)
+            if self.responses is not None:
+                try:
+                    elements = self.responses.get(timeout=self.assoc.dimse.dimse_timeout)
+                except queue.Empty:
+                    return None
+                if elements is fastpath.FALLBACK:
+                    self.responses = None
+                    continue
+                if not isinstance(elements, dict):  # ENDED
+                    return None
+                status = unsigned(elements.get(0x0900))
+                if unsigned(elements.get(0x0120)) == message_id and status is not None:
+                    return status
+            else:
+                _, response = self.assoc.dimse.get_msg(block=True)
+                if response is None:
+                    return None
+                if (
+                    isinstance(response, C_STORE)
+                    and response.MessageIDBeingRespondedTo == message_id
+                    and response.Status is not None
+                ):
+                    return int(response.Status)
             logger.warning("Ignoring an unexpected DIMSE message during C-GET sub-operations")

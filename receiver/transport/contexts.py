@@ -8,16 +8,42 @@ hundred small instances, and paid again by every sender that opens an associatio
 UIDs are immutable strings; only the context objects and their lists of transfer syntaxes are
 changed by negotiation, so only those are copied.
 
+The same UIDs are built again from the peer's A-ASSOCIATE-RQ: getscu proposes some 120 storage
+classes, each with its transfer syntaxes, and pynetdicom turns every one of those strings into a
+pydicom UID, validated with a regular expression, two or three times over (PDU item, primitive,
+presentation context): about 2,500 UIDs and some 20 ms of CPU per association on this machine,
+the largest fixed cost of a C-GET. `set_uid` is memoised for the str, bytes and UID values it
+accepted: a valid UID stays valid, and UID objects are immutable
+(`PresentationContext.add_transfer_syntax` builds its UIDs itself; those remain).
+
 This reaches into pynetdicom: the `deepcopy` that pynetdicom.transport imported is replaced
-(for lists of presentation contexts only; anything else is deep-copied as before).
-tests/receiver/test_fastpath.py checks that negotiation leaves the AE's contexts untouched.
+(for lists of presentation contexts only; anything else is deep-copied as before), and so is
+the `set_uid` that pynetdicom.utils defines and its PDU, primitive, presentation and AE modules
+imported. tests/receiver/test_fastpath.py checks that negotiation leaves the AE's contexts
+untouched; tests/receiver/test_transport_contract.py the names and signature.
 """
 
 import copy
+import inspect
+from collections.abc import Callable
 from typing import Any
 
-from pynetdicom import transport
+from pydicom.uid import UID
+from pynetdicom import (
+    ae,
+    dimse_primitives,
+    pdu_items,
+    pdu_primitives,
+    presentation,
+    transport,
+    utils,
+)
 from pynetdicom.presentation import PresentationContext
+
+# The modules that imported pynetdicom.utils.set_uid by name.
+SET_UID_MODULES = (utils, pdu_items, pdu_primitives, presentation, dimse_primitives, ae)
+# Bounded: a peer proposing ever new UIDs costs at most this many entries.
+_MEMO_LIMIT = 4096
 
 
 def contexts_copy(value: Any, memo: dict[int, Any] | None = None) -> Any:
@@ -32,6 +58,44 @@ def contexts_copy(value: Any, memo: dict[int, Any] | None = None) -> Any:
     return copies
 
 
+def uid_memo(set_uid: Callable[..., UID | None]) -> Callable[..., UID | None]:
+    """`set_uid` answering again from memory for a str, bytes or UID value it accepted before
+    with the same options (values it refused go through `set_uid` every time)."""
+    memo: dict[tuple[str | bytes, bool, bool], UID] = {}
+
+    def set_uid_memo(
+        value: str | bytes | UID | None,
+        name: str,
+        allow_empty: bool = True,
+        allow_none: bool = True,
+        validate: bool = True,
+    ) -> UID | None:
+        kind = type(value)
+        if kind is UID:
+            # Built again and validated again by set_uid, unless it carries a private
+            # transfer syntax's encoding, which a plain UID from memory would lose.
+            if "_PRIVATE_TS_ENCODING" in value.__dict__:  # type: ignore[union-attr]
+                return set_uid(value, name, allow_empty, allow_none, validate)
+        elif kind is not str and kind is not bytes:
+            return set_uid(value, name, allow_empty, allow_none, validate)
+        key = (value, allow_empty, validate)
+        uid = memo.get(key)  # type: ignore[arg-type]
+        if uid is None:
+            uid = set_uid(value, name, allow_empty, allow_none, validate)
+            if uid is not None and len(memo) < _MEMO_LIMIT:
+                memo[key] = uid  # type: ignore[index]
+        return uid
+
+    set_uid_memo.memoised = set_uid  # type: ignore[attr-defined]
+    set_uid_memo.__signature__ = inspect.signature(set_uid)  # type: ignore[attr-defined]
+    return set_uid_memo
+
+
 def install() -> None:
-    """Copy the contexts cheaply for every association accepted from now on (idempotent)."""
+    """Copy the contexts cheaply for every association accepted from now on, and memoise
+    pynetdicom's UIDs (idempotent)."""
     transport.deepcopy = contexts_copy  # type: ignore[attr-defined]
+    if getattr(utils.set_uid, "memoised", None) is None:
+        memoised = uid_memo(utils.set_uid)
+        for module in SET_UID_MODULES:
+            module.set_uid = memoised  # type: ignore[attr-defined]

@@ -13,7 +13,17 @@ import inspect
 from pathlib import Path
 
 import pytest
-from pynetdicom import association, dimse, dimse_messages, dul, fsm, service_class, transport
+from pydicom.uid import UID
+from pynetdicom import (
+    association,
+    dimse,
+    dimse_messages,
+    dul,
+    fsm,
+    service_class,
+    transport,
+    utils,
+)
 from pynetdicom.presentation import PresentationContext
 
 from receiver import transport as ours
@@ -176,6 +186,39 @@ def test_acceptor_contexts_are_copied_with_the_module_level_deepcopy():
     assert clone.transfer_syntax == copy.deepcopy(context).transfer_syntax
 
 
+# 16: set_uid, imported by name where PDUs, primitives and contexts build UIDs.
+def test_set_uid_keeps_its_signature_and_the_modules_that_import_it():
+    original = getattr(utils.set_uid, "memoised", utils.set_uid)
+    assert list(inspect.signature(original).parameters) == [
+        "value", "name", "allow_empty", "allow_none", "validate",
+    ]  # fmt: skip
+    for module in ours.contexts.SET_UID_MODULES[1:]:
+        imports = [
+            n for n in _module(module).body
+            if isinstance(n, ast.ImportFrom) and n.module == "pynetdicom.utils"
+        ]  # fmt: skip
+        assert any(a.name == "set_uid" for n in imports for a in n.names), module.__name__
+
+
+def test_memoised_set_uid_returns_the_same_uids_and_still_refuses_bad_ones():
+    memoised = ours.contexts.uid_memo(getattr(utils.set_uid, "memoised", utils.set_uid))
+    first = memoised(b"1.2.840.10008.1.2.1", "Transfer Syntax")
+    assert first == "1.2.840.10008.1.2.1" and isinstance(first, UID)
+    assert memoised(b"1.2.840.10008.1.2.1", "Transfer Syntax") is first
+    second = memoised("1.2.840.10008.1.2.1", "x")
+    assert second == first
+    assert memoised(UID("1.2.840.10008.1.2.1"), "x") is second
+    private = UID("1.2.3.4.5")
+    private.set_private_encoding(False, True)
+    assert memoised(private, "x").is_little_endian  # not a plain UID from memory
+    for _ in range(2):
+        with pytest.raises(ValueError):
+            memoised("1" * 70, "Abstract Syntax")  # longer than 64
+        with pytest.raises(ValueError):
+            memoised("", "Abstract Syntax", allow_empty=False)
+    assert memoised(None, "x") is None
+
+
 # 11: incoming messages are typed through _MESSAGE_TYPES, and the dataset written to data_set.
 def test_incoming_messages_are_typed_through_the_message_table():
     decode = _method(dimse_messages, "DIMSEMessage", "decode_msg")
@@ -246,6 +289,8 @@ def test_install_applies_every_reach_in(scp):
     assert type(dul.time).__name__ == "_DulTime"
     assert type(association.time).__name__ == "_AssociationTime"
     assert transport.deepcopy is ours.contexts.contexts_copy
+    for module in ours.contexts.SET_UID_MODULES:
+        assert getattr(module.set_uid, "memoised", None) is not None, module.__name__
     assert dimse_messages._MESSAGE_TYPES[0x0001][1].__module__ == spool.__name__
     assert getattr(association.uid_to_service_class, "retrieve_service", False)
     query_class = association.uid_to_service_class("1.2.840.10008.5.1.4.1.2.2.1")
