@@ -22,6 +22,7 @@ from django.utils import timezone
 from pydicom.dataset import Dataset
 from pydicom.filereader import _read_file_meta_info
 
+from archive import ingest_hooks
 from archive.dblock import bare_transaction, index_writer
 from archive.events import instance_stored_enqueue
 from archive.exceptions import (
@@ -314,8 +315,9 @@ def _who(arrival: _Arrival) -> tuple[str, str]:
 def _index_new(arrival: _Arrival, staged: StagedFile, storage: Storage) -> StoreResult:
     series_id = _series_ids.get(arrival.header.series_instance_uid)
     hooked = bool(instance_stored_in_transaction.receivers)
+    hooks = ingest_hooks.hooks
     # An instance of a series seen before is one INSERT, which needs no ORM transaction (unless
-    # an app's receiver writes in it).
+    # an app's receiver writes in it; archive.ingest_hooks write without one).
     writing = bare_transaction() if series_id is not None and not hooked else transaction.atomic()
     touched = None
     try:
@@ -329,6 +331,8 @@ def _index_new(arrival: _Arrival, staged: StagedFile, storage: Storage) -> Store
             # it commits.
             if series_touch_due(series_id):
                 touched = series_touch(series_id=series_id, received_at=timezone.now())
+            if hooks:
+                _run_hooks(hooks, instance_id, series_id, arrival, created=True)
             if hooked:
                 _send_in_transaction(instance_id, series_id, created=True)
             published = storage.publish(staged, arrival.path, durable=False)
@@ -345,6 +349,30 @@ def _index_new(arrival: _Arrival, staged: StagedFile, storage: Storage) -> Store
     storage.make_durable(published)
     instance_stored_enqueue(instance_id=instance_id, created=True, outcome="stored")
     return StoreResult("stored", instance_id, arrival.path, *_who(arrival))
+
+
+def _run_hooks(
+    hooks: tuple[ingest_hooks.Hook, ...],
+    instance_id: int,
+    series_id: int,
+    arrival: _Arrival,
+    *,
+    created: bool,
+) -> None:
+    stored = ingest_hooks.StoredInstance(
+        instance_id,
+        series_id,
+        arrival.header.sop_class_uid,
+        arrival.calling_ae_title,
+        created,
+    )
+    try:
+        for hook in hooks:
+            hook(stored)
+    except Exception as exc:
+        # Not left to propagate as it is: an IntegrityError would pass for a resend.
+        logger.error("ingest hook failed: %r", exc, exc_info=exc)
+        raise IndexFailure(f"a writer in the ingest transaction failed: {exc}") from exc
 
 
 def _send_in_transaction(instance_id: int, series_id: int, *, created: bool) -> None:
@@ -377,6 +405,10 @@ def _index_overwrite(
                 setattr(instance, field, value)
             instance.save()
             touched = series_touch(series_id=instance.series_id, received_at=timezone.now())
+            if ingest_hooks.hooks:
+                _run_hooks(
+                    ingest_hooks.hooks, instance.pk, instance.series_id, arrival, created=False
+                )
             if instance_stored_in_transaction.receivers:
                 _send_in_transaction(instance.pk, instance.series_id, created=False)
             storage.publish(staged, arrival.path)
