@@ -32,7 +32,14 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from django.db import DatabaseError, close_old_connections, connection, transaction
+from django.db import (
+    DEFAULT_DB_ALIAS,
+    DatabaseError,
+    close_old_connections,
+    connection,
+    connections,
+    transaction,
+)
 from django.db.models import Count, F, Min, Q
 from django.db.models.signals import post_delete, post_save
 from django.utils import timezone
@@ -241,31 +248,39 @@ def _on_instance_stored(stored: StoredInstance) -> None:
         _enqueue([(stored.instance_id, study_id)], set(destinations), resend=True)
 
 
-# Destination count → the INSERT of that many queue rows, compiled once.
-_QUEUE_INSERTS: dict[int, str] = {}
+# (database vendor, destination count) → the INSERT of that many queue rows, compiled once.
+_QUEUE_INSERTS: dict[tuple[str, int], str] = {}
 
 
 def _queue_insert(instance_id: int, study_id: int, destinations: tuple[int, ...]) -> None:
-    """What `_enqueue` does for a new instance, as one prepared INSERT on the cursor: the ORM's
-    bulk_create opens an atomic block, which the bare ingest transaction must not (and cost
-    more CPU than the instance's own INSERT)."""
-    sql = _QUEUE_INSERTS.get(len(destinations))
+    """What `_enqueue` does for a new instance, as one prepared INSERT: the ORM's bulk_create
+    opens an atomic block, which the bare ingest transaction must not (and cost more CPU than
+    the instance's own INSERT)."""
+    db = connections[DEFAULT_DB_ALIAS]
+    sqlite = db.vendor == "sqlite"
+    sql = _QUEUE_INSERTS.get((db.vendor, len(destinations)))
     if sql is None:
-        quote = connection.ops.quote_name
+        quote = db.ops.quote_name
         columns = ", ".join(quote(column) for column in _QUEUE_COLUMNS)
-        row = f"({', '.join(['%s'] * len(_QUEUE_COLUMNS))})"
+        row = f"({', '.join(['?' if sqlite else '%s'] * len(_QUEUE_COLUMNS))})"
         sql = (
             f"INSERT INTO {quote(ForwardItem._meta.db_table)} ({columns}) "
             f"VALUES {', '.join([row] * len(destinations))} ON CONFLICT DO NOTHING"
         )
-        _QUEUE_INSERTS[len(destinations)] = sql
-    now = connection.ops.adapt_datetimefield_value(timezone.now())
+        _QUEUE_INSERTS[db.vendor, len(destinations)] = sql
+    now = db.ops.adapt_datetimefield_value(timezone.now())
     params: list[object] = []
     for destination in destinations:
         params += (instance_id, destination, study_id, ForwardItem.PENDING, 0, 0, now, now, "")
         params.append("rule")
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
+    if sqlite:
+        # On the DB-API connection, in the transaction bare_transaction began there: Django's
+        # cursor wrapper would rewrite the placeholders of the statement at every call.
+        with db.wrap_database_errors:
+            db.connection.execute(sql, params)
+    else:
+        with db.cursor() as cursor:
+            cursor.execute(sql, params)
 
 
 _QUEUE_COLUMNS = (
