@@ -9,6 +9,8 @@ storage directory per repeat, and prints the median wall time per instance and t
 statements it ran per instance. Point PYTHONPATH at another checkout to compare revisions.
 With `--forwarding-rule`, a rule (modality CT, to a remote AE nothing listens on) is active:
 each instance is also queued in its transaction (routing.forwarding), the cost to compare.
+Statements sent on the DB-API connection itself (BEGIN and COMMIT of archive.dblock's bare
+transaction, forwarding's queue INSERT on SQLite) pass Django's execute wrappers uncounted.
 """
 
 import argparse
