@@ -9,10 +9,12 @@ C-STORE, not a hung one. Other databases need no such lock: their writers take r
 """
 
 import contextlib
+import errno
 import fcntl
 import os
 import threading
 import time
+import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -24,11 +26,12 @@ _thread_lock = threading.Lock()
 _lock_files: dict[str, int] = {}
 
 
-def _lock_file(database: str) -> int:
-    fd = _lock_files.get(database)
+def _lock_file(database: str, kind: str = "writer") -> int:
+    path = f"{database}-{kind}.lock"
+    fd = _lock_files.get(path)
     if fd is None:
-        fd = os.open(f"{database}-writer.lock", os.O_RDWR | os.O_CREAT, 0o644)
-        _lock_files[database] = fd
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        _lock_files[path] = fd
     return fd
 
 
@@ -99,3 +102,59 @@ def bare_transaction() -> Iterator[None]:
         with contextlib.suppress(Exception):
             raw.execute("ROLLBACK")  # also after a failed COMMIT, which leaves it open
         raise
+
+
+def writers_serialised(using: str = DEFAULT_DB_ALIAS) -> bool:
+    """Whether the index admits one write transaction at a time (SQLite: index_writer)."""
+    return connections[using].vendor == "sqlite"
+
+
+_STRIPES = 64
+_stripe_locks = [threading.Lock() for _ in range(_STRIPES)]
+
+
+@contextmanager
+def instance_writer(sop_instance_uid: str, using: str = DEFAULT_DB_ALIAS) -> Iterator[None]:
+    """On SQLite, hold one instance's lock while it is written outside the index's write lock
+    (an upload to a bucket before its short index transaction): no two writers, threads or
+    processes sharing the index, store the same instance at once. Instances share 64 stripes,
+    byte-range locks of one file beside the index. Other databases need none: the index
+    transaction holds the instance's unique key while it uploads.
+
+    Raises IndexFailure when the lock is not free within the database's busy timeout.
+    """
+    connection = connections[using]
+    if connection.vendor != "sqlite":
+        yield
+        return
+    settings = connection.settings_dict
+    timeout = float(settings.get("OPTIONS", {}).get("timeout", 30))
+    deadline = time.monotonic() + timeout
+    stripe = zlib.crc32(sop_instance_uid.encode()) % _STRIPES
+    thread_lock = _stripe_locks[stripe]
+    if not thread_lock.acquire(timeout=timeout):
+        raise IndexFailure(f"instance busy: no lock within {timeout:.0f} s")
+    try:
+        # POSIX record locks (not flock): they belong to the process, so a descriptor opened
+        # before a fork still excludes the other workers; the thread lock covers this process.
+        fd = _lock_file(settings["NAME"], "instances")
+        pause = 0.0005
+        while True:
+            try:
+                fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, stripe)
+                break
+            except OSError as exc:
+                if exc.errno not in (errno.EACCES, errno.EAGAIN):
+                    raise IndexFailure(f"instance lock not taken: {exc}") from exc
+                if time.monotonic() > deadline:
+                    raise IndexFailure(
+                        f"instance busy: another process held its lock for {timeout:.0f} s"
+                    ) from None
+                time.sleep(pause)
+                pause = min(pause * 2, 0.05)
+        try:
+            yield
+        finally:
+            fcntl.lockf(fd, fcntl.LOCK_UN, 1, stripe)
+    finally:
+        thread_lock.release()

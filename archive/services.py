@@ -5,6 +5,10 @@ transaction), then one short transaction that writes the index rows and renames 
 to its final name. The rename happens while the transaction holds the instance's unique key, so
 two associations storing the same instance at once cannot both publish; if the commit fails,
 the published file is removed again. Store and index never disagree.
+
+An upload to a bucket on a SQLite index is the exception: the object goes up first, under the
+instance's own lock, then the rows are written in the short transaction (see _index_new), so
+that one upload never holds SQLite's single writer.
 """
 
 import dataclasses
@@ -22,7 +26,8 @@ from django.utils import timezone
 from pydicom.dataset import Dataset
 from pydicom.filereader import _read_file_meta_info
 
-from archive.dblock import bare_transaction, index_writer
+from archive import ingest_hooks
+from archive.dblock import bare_transaction, index_writer, instance_writer, writers_serialised
 from archive.events import instance_stored_enqueue
 from archive.exceptions import (
     DatasetMismatch,
@@ -312,10 +317,32 @@ def _who(arrival: _Arrival) -> tuple[str, str]:
 
 
 def _index_new(arrival: _Arrival, staged: StagedFile, storage: Storage) -> StoreResult:
+    if not (storage.uploads and writers_serialised()):
+        return _index_rows(arrival, staged, storage, publish=True)
+    # An upload takes network time, for which SQLite's one writer would make every other
+    # association wait. So the object goes up first, under this instance's own lock (no two
+    # writers of it at once, and a resend is told before its upload could replace the stored
+    # copy), and only the rows are written under the index's lock. If they fail, the object
+    # is removed; a crash in between leaves an orphan object, which `verifystorage --repair`
+    # indexes.
+    uid = arrival.header.sop_instance_uid
+    with instance_writer(uid):
+        if _existing(uid) is not None:
+            raise IntegrityError(f"instance {uid} is indexed already")  # settled as a resend
+        storage.publish(staged, arrival.path)
+        return _index_rows(arrival, staged, storage, publish=False)
+
+
+def _index_rows(
+    arrival: _Arrival, staged: StagedFile, storage: Storage, *, publish: bool
+) -> StoreResult:
+    """Write the rows of a new instance; with `publish`, publish its file in the same
+    transaction (a rename: it holds the instance's unique key while it does)."""
     series_id = _series_ids.get(arrival.header.series_instance_uid)
     hooked = bool(instance_stored_in_transaction.receivers)
+    hooks = ingest_hooks.hooks
     # An instance of a series seen before is one INSERT, which needs no ORM transaction (unless
-    # an app's receiver writes in it).
+    # an app's receiver writes in it; archive.ingest_hooks write without one).
     writing = bare_transaction() if series_id is not None and not hooked else transaction.atomic()
     touched = None
     try:
@@ -329,9 +356,11 @@ def _index_new(arrival: _Arrival, staged: StagedFile, storage: Storage) -> Store
             # it commits.
             if series_touch_due(series_id):
                 touched = series_touch(series_id=series_id, received_at=timezone.now())
+            if hooks:
+                _run_hooks(hooks, instance_id, series_id, arrival, created=True)
             if hooked:
                 _send_in_transaction(instance_id, series_id, created=True)
-            published = storage.publish(staged, arrival.path, durable=False)
+            published = storage.publish(staged, arrival.path, durable=False) if publish else None
     except BaseException as exc:
         if staged.published:
             storage.remove(arrival.path)
@@ -342,9 +371,34 @@ def _index_new(arrival: _Arrival, staged: StagedFile, storage: Storage) -> Store
     # associations share the lock for the insert only; success is reported only after it.
     if touched is not None:
         series_touched(series_id, touched)
-    storage.make_durable(published)
+    if published is not None:
+        storage.make_durable(published)
     instance_stored_enqueue(instance_id=instance_id, created=True, outcome="stored")
     return StoreResult("stored", instance_id, arrival.path, *_who(arrival))
+
+
+def _run_hooks(
+    hooks: tuple[ingest_hooks.Hook, ...],
+    instance_id: int,
+    series_id: int,
+    arrival: _Arrival,
+    *,
+    created: bool,
+) -> None:
+    stored = ingest_hooks.StoredInstance(
+        instance_id,
+        series_id,
+        arrival.header.sop_class_uid,
+        arrival.calling_ae_title,
+        created,
+    )
+    try:
+        for hook in hooks:
+            hook(stored)
+    except Exception as exc:
+        # Not left to propagate as it is: an IntegrityError would pass for a resend.
+        logger.error("ingest hook failed: %r", exc, exc_info=exc)
+        raise IndexFailure(f"a writer in the ingest transaction failed: {exc}") from exc
 
 
 def _send_in_transaction(instance_id: int, series_id: int, *, created: bool) -> None:
@@ -377,6 +431,10 @@ def _index_overwrite(
                 setattr(instance, field, value)
             instance.save()
             touched = series_touch(series_id=instance.series_id, received_at=timezone.now())
+            if ingest_hooks.hooks:
+                _run_hooks(
+                    ingest_hooks.hooks, instance.pk, instance.series_id, arrival, created=False
+                )
             if instance_stored_in_transaction.receivers:
                 _send_in_transaction(instance.pk, instance.series_id, created=False)
             storage.publish(staged, arrival.path)
@@ -527,7 +585,9 @@ def instance_index_file(*, relative: str, storage: Storage) -> StoreResult:
     existing = StagedFile(
         path=Path(relative), size=size, sha256=file_digest.hexdigest(), published=True
     )
-    with index_writer(), transaction.atomic():
+    # The instance's lock too: an ingest that uploads before indexing (see _index_new) must
+    # not replace the object this indexes.
+    with instance_writer(header.sop_instance_uid), index_writer(), transaction.atomic():
         instance = Instance.objects.create(
             series_id=_series_for(header).pk, **_instance_fields(arrival, existing)
         )

@@ -11,6 +11,8 @@ The audit trail is written as the receiver writes it (one record per study when 
 association of `--association-size` instances ends) and its share of the time is printed.
 With `--forwarding-rule`, a rule (modality CT, to a remote AE nothing listens on) is active:
 each instance is also queued in its transaction (routing.forwarding), the cost to compare.
+Statements sent on the DB-API connection itself (BEGIN and COMMIT of archive.dblock's bare
+transaction, forwarding's queue INSERT on SQLite) pass Django's execute wrappers uncounted.
 """
 
 import argparse

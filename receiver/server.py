@@ -33,6 +33,7 @@ from receiver.transport.lobby import Lobby, descriptor_limit_raise
 from routing.commitment import CommitmentDelivery
 from routing.forwarding import RuleInvalid, forwarding_rules_sync
 from routing.remote import remote_aes_sync
+from routing.scu import client_tls_configure
 
 logger = logging.getLogger(__name__)
 
@@ -148,7 +149,14 @@ def _cannot_listen(config: ReceiverConfig, exc: OSError) -> StartupError:
 
 
 def _check_tls(config: ReceiverConfig) -> ssl.SSLContext | None:
+    """The server's TLS context; also makes the same certificate, key and CA certificates our
+    side of outgoing TLS associations (forwarding, C-MOVE, Storage Commitment)."""
     try:
+        client_tls_configure(
+            certificate=config.tls_certificate,
+            private_key=config.tls_private_key,
+            ca_certificates=config.tls_ca_certificates,
+        )
         return tls_context(config)
     except (OSError, ssl.SSLError) as exc:
         raise StartupError(f"TLS certificate or key not usable: {exc}") from None

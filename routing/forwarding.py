@@ -2,10 +2,11 @@
 C-STORE with retries.
 
 Enqueue. A rule's match writes one ForwardItem per (instance, destination) in the transaction
-that indexes the instance (`instance_stored_in_transaction`) or claims its study as stable
-(`study_stable_in_transaction`): what was acknowledged is in the queue, even after SIGKILL.
-The rules are cached per process and reloaded every RULES_REFRESH seconds (and at once when
-one is saved here); with no rule, no receiver is connected and ingest pays nothing.
+that indexes the instance (an archive.ingest_hooks hook: one prepared INSERT in the bare
+transaction) or claims its study as stable (`study_stable_in_transaction`): what was
+acknowledged is in the queue, even after SIGKILL. The rules are cached per process with their
+matches, and reloaded every RULES_REFRESH seconds (and at once when one is saved here); with no
+rule, no hook is registered and ingest pays nothing.
 
 Delivery. A worker claims the oldest due row and up to BATCH more of the same destination and
 study, atomically (`select_for_update(skip_locked=True)` on PostgreSQL, the index's writer lock
@@ -31,15 +32,23 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from django.db import DatabaseError, close_old_connections, connection, transaction
+from django.db import (
+    DEFAULT_DB_ALIAS,
+    DatabaseError,
+    close_old_connections,
+    connection,
+    connections,
+    transaction,
+)
 from django.db.models import Count, F, Min, Q
 from django.db.models.signals import post_delete, post_save
 from django.utils import timezone
 
 from archive.dblock import index_writer
+from archive.ingest_hooks import StoredInstance, hook_add, hook_remove
 from archive.models import Instance, Series, Study
 from archive.retrieval import RetrieveFailed, RetrieveItem, instance_source
-from archive.signals import instance_stored_in_transaction, study_stable_in_transaction
+from archive.signals import study_stable_in_transaction
 from archive.storage import Storage
 from audit.models import EXPORT, FAILURE
 from audit.models import SUCCESS as AUDIT_SUCCESS
@@ -105,10 +114,34 @@ class Rule:
         )
 
 
+@dataclass(frozen=True)
+class _Matcher:
+    """The instance rules with their matches so far: (modality, calling AE, SOP class) →
+    destinations, filled as instances arrive, so matching is a dict look-up per instance.
+    Replaced whole when the rules are reloaded, so no stale match outlives its rules."""
+
+    rules: tuple[Rule, ...] = ()
+    matched: dict[tuple[str, str, str], tuple[int, ...]] = field(default_factory=dict)
+
+    def destinations(self, modality: str, calling_ae: str, sop_class: str) -> tuple[int, ...]:
+        key = (modality, calling_ae, sop_class)
+        found = self.matched.get(key)
+        if found is None:
+            found = tuple(sorted({r.destination_id for r in self.rules if r.matches(*key)}))
+            if len(self.matched) >= _MATCHED_LIMIT:
+                self.matched.clear()
+            self.matched[key] = found
+        return found
+
+
+_MATCHED_LIMIT = 10_000
+
+
 @dataclass
 class _Rules:
     instance: tuple[Rule, ...] = ()
     study: tuple[Rule, ...] = ()
+    matcher: _Matcher = field(default_factory=_Matcher)
     loaded: float = 0.0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -153,8 +186,12 @@ def forwarding_rules_load() -> None:
     with _rules.lock:
         _rules.instance = tuple(r for r in rules if r.when == INSTANCE)
         _rules.study = tuple(r for r in rules if r.when == STUDY_STABLE)
+        _rules.matcher = _Matcher(_rules.instance)
         _rules.loaded = time.monotonic()
-        _connect(instance_stored_in_transaction, _on_instance_stored, bool(_rules.instance))
+        if _rules.instance:
+            hook_add(_on_instance_stored)
+        else:
+            hook_remove(_on_instance_stored)
         _connect(study_stable_in_transaction, _on_study_stable, bool(_rules.study))
 
 
@@ -162,7 +199,8 @@ def forwarding_rules_forget() -> None:
     """Drop the cached rules and disconnect (tests; a process that stops forwarding)."""
     with _rules.lock:
         _rules.instance = _rules.study = ()
-        _connect(instance_stored_in_transaction, _on_instance_stored, False)
+        _rules.matcher = _Matcher()
+        hook_remove(_on_instance_stored)
         _connect(study_stable_in_transaction, _on_study_stable, False)
 
 
@@ -185,34 +223,70 @@ _series: dict[int, tuple[str, int]] = {}
 _SERIES_LIMIT = 100_000
 
 
-def _on_instance_stored(
-    sender: object, *, instance_id: int, series_id: int, created: bool, **kwargs: object
-) -> None:
-    rules = _fresh_rules().instance
-    if not rules:
+def _on_instance_stored(stored: StoredInstance) -> None:
+    """An ingest hook (archive.ingest_hooks): in the bare transaction of a new instance."""
+    matcher = _fresh_rules().matcher
+    if not matcher.rules:
         return
-    known = _series.get(series_id)
+    known = _series.get(stored.series_id)
     if known is None:
-        known = Series.objects.filter(pk=series_id).values_list("modality", "study_id").first()
+        known = (
+            Series.objects.filter(pk=stored.series_id).values_list("modality", "study_id").first()
+        )
         if known is None:
             return
         if len(_series) >= _SERIES_LIMIT:
             _series.clear()
-        _series[series_id] = known
+        _series[stored.series_id] = known
     modality, study_id = known
-    sop_class = calling_ae = ""
-    if any(r.calling_aes or r.sop_classes for r in rules):
-        row = (
-            Instance.objects.filter(pk=instance_id)
-            .values_list("sop_class_uid", "calling_ae_title")
-            .first()
+    destinations = matcher.destinations(modality, stored.calling_ae_title, stored.sop_class_uid)
+    if not destinations:
+        return
+    if stored.created:
+        _queue_insert(stored.instance_id, study_id, destinations)
+    else:  # an overwritten instance, in an atomic block: queued again if sent before
+        _enqueue([(stored.instance_id, study_id)], set(destinations), resend=True)
+
+
+# (database vendor, destination count) → the INSERT of that many queue rows, compiled once.
+_QUEUE_INSERTS: dict[tuple[str, int], str] = {}
+
+
+def _queue_insert(instance_id: int, study_id: int, destinations: tuple[int, ...]) -> None:
+    """What `_enqueue` does for a new instance, as one prepared INSERT: the ORM's bulk_create
+    opens an atomic block, which the bare ingest transaction must not (and cost more CPU than
+    the instance's own INSERT)."""
+    db = connections[DEFAULT_DB_ALIAS]
+    sqlite = db.vendor == "sqlite"
+    sql = _QUEUE_INSERTS.get((db.vendor, len(destinations)))
+    if sql is None:
+        quote = db.ops.quote_name
+        columns = ", ".join(quote(column) for column in _QUEUE_COLUMNS)
+        row = f"({', '.join(['?' if sqlite else '%s'] * len(_QUEUE_COLUMNS))})"
+        sql = (
+            f"INSERT INTO {quote(ForwardItem._meta.db_table)} ({columns}) "
+            f"VALUES {', '.join([row] * len(destinations))} ON CONFLICT DO NOTHING"
         )
-        if row is None:
-            return
-        sop_class, calling_ae = row
-    destinations = {r.destination_id for r in rules if r.matches(modality, calling_ae, sop_class)}
-    if destinations:
-        _enqueue([(instance_id, study_id)], destinations, resend=not created)
+        _QUEUE_INSERTS[db.vendor, len(destinations)] = sql
+    now = db.ops.adapt_datetimefield_value(timezone.now())
+    params: list[object] = []
+    for destination in destinations:
+        params += (instance_id, destination, study_id, ForwardItem.PENDING, 0, 0, now, now, "")
+        params.append("rule")
+    if sqlite:
+        # On the DB-API connection, in the transaction bare_transaction began there: Django's
+        # cursor wrapper would rewrite the placeholders of the statement at every call.
+        with db.wrap_database_errors:
+            db.connection.execute(sql, params)
+    else:
+        with db.cursor() as cursor:
+            cursor.execute(sql, params)
+
+
+_QUEUE_COLUMNS = (
+    "instance_id", "destination_id", "study_id", "state", "attempts", "repeats",
+    "next_attempt_at", "queued_at", "last_error", "origin",
+)  # fmt: skip
 
 
 def _on_study_stable(sender: object, *, study: Study, updated: bool, **kwargs: object) -> None:

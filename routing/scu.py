@@ -1,7 +1,7 @@
 """Outbound associations through pynetdicom: C-ECHO and Storage Commitment's N-EVENT-REPORT;
 the presentation contexts of a C-MOVE (whose C-STOREs go through routing.direct).
 
-Used by C-MOVE, Storage Commitment reports, the admin's C-ECHO action, and forwarding later.
+Used by C-MOVE, Storage Commitment reports, the admin's C-ECHO action, and forwarding.
 """
 
 import contextlib
@@ -10,6 +10,7 @@ import socket
 import ssl
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from pydicom.dataset import Dataset
 from pydicom.uid import (
@@ -77,11 +78,41 @@ def _reactor_pause(assoc: Association) -> None:
         wake.set()
 
 
-def client_tls_context() -> ssl.SSLContext:
-    """TLS 1.2+ verifying the peer against the system's certificate authorities."""
+# Built once per process (loading certificates per association would cost more than the
+# handshake); replaced by client_tls_configure.
+_client_context: ssl.SSLContext | None = None
+
+
+def client_tls_configure(
+    *,
+    certificate: Path | None = None,
+    private_key: Path | None = None,
+    ca_certificates: Path | None = None,
+) -> None:
+    """Our side of outgoing TLS associations (forwarding, C-MOVE destinations, Storage
+    Commitment reports), from the receiver's own `tls:` settings: its certificate and key are
+    presented as the client certificate (DICOM TLS peers usually require one: DCMTK's
+    storescp +tls does by default), and its CA certificates are trusted beside the system's.
+
+    Raises OSError or ssl.SSLError when a file is not usable.
+    """
+    global _client_context
     context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
-    return context
+    if ca_certificates is not None:
+        context.load_verify_locations(cafile=ca_certificates)
+    if certificate is not None:
+        context.load_cert_chain(certificate, private_key)
+    _client_context = context
+
+
+def client_tls_context() -> ssl.SSLContext:
+    """TLS 1.2+ verifying the peer against the system's certificate authorities and those of
+    client_tls_configure, with its client certificate if it named one."""
+    if _client_context is None:
+        client_tls_configure()
+    assert _client_context is not None
+    return _client_context
 
 
 def associate(

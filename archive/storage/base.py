@@ -53,6 +53,10 @@ class Storage:
                 cls = FilesystemStorage
         return super().__new__(cls)
 
+    # Whether `publish` sends the file over the network (an upload: long for a large file),
+    # rather than renaming it: ingest then publishes before its index transaction where the
+    # index admits one writer at a time (archive.services).
+    uploads: bool = False
     # Where the receiver spools large datasets while they arrive: always local disk.
     incoming: Path
     min_free_bytes: int

@@ -71,6 +71,8 @@ def location_parse(location: str) -> tuple[str, str]:
 class S3Storage(Storage):
     """Instance files as objects under `s3://BUCKET/PREFIX/<relative name>`."""
 
+    uploads = True
+
     def __init__(
         self,
         location: str | Path,

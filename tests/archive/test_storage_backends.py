@@ -3,8 +3,11 @@
 reading back and verification behave the same on both."""
 
 import hashlib
+import threading
+import time
 
 import pytest
+from django.db import connections
 from pydicom import dcmread
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset
@@ -13,7 +16,7 @@ from pydicom.uid import ExplicitVRLittleEndian
 from archive.deletion import index_delete
 from archive.exceptions import IndexFailure, StorageFailure
 from archive.models import Instance, Patient
-from archive.services import IngestSettings, instance_store
+from archive.services import IngestSettings, instance_store, series_cache_clear
 from archive.storage import FilesystemStorage, S3Storage, Storage
 from archive.verification import storage_verify
 from tests.archive.test_services import instance_inserts_fail
@@ -203,3 +206,87 @@ def test_missing_credentials_are_named_at_start(s3_environment, tmp_path, monkey
 def test_a_bad_location_is_refused(tmp_path):
     with pytest.raises(StorageFailure, match=r"storage\.directory"):
         Storage("s3:///prefix-only", staging_dir=tmp_path)
+
+
+def test_an_upload_in_progress_never_holds_up_another_instances_commit(s3_environment, tmp_path):
+    # Real threads, a real bucket on moto: the first instance's upload is held (the client's
+    # own hook before it sends the PUT) until a second instance has been stored and committed
+    # meanwhile. With the upload inside the index's write lock, the second would wait for it.
+    series_cache_clear()  # series rows remembered from earlier tests are gone
+    storage = Storage(f"s3://{s3_environment.bucket_new()}/p", staging_dir=tmp_path / "staging")
+    storage.prepare()
+    first_uid = "1.2.826.0.1.3680043.9.7133.5.1"
+    held, release = threading.Event(), threading.Event()
+
+    def hold(request, **kwargs):
+        if first_uid in request.url and not release.is_set():
+            held.set()
+            release.wait(30)
+
+    storage.client.meta.events.register("before-send.s3.PutObject", hold)
+    outcomes: dict[str, object] = {}
+
+    def store(uid: str) -> None:
+        try:
+            outcomes[uid] = _store(storage, SOPInstanceUID=uid).outcome
+        except Exception as exc:
+            outcomes[uid] = exc
+        finally:
+            connections.close_all()
+
+    first = threading.Thread(target=store, args=(first_uid,))
+    first.start()
+    try:
+        assert held.wait(10), outcomes
+        second = threading.Thread(target=store, args=("1.2.826.0.1.3680043.9.7133.5.2",))
+        second.start()
+        second.join(15)
+        assert not second.is_alive(), "the second instance waited for the first one's upload"
+        assert outcomes == {"1.2.826.0.1.3680043.9.7133.5.2": "stored"}
+        assert list(Instance.objects.values_list("sop_instance_uid", flat=True)) == [
+            "1.2.826.0.1.3680043.9.7133.5.2"
+        ]
+    finally:
+        release.set()
+        first.join(30)
+    assert outcomes[first_uid] == "stored"
+    assert Instance.objects.count() == 2
+    assert len(list(storage.names())) == 2
+
+
+def test_a_resend_racing_the_upload_of_its_first_copy_is_settled_once(s3_environment, tmp_path):
+    # The same instance from two associations at once, the first one's upload held: the second
+    # waits for it (the instance's own lock), then is an identical resend; one row, one object.
+    series_cache_clear()  # series rows remembered from earlier tests are gone
+    storage = Storage(f"s3://{s3_environment.bucket_new()}/p", staging_dir=tmp_path / "staging")
+    storage.prepare()
+    held, release = threading.Event(), threading.Event()
+
+    def hold(request, **kwargs):
+        if not release.is_set():
+            held.set()
+            release.wait(30)
+
+    storage.client.meta.events.register("before-send.s3.PutObject", hold)
+    outcomes: list[object] = []
+
+    def store() -> None:
+        try:
+            outcomes.append(_store(storage).outcome)
+        except Exception as exc:
+            outcomes.append(exc)
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=store) for _ in range(2)]
+    threads[0].start()
+    assert held.wait(10)
+    threads[1].start()
+    time.sleep(0.5)
+    assert outcomes == []  # the second waits for the first one's instance lock
+    release.set()
+    for thread in threads:
+        thread.join(30)
+    assert sorted(map(str, outcomes)) == ["identical", "stored"]
+    assert Instance.objects.count() == 1
+    assert len(list(storage.names())) == 1

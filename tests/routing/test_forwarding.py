@@ -197,11 +197,13 @@ def test_rule_filters_by_modality_and_calling_ae(start_scp, tmp_path):
 
 
 def test_no_rule_means_no_receiver_in_the_ingest_transaction(start_scp):
+    from archive import ingest_hooks
     from archive.signals import instance_stored_in_transaction
 
     scp = start_scp()
     assert send(scp.port, datasets(1)) == [0]
     assert not instance_stored_in_transaction.receivers
+    assert not ingest_hooks.hooks
     assert not ForwardItem.objects.exists()
 
 

@@ -1,6 +1,7 @@
 """`python manage.py forward [--watch]`: deliver the forwarding queue from this process."""
 
 import signal
+import ssl
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,7 @@ from archive.storage import Storage
 from pacsproject.database import use_database_url, use_sqlite_index
 from receiver.config import ConfigError, resolve
 from routing.forwarding import LEASE, ForwardingWorker, forward_once, forward_queue_summary
+from routing.scu import client_tls_configure
 
 
 class Command(BaseCommand):
@@ -45,6 +47,15 @@ class Command(BaseCommand):
         use_sqlite_index(config.index_db, wal_mode=config.wal_mode, synchronous=config.synchronous)
         if options["lease"] <= 0:
             raise CommandError("--lease: must be a positive number of seconds")
+        try:
+            # The receiver's certificate and CA certificates, as runscp uses them.
+            client_tls_configure(
+                certificate=config.tls_certificate,
+                private_key=config.tls_private_key,
+                ca_certificates=config.tls_ca_certificates,
+            )
+        except (OSError, ssl.SSLError) as exc:
+            raise CommandError(f"TLS certificate or key not usable: {exc}") from None
         storage = Storage(config.storage_dir)
         if not options["watch"]:
             sent = forward_once(
