@@ -15,8 +15,10 @@ from csp.decorators import csp_replace
 from django.conf import settings
 from django.contrib.auth.views import redirect_to_login
 from django.core.exceptions import PermissionDenied
-from django.http import FileResponse, Http404, HttpRequest, HttpResponse
+from django.http import FileResponse, Http404, HttpRequest, HttpResponse, HttpResponseNotModified
 from django.urls import reverse
+from django.utils.http import http_date
+from django.views.static import was_modified_since
 
 OHIF_PACKAGE = "@ohif/app@3.13.2"
 
@@ -57,7 +59,27 @@ window.config = {
     },
   ],
 };
+// Without a GPU the browser runs WebGL in software (SwiftShader, llvmpipe: virtual desktops,
+// servers); there OHIF's CPU rendering showed the first image seconds sooner than its WebGL.
+(function () {
+  try {
+    const gl = document.createElement('canvas').getContext('webgl2');
+    const info = gl && gl.getExtension('WEBGL_debug_renderer_info');
+    const renderer = info ? String(gl.getParameter(info.UNMASKED_RENDERER_WEBGL)) : '';
+    if (/SwiftShader|llvmpipe|softpipe|Software Rasterizer/i.test(renderer)) {
+      window.config.useCPURendering = true;
+    }
+    const lose = gl && gl.getExtension('WEBGL_lose_context');
+    if (lose) lose.loseContext();
+  } catch (e) {
+    // No verdict: OHIF chooses for itself.
+  }
+})();
 """
+
+
+def app_config(*, base: str = "/viewer", root: str = "/dicomweb") -> str:
+    return APP_CONFIG % {"base": base, "root": root}
 
 
 class ViewerUnavailable(Exception):
@@ -101,7 +123,7 @@ def viewer_install(*, base: str = "/viewer", root: str = "/dicomweb") -> Path:
         if target.exists():
             shutil.rmtree(target)
         shutil.move(str(unpacked / "package" / "dist"), target)
-    (target / "app-config.js").write_text(APP_CONFIG % {"base": base, "root": root})
+    (target / "app-config.js").write_text(app_config(base=base, root=root))
     index_rebase(target, base)
     return target
 
@@ -170,12 +192,30 @@ def viewer_file(request: HttpRequest, path: str = "") -> HttpResponse:
         return HttpResponse(
             "The viewer is not installed: run `make viewer`.", status=503, content_type="text/plain"
         )
+    if path == "app-config.js":
+        # Made here, not read from the installed file: a changed configuration reaches
+        # viewers installed before it, without a reinstall.
+        config = app_config(
+            base=reverse("viewer").rstrip("/"), root=reverse("dicomweb-root").rstrip("/")
+        )
+        response = HttpResponse(config, content_type="text/javascript")
+        response["Cache-Control"] = "private, no-cache"
+        return response
     candidate = (root / path).resolve()
     if not candidate.is_relative_to(root):
         raise Http404("no such file")
     if not candidate.is_file():
         candidate = root / "index.html"
-    response = FileResponse(candidate.open("rb"))
+    # The same files for every user, who may have them was checked above: no `Vary: Cookie`
+    # (the session's), with which the browser fetched the 17 MB app bundle again whenever a
+    # cookie had changed since it kept it.
+    request.session.accessed = False
+    modified = candidate.stat().st_mtime
+    if not was_modified_since(request.META.get("HTTP_IF_MODIFIED_SINCE"), modified):
+        response = HttpResponseNotModified()
+    else:
+        response = FileResponse(candidate.open("rb"))
+    response["Last-Modified"] = http_date(modified)
     if _HASHED.search(candidate.name):
         response["Cache-Control"] = "private, max-age=31536000, immutable"
     else:
