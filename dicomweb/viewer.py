@@ -59,27 +59,7 @@ window.config = {
     },
   ],
 };
-// Without a GPU the browser runs WebGL in software (SwiftShader, llvmpipe: virtual desktops,
-// servers); there OHIF's CPU rendering showed the first image seconds sooner than its WebGL.
-(function () {
-  try {
-    const gl = document.createElement('canvas').getContext('webgl2');
-    const info = gl && gl.getExtension('WEBGL_debug_renderer_info');
-    const renderer = info ? String(gl.getParameter(info.UNMASKED_RENDERER_WEBGL)) : '';
-    if (/SwiftShader|llvmpipe|softpipe|Software Rasterizer/i.test(renderer)) {
-      window.config.useCPURendering = true;
-    }
-    const lose = gl && gl.getExtension('WEBGL_lose_context');
-    if (lose) lose.loseContext();
-  } catch (e) {
-    // No verdict: OHIF chooses for itself.
-  }
-})();
 """
-
-
-def app_config(*, base: str = "/viewer", root: str = "/dicomweb") -> str:
-    return APP_CONFIG % {"base": base, "root": root}
 
 
 class ViewerUnavailable(Exception):
@@ -123,7 +103,7 @@ def viewer_install(*, base: str = "/viewer", root: str = "/dicomweb") -> Path:
         if target.exists():
             shutil.rmtree(target)
         shutil.move(str(unpacked / "package" / "dist"), target)
-    (target / "app-config.js").write_text(app_config(base=base, root=root))
+    (target / "app-config.js").write_text(APP_CONFIG % {"base": base, "root": root})
     index_rebase(target, base)
     return target
 
@@ -192,15 +172,6 @@ def viewer_file(request: HttpRequest, path: str = "") -> HttpResponse:
         return HttpResponse(
             "The viewer is not installed: run `make viewer`.", status=503, content_type="text/plain"
         )
-    if path == "app-config.js":
-        # Made here, not read from the installed file: a changed configuration reaches
-        # viewers installed before it, without a reinstall.
-        config = app_config(
-            base=reverse("viewer").rstrip("/"), root=reverse("dicomweb-root").rstrip("/")
-        )
-        response = HttpResponse(config, content_type="text/javascript")
-        response["Cache-Control"] = "private, no-cache"
-        return response
     candidate = (root / path).resolve()
     if not candidate.is_relative_to(root):
         raise Http404("no such file")
