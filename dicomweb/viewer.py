@@ -15,8 +15,10 @@ from csp.decorators import csp_replace
 from django.conf import settings
 from django.contrib.auth.views import redirect_to_login
 from django.core.exceptions import PermissionDenied
-from django.http import FileResponse, Http404, HttpRequest, HttpResponse
+from django.http import FileResponse, Http404, HttpRequest, HttpResponse, HttpResponseNotModified
 from django.urls import reverse
+from django.utils.http import http_date
+from django.views.static import was_modified_since
 
 OHIF_PACKAGE = "@ohif/app@3.13.2"
 
@@ -175,7 +177,16 @@ def viewer_file(request: HttpRequest, path: str = "") -> HttpResponse:
         raise Http404("no such file")
     if not candidate.is_file():
         candidate = root / "index.html"
-    response = FileResponse(candidate.open("rb"))
+    # The same files for every user, who may have them was checked above: no `Vary: Cookie`
+    # (the session's), with which the browser fetched the 17 MB app bundle again whenever a
+    # cookie had changed since it kept it.
+    request.session.accessed = False
+    modified = candidate.stat().st_mtime
+    if not was_modified_since(request.META.get("HTTP_IF_MODIFIED_SINCE"), modified):
+        response = HttpResponseNotModified()
+    else:
+        response = FileResponse(candidate.open("rb"))
+    response["Last-Modified"] = http_date(modified)
     if _HASHED.search(candidate.name):
         response["Cache-Control"] = "private, max-age=31536000, immutable"
     else:

@@ -26,6 +26,7 @@ from audit.services import audit_record
 from dicomweb import instances as stored
 from dicomweb.accept import MediaRange, accept_parse, matches, media_type_parse
 from dicomweb.auth import dicomweb_view, error
+from dicomweb.metadata import metadata_rows, metadata_stream
 from dicomweb.multipart import (
     Dechunked,
     LargeReads,
@@ -249,23 +250,11 @@ def metadata(
 ) -> HttpResponse:
     if not _wants_json(request):
         return error(406, f"metadata is sent as {DICOM_JSON}")
-    rows = _instance_rows(study, series, instance)
+    rows = metadata_rows(study, series, instance)
     if not rows:
         return _not_found(study, series, instance)
     _retrieve_audit(request, study, series, "metadata", len(rows))
-    root = _root(request)
-
-    def items() -> Iterator[dict[str, Any]]:
-        storage = _storage()
-        for path, sop_uid, _, series_uid in rows:
-            uri = f"{root}/studies/{study}/series/{series_uid}/instances/{sop_uid}"
-            try:
-                with stored.opened(storage, path) as stream:
-                    yield stored.metadata_json(stream, uri)
-            except stored.InstanceUnreadable as exc:
-                logger.error("WADO-RS metadata: instance %s left out: %s", sop_uid, exc)
-
-    return StreamingHttpResponse(_json_stream(items()), content_type=DICOM_JSON)
+    return StreamingHttpResponse(metadata_stream(rows, _root(request)), content_type=DICOM_JSON)
 
 
 def _frame_choice(ranges: list[MediaRange], stored_syntax: str) -> tuple[str, str] | None:

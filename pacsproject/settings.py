@@ -169,6 +169,11 @@ STATIC_ROOT = BASE_DIR / "staticfiles"
 # whitenoise serves the admin's and our static files, with DEBUG off too; from the apps'
 # folders when `collectstatic` has not been run, so a fresh clone works as it is.
 WHITENOISE_USE_FINDERS = True
+# No uploaded media. Named anyway: with Django's empty defaults, its test live server answered
+# every path naming a file under the working directory (MEDIA_URL "/", MEDIA_ROOT ".") before
+# any view saw it, the viewer's login included.
+MEDIA_URL = "/media/"
+MEDIA_ROOT = BASE_DIR / "media"
 
 # Where received instances are written (storage.directory, DICOM_STORAGE_DIR): a directory, or
 # a bucket as s3://BUCKET/PREFIX (archive.storage), which stays a URL; `runscp --storage-dir`

@@ -27,6 +27,31 @@ def test_viewer_has_its_own_policy_and_others_keep_theirs(admin_client):
     assert "wasm" not in admin["Content-Security-Policy"]
 
 
+def test_viewer_files_are_cached_whatever_the_cookies_and_revalidated(
+    admin_client, settings, tmp_path
+):
+    settings.VIEWER_DIR = tmp_path
+    (tmp_path / "index.html").write_text("<html></html>")
+    (tmp_path / "app.bundle.0123456789abcdef.js").write_text("// bundle")
+    # The first request after signing in records the session's activity (and sets its cookie,
+    # which is varied on); those after it within the minute leave the session alone.
+    admin_client.get("/viewer/viewer")
+    bundle = admin_client.get("/viewer/app.bundle.0123456789abcdef.js")
+    assert bundle.status_code == 200
+    assert "immutable" in bundle["Cache-Control"]
+    # Vary: Cookie made the browser fetch the bundles again whenever a cookie had changed.
+    assert "Cookie" not in bundle.get("Vary", "")
+    index = admin_client.get("/viewer/viewer")
+    assert index["Cache-Control"] == "private, no-cache" and "Cookie" not in index.get("Vary", "")
+    again = admin_client.get("/viewer/viewer", HTTP_IF_MODIFIED_SINCE=index["Last-Modified"])
+    assert again.status_code == 304
+    # Still only for those allowed: a 304 is no way round the login.
+    assert (
+        Client().get("/viewer/viewer", HTTP_IF_MODIFIED_SINCE=index["Last-Modified"]).status_code
+        == 302
+    )
+
+
 def test_studies_link_to_the_viewer(admin_client):
     patient = Patient.objects.create(patient_id="P1", name="Doe^Jane")
     study = Study.objects.create(patient=patient, study_instance_uid="1.2.3.4")

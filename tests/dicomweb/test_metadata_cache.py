@@ -1,0 +1,90 @@
+"""WADO-RS metadata from the InstanceMetadata cache: the same answer as made from the files,
+for whatever host the client reaches us by, and made again when an instance's file changes."""
+
+import pytest
+import requests
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+from pydicom import dcmread
+
+from archive.models import Instance
+from dicomweb import instances as stored
+from dicomweb.models import InstanceMetadata
+from tests.conftest import sample_file
+
+FILES = ["CT_small.dcm", "MR_small.dcm", "SC_rgb_jpeg_dcmtk.dcm"]
+JSON = {"Accept": "application/dicom+json"}
+
+
+@pytest.fixture
+def study(client):
+    datasets = [dcmread(sample_file(name)) for name in FILES]
+    for ds in datasets[1:]:
+        ds.StudyInstanceUID = datasets[0].StudyInstanceUID
+    client.store_instances(datasets)
+    return datasets[0].StudyInstanceUID
+
+
+def test_metadata_is_the_same_made_or_cached_and_names_the_host_asked(
+    root, auth, study, live_server
+):
+    url = f"{root}/studies/{study}/metadata"
+    made = requests.get(url, auth=auth, headers=JSON)
+    assert made.status_code == 200
+    assert InstanceMetadata.objects.count() == len(FILES)
+    cached = requests.get(url, auth=auth, headers=JSON)
+    assert cached.content == made.content
+    # The same instances reached by another name of the host: their URIs name that one.
+    other = root.replace("localhost", "127.0.0.1")
+    elsewhere = requests.get(url.replace(root, other), auth=auth, headers=JSON).json()
+    uris = [item["7FE00010"]["BulkDataURI"] for item in elsewhere]
+    assert all(uri.startswith(f"{other}/studies/{study}/series/") for uri in uris)
+    assert elsewhere == [_with_root(item, root, other) for item in made.json()]
+
+
+def _with_root(item: dict, root: str, other: str) -> dict:
+    return {
+        tag: {**value, "BulkDataURI": value["BulkDataURI"].replace(root, other)}
+        if "BulkDataURI" in value
+        else value
+        for tag, value in item.items()
+    }
+
+
+def test_metadata_from_the_cache_reads_no_file(root, auth, study, monkeypatch):
+    url = f"{root}/studies/{study}/metadata"
+    requests.get(url, auth=auth, headers=JSON).raise_for_status()
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a stored file was parsed")
+
+    monkeypatch.setattr(stored, "metadata_json", refuse)
+    again = requests.get(url, auth=auth, headers=JSON)
+    assert again.status_code == 200
+    assert len(again.json()) == len(FILES)
+
+
+def test_a_changed_file_is_read_again(root, auth, study):
+    url = f"{root}/studies/{study}/metadata"
+    requests.get(url, auth=auth, headers=JSON).raise_for_status()
+    instance = Instance.objects.order_by("pk").first()
+    # As if the file had been replaced: the cached JSON no longer belongs to it.
+    InstanceMetadata.objects.filter(instance=instance).update(
+        json=b"not what the file holds", sha256="0" * 64
+    )
+    again = requests.get(url, auth=auth, headers=JSON)
+    assert again.status_code == 200
+    assert {item["00080018"]["Value"][0] for item in again.json()} == set(
+        Instance.objects.values_list("sop_instance_uid", flat=True)
+    )
+    assert InstanceMetadata.objects.get(instance=instance).sha256 == instance.sha256
+
+
+def test_a_series_from_the_cache_is_one_query_for_the_json(study):
+    from dicomweb.metadata import metadata_rows, metadata_stream
+
+    rows = metadata_rows(study, None, None)
+    b"".join(metadata_stream(rows, "http://x/dicomweb"))
+    with CaptureQueriesContext(connection) as queries:
+        b"".join(metadata_stream(rows, "http://x/dicomweb"))
+    assert len(queries) == 1
