@@ -9,6 +9,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -53,6 +54,16 @@ def queue(index: Path) -> dict[str, int]:
     with sqlite3.connect(index) as db:
         return dict(
             db.execute("SELECT state, count(*) FROM routing_forwarditem GROUP BY state").fetchall()
+        )
+
+
+def due_now(index: Path) -> None:
+    """Make every pending row due, as the admin's requeue does: the receiver's failed
+    attempts while the destination was down backed them off by however long it ran."""
+    now = datetime.now(UTC).replace(tzinfo=None).isoformat(sep=" ")
+    with sqlite3.connect(index) as db:
+        db.execute(
+            "UPDATE routing_forwarditem SET next_attempt_at = ? WHERE state = 'pending'", [now]
         )
 
 
@@ -101,11 +112,12 @@ def test_forwarder_killed_mid_batch_resumes_after_its_lease(tmp_path):
     receive(tmp_path, dest_port, paths)
     index = tmp_path / "index.db"
     assert queue(index) == {"pending": 300}
+    due_now(index)  # the destination is back: not a test of the receiver's backoff
     dest = StoreSCP(tmp_path / "dest", port=dest_port)
     forward = [sys.executable, str(ROOT / "manage.py"), "forward", "--config"]
     forward += [str(config(tmp_path, dest_port)), "--lease", "3"]
     try:
-        # Wait for the backoff of the failed attempts, then kill it in the middle of a batch.
+        # Kill it in the middle of a batch.
         process = subprocess.Popen([*forward, "--watch"], cwd=ROOT, stdout=subprocess.DEVNULL)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
@@ -118,10 +130,18 @@ def test_forwarder_killed_mid_batch_resumes_after_its_lease(tmp_path):
         process.wait(10)
         assert queue(index).get("sending", 0) > 0
         time.sleep(3.5)  # its lease runs out
-        process = subprocess.Popen([*forward, "--watch"], cwd=ROOT, stdout=subprocess.DEVNULL)
-        assert eventually(lambda: queue(index) == {"sent": 300}, timeout=60)
+        process = subprocess.Popen(
+            [*forward, "--watch"],
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        delivered = eventually(lambda: queue(index) == {"sent": 300}, timeout=60)
         process.send_signal(signal.SIGTERM)
-        assert process.wait(30) == 0
+        _, log = process.communicate(timeout=30)
+        assert delivered, f"queue {queue(index)}, forwarder's log:\n{log[-3000:]}"
+        assert process.returncode == 0, log
         uids = {str(dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in paths}
         assert set(dest.received()) == uids
         counts = counters(index)
