@@ -194,6 +194,9 @@ RECEIVER_HEARTBEAT = env.float("RECEIVER_HEARTBEAT", default=5.0)
 # A token that lets Prometheus scrape /metrics (Authorization: Bearer <token>); without it,
 # only a logged-in staff user sees the metrics.
 METRICS_TOKEN = env.str("METRICS_TOKEN", default="")
+# Forwarding rules with `deidentify`: the secret their pseudonyms derive from (routing.deidentify);
+# empty: derived from SECRET_KEY. Set the same value on every node of a site.
+DEIDENTIFY_SEED = env.str("DEIDENTIFY_SEED", default="")
 # Days the audit trail keeps its records (`manage.py auditprune`); 0 keeps them for ever.
 AUDIT_RETENTION_DAYS = env.int("AUDIT_RETENTION_DAYS", default=0)
 # An IHE ATNA audit record repository (udp://host:514 or tls://host:6514), fed by

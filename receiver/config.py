@@ -192,6 +192,7 @@ class ForwardingEntry:
     modalities: tuple[str, ...] = ()
     calling_aes: tuple[str, ...] = ()
     sop_classes: tuple[str, ...] = ()
+    deidentify: bool = False
 
 
 @dataclass(frozen=True)
@@ -273,7 +274,13 @@ class ReceiverConfig:
             elif item.name == "remote_aes":
                 value = ", ".join(f"{r.ae_title}@{r.host}:{r.port}" for r in value) or "(none)"
             elif item.name == "forwarding":
-                value = ", ".join(f"{r.when} → {r.destination}" for r in value) or "(none)"
+                value = (
+                    ", ".join(
+                        f"{r.when} → {r.destination}{' (de-identified)' if r.deidentify else ''}"
+                        for r in value
+                    )
+                    or "(none)"
+                )
             elif item.name == "index_db" and value is None:
                 value = database_label()
                 if self.database_url is None and "DATABASE_URL" in os.environ:
@@ -501,7 +508,14 @@ def forwarding_read(content: Any, where: str) -> tuple[ForwardingEntry, ...]:
         at = f"{where}[{i}]"
         if not isinstance(entry, dict) or "destination" not in entry:
             raise ConfigError(f"{at}: expected a rule with a destination")
-        unknown = set(entry) - {"destination", "when", "modalities", "calling_aes", "sop_classes"}
+        unknown = set(entry) - {
+            "destination",
+            "when",
+            "modalities",
+            "calling_aes",
+            "sop_classes",
+            "deidentify",
+        }
         if unknown:
             raise ConfigError(f"{at}: unknown key(s) {', '.join(sorted(unknown))}")
         try:
@@ -532,8 +546,13 @@ def forwarding_read(content: Any, where: str) -> tuple[ForwardingEntry, ...]:
             sop_classes = tuple(str(uid) for uid in sop_classes_parse(lists["sop_classes"]))
         except ValueError as exc:
             raise ConfigError(f"{at}.sop_classes: {exc}") from None
+        deidentify = entry.get("deidentify", False)
+        if not isinstance(deidentify, bool):
+            raise ConfigError(f"{at}.deidentify: expected true or false, got {deidentify!r}")
         rules.append(
-            ForwardingEntry(destination, when, modalities, lists["calling_aes"], sop_classes)
+            ForwardingEntry(
+                destination, when, modalities, lists["calling_aes"], sop_classes, deidentify
+            )
         )
     return tuple(rules)
 

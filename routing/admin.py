@@ -86,8 +86,16 @@ class CommitmentTransactionAdmin(admin.ModelAdmin):
 class ForwardingRuleAdmin(admin.ModelAdmin):
     """The admin's rules beside the configuration file's (read-only here)."""
 
-    list_display = ["destination", "when", "modalities", "calling_aes", "enabled", "configured"]
-    list_filter = ["when", "enabled", "configured"]
+    list_display = [
+        "destination",
+        "when",
+        "modalities",
+        "calling_aes",
+        "deidentify",
+        "enabled",
+        "configured",
+    ]
+    list_filter = ["when", "deidentify", "enabled", "configured"]
 
     def has_change_permission(
         self, request: HttpRequest, obj: ForwardingRule | None = None

@@ -47,13 +47,14 @@ from django.utils import timezone
 from archive.dblock import index_writer
 from archive.ingest_hooks import StoredInstance, hook_add, hook_remove
 from archive.models import Instance, Series, Study
-from archive.retrieval import RetrieveFailed, RetrieveItem, instance_source
+from archive.retrieval import RetrieveFailed, RetrieveItem, instance_dataset, instance_source
 from archive.signals import study_stable_in_transaction
 from archive.storage import Storage
 from audit.models import EXPORT, FAILURE
 from audit.models import SUCCESS as AUDIT_SUCCESS
 from audit.services import audit_record
 from receiver.config import ForwardingEntry
+from routing.deidentify import dataset_deidentify
 from routing.direct import DirectStoreAssociation
 from routing.models import (
     INSTANCE,
@@ -172,6 +173,7 @@ def forwarding_rules_sync(*, entries: tuple[ForwardingEntry, ...]) -> None:
                 modalities=" ".join(entry.modalities),
                 calling_aes=" ".join(entry.calling_aes),
                 sop_classes=" ".join(entry.sop_classes),
+                deidentify=entry.deidentify,
                 configured=True,
             )
             for entry in entries
@@ -424,6 +426,7 @@ class BatchResult:
     failed: int = 0
     dead: int = 0
     unreachable: str = ""
+    deidentified: bool = False
 
 
 # Destination id → consecutive association failures, in this process.
@@ -474,6 +477,10 @@ def forward_send(
         result.unreachable = str(exc)
         return result
     _down.pop(destination.pk, None)
+    # Per destination, not per row: one rule asking for it covers the admin's sends and rows
+    # queued before the rule was changed, so identified data never reaches that destination.
+    deidentify = ForwardingRule.objects.filter(destination=destination, deidentify=True).exists()
+    result.deidentified = deidentify
     accepted = {k: frozenset(v) for k, v in sender.accepted_syntaxes().items()}
     sent: list[int] = []
     failed: list[tuple[int, int, int | None, str]] = []  # pk, attempts, status, error
@@ -486,13 +493,21 @@ def forward_send(
                 break
             attempts, item = rows[pk]
             message_id = message_id % 65535 + 1
+            takes = accepted.get(item.sop_class_uid, set())
             try:
-                source = instance_source(
-                    storage=storage, item=item, accepted=accepted.get(item.sop_class_uid, set())
-                )
+                if deidentify:
+                    source = instance_dataset(storage=storage, item=item, accepted=takes)
+                else:
+                    source = instance_source(storage=storage, item=item, accepted=takes)
             except RetrieveFailed as exc:
                 failed.append((pk, attempts, None, str(exc)))
                 continue
+            if deidentify:
+                try:
+                    dataset_deidentify(source)
+                except Exception as exc:  # a malformed element dicognito cannot handle
+                    failed.append((pk, attempts, None, f"not de-identified: {exc}"))
+                    continue
             status = sender.send(source, message_id=message_id)
             del source
             if status is None:
@@ -607,7 +622,11 @@ def _audit(batch: Batch, result: BatchResult) -> None:
             peer_address=batch.destination.host,
             patient_id=study.patient.patient_id if study else "",
             study_instance_uid=study.study_instance_uid if study else "",
-            detail={"forwarded": result.sent, "failed": result.failed},
+            detail={
+                "forwarded": result.sent,
+                "failed": result.failed,
+                **({"deidentified": True} if result.deidentified else {}),
+            },
         )
     except DatabaseError as exc:
         logger.error("Audit record of a forwarding batch not written: %s", exc)

@@ -131,6 +131,15 @@ class ForwardingRule(models.Model):
         "calling AE titles", max_length=1024, blank=True, help_text="empty: from any sender"
     )
     sop_classes = models.TextField("SOP class UIDs", blank=True, help_text="empty: all")
+    deidentify = models.BooleanField(
+        "de-identify",
+        default=False,
+        help_text=(
+            "Send de-identified copies (dicognito: names, IDs and UIDs replaced by pseudonyms "
+            "consistent per patient, dates shifted, private elements removed). Applies to "
+            "everything sent to this destination. Burned-in pixel annotations are NOT removed."
+        ),
+    )
     enabled = models.BooleanField(default=True)
     configured = models.BooleanField("from configuration file", default=False, editable=False)
 

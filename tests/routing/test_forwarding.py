@@ -342,6 +342,10 @@ def test_a_batch_whose_worker_died_is_claimed_again_after_its_lease(
         ("{destination: DEST, modalities: [CT, XY]}", "forwarding[0].modalities: unknown modality"),
         ("{destination: DEST, sop_classes: [Nonsense]}", "forwarding[0].sop_classes"),
         ("{destination: DEST, colour: red}", "forwarding[0]: unknown key(s) colour"),
+        (
+            "{destination: DEST, deidentify: maybe}",
+            "forwarding[0].deidentify: expected true or false, got 'maybe'",
+        ),
         ("{when: instance}", "forwarding[0]: expected a rule with a destination"),
     ],
 )
