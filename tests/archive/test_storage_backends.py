@@ -170,6 +170,38 @@ def test_a_large_instance_goes_up_in_checked_parts(s3_environment, tmp_path, mon
     assert not staged.path.exists()
 
 
+def test_an_object_is_read_from_the_bucket_as_it_is_read(s3_environment, tmp_path):
+    """S3Storage.open streams: reads and seeks anywhere give the object's bytes, and a read
+    after the object was replaced fails instead of mixing two versions (ranged GETs pinned to
+    the ETag opened; a copy downloaded at open would have gone on with the old bytes)."""
+    bucket = s3_environment.bucket_new()
+    storage = Storage(f"s3://{bucket}/read", staging_dir=tmp_path / "staging")
+    storage.prepare()
+    payload = hashlib.sha256(b"seed").digest() * (12 * 2**20 // 32)
+    storage.publish(storage.stage([payload]), "a/big.dcm")
+    with storage.open("a/big.dcm") as fh:
+        assert fh.read(132) == payload[:132]
+        for offset in (5 * 2**20 + 7, 11, 12 * 2**20 - 3, 2**20):
+            assert fh.seek(offset) == offset
+            assert fh.read(4096) == payload[offset : offset + 4096]
+        assert fh.seek(-10, 2) == len(payload) - 10
+        assert fh.read() == payload[-10:]
+        assert fh.read(1) == b""
+        fh.seek(0)
+        assert hashlib.sha256(fh.read()).digest() == hashlib.sha256(payload).digest()
+
+    with storage.open("a/big.dcm") as fh:
+        assert fh.read(16) == payload[:16]
+        s3_environment.client().put_object(
+            Bucket=bucket, Key="read/a/big.dcm", Body=b"another object" * 1000
+        )
+        fh.seek(9 * 2**20)
+        with pytest.raises(StorageFailure, match="replaced while being read"):
+            fh.read(16)
+    with pytest.raises(FileNotFoundError):
+        storage.open("a/none.dcm")
+
+
 def test_sha256_checksums_can_replace_content_md5(s3_environment, tmp_path):
     bucket = s3_environment.bucket_new()
     storage = Storage(f"s3://{bucket}", staging_dir=tmp_path / "staging", checksum="sha256")
