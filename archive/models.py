@@ -26,9 +26,9 @@ PN = 194
 
 
 def _folded_index(table: str, field: str) -> models.Index:
-    """The index a folded name is matched on: `=`, and `LIKE 'abc%'` (PostgreSQL, whose
-    default operator class serves LIKE only under the C collation) or GLOB and a range
-    (SQLite, archive.query)."""
+    """The index a folded name is matched on: `=`, and a literal prefix (`LIKE 'abc%'` on
+    PostgreSQL, whose default operator class serves LIKE only under the C collation; GLOB on
+    SQLite, which scans it as a range of any index of BINARY collation)."""
     short = {"referring_physician_name_fold": "refphys_fold"}.get(field, field)
     return models.Index(
         fields=[field], name=f"archive_{table}_{short}_idx", opclasses=["varchar_pattern_ops"]
@@ -47,7 +47,7 @@ class FoldedNamesQuerySet(models.QuerySet):
                 if not isinstance(value, str):
                     # An expression's value is known only in the database, which cannot fold.
                     raise TypeError(f"{name} must be given as text, not {value!r}")
-                kwargs[folded] = person_name_fold(value)
+                kwargs[folded] = _fold(value)
         return super().update(**kwargs)
 
     def bulk_create(self, objs: Iterable[models.Model], *args: Any, **kwargs: Any) -> list:
@@ -89,7 +89,12 @@ class FoldedNamesModel(models.Model):
 
     def fold_names(self) -> None:
         for name, folded in self.FOLDED_NAMES.items():
-            setattr(self, folded, person_name_fold(getattr(self, name)))
+            setattr(self, folded, _fold(getattr(self, name)))
+
+
+def _fold(name: str) -> str:
+    # NFC lengthens a few characters (U+0958 becomes two): the copy must fit its column.
+    return person_name_fold(name)[:PN]
 
 
 class Patient(FoldedNamesModel):

@@ -9,7 +9,8 @@ Matching runs in the database, on indexed columns where the index has them:
 
 - single value, list of UIDs (`a\\b`), universal (zero length or `*` alone);
 - wildcards `*` and `?` for text VRs other than DA/TM/DT/UI (GLOB on SQLite, LIKE elsewhere;
-  a prefix `ABC*` also becomes a range so that SQLite uses the column's index);
+  a literal prefix `ABC*` is a range of the column's index: on SQLite always, on PostgreSQL
+  where the index has varchar_pattern_ops, as the folded names' have, or the collation is C);
 - ranges `a-b`, `-b`, `a-` for DA and TM (a TM of lower precision covers its whole span);
 - PN case-insensitively by default (`case_insensitive_pn=False` for exact case): the key,
   folded as archive.person_names.person_name_fold folds it, against the name's folded copy

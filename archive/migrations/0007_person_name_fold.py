@@ -35,7 +35,7 @@ def _fill(schema_editor, model, name_field: str, fold_field: str) -> None:
             last = batch[-1][0]
             changed = []
             for key, value, folded in batch:
-                wanted = person_name_fold(value)
+                wanted = person_name_fold(value)[:194]  # archive.models._fold
                 if wanted != folded:
                     changed.append((wanted, key))
             if changed:

@@ -289,3 +289,9 @@ def test_a_name_prefix_is_a_range_scan_of_the_folded_index(names, level, keyword
         assert f"Index Cond: ((({column})::text ~>=~ 'müller^h'::text)" in plan, plan
     else:
         assert re.search(rf"INDEX {index} \({column}>\? AND {column}<\?\)", plan), plan
+
+
+def test_a_fold_longer_than_its_name_is_cut_to_the_column():
+    # NFC writes U+0958 (DEVANAGARI LETTER QA) as two characters.
+    patient = Patient.objects.create(patient_id="LONG", name="\u0958" * 194)
+    assert len(Patient.objects.get(pk=patient.pk).name_fold) == 194
