@@ -8,14 +8,14 @@ identify, so they are kept verbatim, and real senders exceed UI's 64 characters;
 UID_KEPT (255; storage.strict_uids refuses what breaks PS3.5 instead).
 """
 
+from collections.abc import Iterable
 from typing import Any
 
 from django.db import connections, models
-from django.db.models.functions import Upper
 from django.utils import timezone
 
 from archive.header import UID_KEPT
-from archive.person_names import person_name_display
+from archive.person_names import person_name_display, person_name_fold
 
 UI = 64
 LO = 64
@@ -25,12 +25,85 @@ AE = 16
 PN = 194
 
 
-class Patient(models.Model):
+def _folded_index(table: str, field: str) -> models.Index:
+    """The index a folded name is matched on: `=`, and a literal prefix (`LIKE 'abc%'` on
+    PostgreSQL, whose default operator class serves LIKE only under the C collation; GLOB on
+    SQLite, which scans it as a range of any index of BINARY collation)."""
+    short = {"referring_physician_name_fold": "refphys_fold"}.get(field, field)
+    return models.Index(
+        fields=[field], name=f"archive_{table}_{short}_idx", opclasses=["varchar_pattern_ops"]
+    )
+
+
+class FoldedNamesQuerySet(models.QuerySet):
+    """Keeps each person name's folded copy (archive.person_names.person_name_fold) right on
+    the writes that bypass `save()`: `update()`, `bulk_create()` and `bulk_update()`."""
+
+    def update(self, **kwargs: Any) -> int:
+        for name, folded in self.model.FOLDED_NAMES.items():
+            # Both given: bulk_update(), whose objects fold_names() has just folded.
+            if name in kwargs and folded not in kwargs:
+                value = kwargs[name]
+                if not isinstance(value, str):
+                    # An expression's value is known only in the database, which cannot fold.
+                    raise TypeError(f"{name} must be given as text, not {value!r}")
+                kwargs[folded] = _fold(value)
+        return super().update(**kwargs)
+
+    def bulk_create(self, objs: Iterable[models.Model], *args: Any, **kwargs: Any) -> list:
+        objs = list(objs)
+        for obj in objs:
+            obj.fold_names()
+        return super().bulk_create(objs, *args, **kwargs)
+
+    def bulk_update(self, objs: Iterable[models.Model], fields: Any, *args: Any, **kwargs: Any):
+        objs, fields = list(objs), list(fields)
+        for obj in objs:
+            obj.fold_names()
+        fields += [f for n, f in self.model.FOLDED_NAMES.items() if n in fields and f not in fields]
+        return super().bulk_update(objs, fields, *args, **kwargs)
+
+
+class FoldedNamesModel(models.Model):
+    """A model with person names matched case-insensitively: each name (a key of FOLDED_NAMES)
+    has its folded form in another column, indexed, written whenever the name is written (in
+    Python: SQLite's UPPER() and LOWER() know ASCII letters only)."""
+
+    FOLDED_NAMES: dict[str, str] = {}
+
+    objects = FoldedNamesQuerySet.as_manager()
+
+    class Meta:
+        abstract = True
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        self.fold_names()
+        update_fields = kwargs.get("update_fields")
+        if update_fields is not None:
+            update_fields = set(update_fields)
+            for name, folded in self.FOLDED_NAMES.items():
+                if name in update_fields:
+                    update_fields.add(folded)
+            kwargs["update_fields"] = update_fields
+        super().save(*args, **kwargs)
+
+    def fold_names(self) -> None:
+        for name, folded in self.FOLDED_NAMES.items():
+            setattr(self, folded, _fold(getattr(self, name)))
+
+
+def _fold(name: str) -> str:
+    # NFC lengthens a few characters (U+0958 becomes two): the copy must fit its column.
+    return person_name_fold(name)[:PN]
+
+
+class Patient(FoldedNamesModel):
     # Empty string, not NULL, for "no issuer": NULLs are never equal, so a NULL issuer would let
     # the unique constraint admit the same patient twice.
     patient_id = models.CharField("patient ID", max_length=LO, blank=True)
     issuer_of_patient_id = models.CharField("issuer of patient ID", max_length=LO, blank=True)
     name = models.CharField(max_length=PN, blank=True)
+    name_fold = models.CharField(max_length=PN, blank=True, editable=False)
     birth_date = models.DateField(null=True, blank=True)
     sex = models.CharField(max_length=CS, blank=True)
 
@@ -44,16 +117,17 @@ class Patient(models.Model):
         indexes = [
             # Admin search and `Study.objects.filter(patient__name__startswith=...)`.
             models.Index(fields=["name"], name="archive_patient_name_idx"),
-            # Case-insensitive patient name matching in C-FIND (archive.query).
-            models.Index(Upper("name"), name="archive_patient_name_upper_idx"),
+            _folded_index("patient", "name_fold"),
         ]
         ordering = ["name", "patient_id"]
+
+    FOLDED_NAMES = {"name": "name_fold"}
 
     def __str__(self) -> str:
         return f"{self.patient_id or '(no ID)'} {person_name_display(self.name)}".strip()
 
 
-class Study(models.Model):
+class Study(FoldedNamesModel):
     patient = models.ForeignKey(Patient, on_delete=models.CASCADE, related_name="studies")
     study_instance_uid = models.CharField("study instance UID", max_length=UID_KEPT)
     study_date = models.DateField(null=True, blank=True)
@@ -62,6 +136,7 @@ class Study(models.Model):
     study_id = models.CharField("study ID", max_length=SH, blank=True)
     description = models.CharField(max_length=LO, blank=True)
     referring_physician_name = models.CharField(max_length=PN, blank=True)
+    referring_physician_name_fold = models.CharField(max_length=PN, blank=True, editable=False)
     # Stability (archive.stability): when this level last got a new instance, whether it has
     # been quiet for its stable age since (announced by one process), and when it was last
     # announced, so that the next announcement can say the level changed.
@@ -80,6 +155,7 @@ class Study(models.Model):
             # Worklist-style look-ups by date range, and RIS look-ups by accession number.
             models.Index(fields=["study_date"], name="archive_study_date_idx"),
             models.Index(fields=["accession_number"], name="archive_study_accession_idx"),
+            _folded_index("study", "referring_physician_name_fold"),
             # The stability sweeper's "quiet long enough, not yet announced" scan.
             models.Index(
                 fields=["last_received_at"],
@@ -88,6 +164,8 @@ class Study(models.Model):
             ),
         ]
         ordering = ["-study_date", "-study_time"]
+
+    FOLDED_NAMES = {"referring_physician_name": "referring_physician_name_fold"}
 
     def __str__(self) -> str:
         return f"{self.study_date or '(no date)'} {self.description or self.study_instance_uid}"

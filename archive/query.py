@@ -9,9 +9,12 @@ Matching runs in the database, on indexed columns where the index has them:
 
 - single value, list of UIDs (`a\\b`), universal (zero length or `*` alone);
 - wildcards `*` and `?` for text VRs other than DA/TM/DT/UI (GLOB on SQLite, LIKE elsewhere;
-  a prefix `ABC*` also becomes a range so that SQLite uses the column's index);
+  a literal prefix `ABC*` is a range of the column's index: on SQLite always, on PostgreSQL
+  where the index has varchar_pattern_ops, as the folded names' have, or the collation is C);
 - ranges `a-b`, `-b`, `a-` for DA and TM (a TM of lower precision covers its whole span);
-- PN case-insensitively by default (`case_insensitive_pn=False` for exact case), and a
+- PN case-insensitively by default (`case_insensitive_pn=False` for exact case): the key,
+  folded as archive.person_names.person_name_fold folds it, against the name's folded copy
+  that each row holds beside it (SQLite's UPPER() knows ASCII letters only); and a
   single component group also matches a name that has further groups (`Yamada^Tarou` matches
   `Yamada^Tarou=山田^太郎`).
 
@@ -29,9 +32,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from django.db import connection, models
+from django.db import models
 from django.db.models import Count, OuterRef, Q, QuerySet, Subquery, Value
-from django.db.models.functions import Coalesce, Upper
+from django.db.models.functions import Coalesce
 from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
 from pydicom.dataset import Dataset
 from pydicom.filebase import DicomBytesIO
@@ -41,6 +44,7 @@ from pydicom.valuerep import PersonName
 
 from archive import dicom_bytes
 from archive.models import Instance, Patient, Series, Study
+from archive.person_names import person_name_fold
 
 PATIENT, STUDY, SERIES, IMAGE = "PATIENT", "STUDY", "SERIES", "IMAGE"
 LEVELS = (PATIENT, STUDY, SERIES, IMAGE)
@@ -73,6 +77,8 @@ class Attribute:
     field: str
     vr: str
     unique: bool = False
+    # PN: the column holding the name's folded form, matched case-insensitively.
+    fold: str = ""
 
 
 ATTRIBUTES: dict[str, Attribute] = {
@@ -80,7 +86,7 @@ ATTRIBUTES: dict[str, Attribute] = {
     for a in (
         Attribute("PatientID", PATIENT, "patient_id", "LO", unique=True),
         Attribute("IssuerOfPatientID", PATIENT, "issuer_of_patient_id", "LO"),
-        Attribute("PatientName", PATIENT, "name", "PN"),
+        Attribute("PatientName", PATIENT, "name", "PN", fold="name_fold"),
         Attribute("PatientBirthDate", PATIENT, "birth_date", "DA"),
         Attribute("PatientSex", PATIENT, "sex", "CS"),
         Attribute("StudyInstanceUID", STUDY, "study_instance_uid", "UI", unique=True),
@@ -89,7 +95,13 @@ ATTRIBUTES: dict[str, Attribute] = {
         Attribute("AccessionNumber", STUDY, "accession_number", "SH"),
         Attribute("StudyID", STUDY, "study_id", "SH"),
         Attribute("StudyDescription", STUDY, "description", "LO"),
-        Attribute("ReferringPhysicianName", STUDY, "referring_physician_name", "PN"),
+        Attribute(
+            "ReferringPhysicianName",
+            STUDY,
+            "referring_physician_name",
+            "PN",
+            fold="referring_physician_name_fold",
+        ),
         Attribute("SeriesInstanceUID", SERIES, "series_instance_uid", "UI", unique=True),
         Attribute("Modality", SERIES, "modality", "CS"),
         Attribute("SeriesNumber", SERIES, "series_number", "IS"),
@@ -233,15 +245,14 @@ def query_queryset(query: Query, *, case_insensitive_pn: bool = True) -> QuerySe
     for keyword, text in query.matching_keys.items():
         if keyword == "ModalitiesInStudy":
             path = _PATH[level][STUDY]
-            series = Series.objects.filter(_text_match("modality", text, "CS", False))
+            series = Series.objects.filter(_text_match("modality", text, "CS"))
             queryset = queryset.filter(**{f"{path}pk__in": series.values("study_id")})
             continue
         attribute = ATTRIBUTES[keyword]
         path = _PATH[level][attribute.level] + attribute.field
         if attribute.vr == "PN" and case_insensitive_pn and not _is_list(text):
-            alias = f"_upper_{attribute.field}"
-            queryset = queryset.alias(**{alias: Upper(path)})
-            queryset = queryset.filter(_pn_match(alias, text, upper=True))
+            folded = _PATH[level][attribute.level] + attribute.fold
+            queryset = queryset.filter(_pn_match(folded, person_name_fold(text.strip(" "))))
         else:
             queryset = queryset.filter(_match(path, text, attribute.vr))
     return queryset.order_by()
@@ -604,8 +615,8 @@ def _match(path: str, text: str, vr: str) -> Q:
         numbers = [int(v) for v in text.split("\\")]
         return Q(**{f"{path}__in": numbers})
     if vr == "PN":
-        return _pn_match(path, text, upper=False)
-    return _text_match(path, text, vr, False)
+        return _pn_match(path, text.strip(" "))
+    return _text_match(path, text, vr)
 
 
 def _range(path: str, low: Any, high: Any) -> Q:
@@ -616,12 +627,10 @@ def _range(path: str, low: Any, high: Any) -> Q:
     return Q(**{f"{path}__lte": high})
 
 
-def _text_match(path: str, text: str, vr: str, upper: bool) -> Q:
+def _text_match(path: str, text: str, vr: str) -> Q:
     values = [v.strip(" ") for v in text.split("\\")] if vr == "CS" else [text.strip(" ")]
     condition = Q()
     for value in values:
-        if upper:
-            value = _upper(value)
         if vr in _WILDCARD_VRS and ("*" in value or "?" in value):
             condition |= _wildcard(path, value)
         else:
@@ -629,10 +638,9 @@ def _text_match(path: str, text: str, vr: str, upper: bool) -> Q:
     return condition
 
 
-def _pn_match(path: str, text: str, *, upper: bool) -> Q:
+def _pn_match(path: str, value: str) -> Q:
     """A name, or its first component groups: `Yamada^Tarou` also matches
     `Yamada^Tarou=山田^太郎`."""
-    value = _upper(text.strip(" ")) if upper else text.strip(" ")
     if "*" in value or "?" in value:
         condition = _wildcard(path, value)
         if not value.endswith("*") and "=" not in value:
@@ -644,23 +652,11 @@ def _pn_match(path: str, text: str, *, upper: bool) -> Q:
     return condition
 
 
-def _upper(text: str) -> str:
-    # SQLite's UPPER() changes ASCII letters only; Python's upper() must not do more there.
-    if connection.vendor == "sqlite":
-        return text.translate(_ASCII_UPPER)
-    return text.upper()
-
-
-_ASCII_UPPER = str.maketrans("abcdefghijklmnopqrstuvwxyz", "ABCDEFGHIJKLMNOPQRSTUVWXYZ")
-
-
 def _wildcard(path: str, pattern: str) -> Q:
-    condition = Q(**{f"{path}__dicom_wildcard": pattern})
-    prefix = re.split(r"[*?]", pattern, maxsplit=1)[0]
-    if prefix and connection.vendor == "sqlite":
-        # GLOB on an expression (UPPER(name)) cannot use its index; a range on it can.
-        condition &= Q(**{f"{path}__gte": prefix, f"{path}__lt": prefix + "\U0010ffff"})
-    return condition
+    # A literal prefix (`ABC*`) is a range scan on the column's index: SQLite does it for GLOB
+    # on a column of BINARY collation, PostgreSQL for LIKE on a varchar_pattern_ops index (or
+    # any index under the C collation).
+    return Q(**{f"{path}__dicom_wildcard": pattern})
 
 
 @models.CharField.register_lookup

@@ -23,6 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from archive.person_names import person_name_fold  # noqa: E402
 from archive.storage.base import MARKER  # noqa: E402
 from bench import run  # noqa: E402
 from bench.corpus import corpus_write  # noqa: E402
@@ -49,15 +50,19 @@ def fill(index: Path, rows: int) -> float:
     study_count = -(-series_count // SERIES_PER_STUDY)
     patient_count = -(-study_count // STUDIES_PER_PATIENT)
     db.executemany(
-        "INSERT INTO archive_patient (id, patient_id, issuer_of_patient_id, name, sex) "
-        "VALUES (?, ?, '', ?, 'O')",
-        ((p, f"FILL{p:08d}", f"FILLER^PATIENT{p:08d}") for p in range(1, patient_count + 1)),
+        "INSERT INTO archive_patient (id, patient_id, issuer_of_patient_id, name, name_fold, "
+        "sex) VALUES (?, ?, '', ?, ?, 'O')",
+        (
+            (p, f"FILL{p:08d}", name, person_name_fold(name))
+            for p in range(1, patient_count + 1)
+            for name in [f"FILLER^PATIENT{p:08d}"]
+        ),
     )
     first = date(2015, 1, 1)
     db.executemany(
         "INSERT INTO archive_study (id, patient_id, study_instance_uid, study_date, "
-        "accession_number, study_id, description, referring_physician_name, stable) "
-        "VALUES (?, ?, ?, ?, ?, '1', 'FILLER', '', 1)",
+        "accession_number, study_id, description, referring_physician_name, "
+        "referring_physician_name_fold, stable) VALUES (?, ?, ?, ?, ?, '1', 'FILLER', '', '', 1)",
         (
             (s, (s - 1) // STUDIES_PER_PATIENT + 1, f"2.25.1{s:012d}",
              (first + timedelta(days=s % 3650)).isoformat(), f"F{s:09d}")

@@ -319,3 +319,17 @@ def test_bulk_data_in_sequences(client, root, auth):
     for wrong in ("00880200/1/7FE00010", "00880200/0", "00880200/x/7FE00010"):
         response = requests.get(f"{instance}/bulkdata/{wrong}", auth=auth)
         assert response.status_code in (400, 404), wrong
+
+
+def test_search_matches_names_without_regard_to_case_in_any_script(client):
+    client.store_instances(_datasets(["chrGerm.dcm", "chrGreek.dcm", "chrFren.dcm"]))
+
+    def patients(name: str) -> list[str]:
+        studies = client.search_for_studies(search_filters={"PatientName": name})
+        return [s["00100020"]["Value"][0] for s in studies]
+
+    assert patients("äneas^rüdiger") == ["SCSGERM"]
+    assert patients("ÄNEAS*") == ["SCSGERM"]
+    assert patients("ΔΙΟΝΥΣΙΟΣ") == ["SCSGREEK"]
+    assert patients("buc^j?rôme") == ["SCSFREN"]
+    assert patients("müller*") == []
