@@ -11,10 +11,10 @@ C-STORE, not a hung one. Other databases need no such lock: their writers take r
 import contextlib
 import errno
 import fcntl
+import hashlib
 import os
 import threading
 import time
-import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -26,13 +26,17 @@ _thread_lock = threading.Lock()
 _lock_files: dict[str, int] = {}
 
 
+_lock_files_guard = threading.Lock()
+
+
 def _lock_file(database: str, kind: str = "writer") -> int:
     path = f"{database}-{kind}.lock"
-    fd = _lock_files.get(path)
-    if fd is None:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        _lock_files[path] = fd
-    return fd
+    with _lock_files_guard:  # callers hold different locks: one descriptor per file
+        fd = _lock_files.get(path)
+        if fd is None:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            _lock_files[path] = fd
+        return fd
 
 
 @contextmanager
@@ -109,17 +113,22 @@ def writers_serialised(using: str = DEFAULT_DB_ALIAS) -> bool:
     return connections[using].vendor == "sqlite"
 
 
-_STRIPES = 64
-_stripe_locks = [threading.Lock() for _ in range(_STRIPES)]
+# The instances being written outside the index's write lock by this process's threads, each
+# with its lock and how many threads hold or wait for it.
+_instance_locks: dict[str, tuple[threading.Lock, int]] = {}
+_instance_locks_guard = threading.Lock()
 
 
 @contextmanager
 def instance_writer(sop_instance_uid: str, using: str = DEFAULT_DB_ALIAS) -> Iterator[None]:
     """On SQLite, hold one instance's lock while it is written outside the index's write lock
     (an upload to a bucket before its short index transaction): no two writers, threads or
-    processes sharing the index, store the same instance at once. Instances share 64 stripes,
-    byte-range locks of one file beside the index. Other databases need none: the index
-    transaction holds the instance's unique key while it uploads.
+    processes sharing the index, store the same instance at once, and different instances
+    never wait for each other (a long upload would otherwise hold up unrelated ones). Across
+    processes the lock is a byte-range lock of one file beside the index, at an offset drawn
+    from the UID's SHA-256 (56 bits: a collision is as unlikely as it is harmless, a wait).
+    Other databases need none: the index transaction holds the instance's unique key while it
+    uploads.
 
     Raises IndexFailure when the lock is not free within the database's busy timeout.
     """
@@ -130,31 +139,42 @@ def instance_writer(sop_instance_uid: str, using: str = DEFAULT_DB_ALIAS) -> Ite
     settings = connection.settings_dict
     timeout = float(settings.get("OPTIONS", {}).get("timeout", 30))
     deadline = time.monotonic() + timeout
-    stripe = zlib.crc32(sop_instance_uid.encode()) % _STRIPES
-    thread_lock = _stripe_locks[stripe]
-    if not thread_lock.acquire(timeout=timeout):
-        raise IndexFailure(f"instance busy: no lock within {timeout:.0f} s")
+    offset = int.from_bytes(hashlib.sha256(sop_instance_uid.encode()).digest()[:7], "big")
+    with _instance_locks_guard:
+        thread_lock, users = _instance_locks.get(sop_instance_uid, (threading.Lock(), 0))
+        _instance_locks[sop_instance_uid] = (thread_lock, users + 1)
     try:
-        # POSIX record locks (not flock): they belong to the process, so a descriptor opened
-        # before a fork still excludes the other workers; the thread lock covers this process.
-        fd = _lock_file(settings["NAME"], "instances")
-        pause = 0.0005
-        while True:
-            try:
-                fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, stripe)
-                break
-            except OSError as exc:
-                if exc.errno not in (errno.EACCES, errno.EAGAIN):
-                    raise IndexFailure(f"instance lock not taken: {exc}") from exc
-                if time.monotonic() > deadline:
-                    raise IndexFailure(
-                        f"instance busy: another process held its lock for {timeout:.0f} s"
-                    ) from None
-                time.sleep(pause)
-                pause = min(pause * 2, 0.05)
+        if not thread_lock.acquire(timeout=timeout):
+            raise IndexFailure(f"instance busy: no lock within {timeout:.0f} s")
         try:
-            yield
+            # POSIX record locks (not flock): they belong to the process, so a descriptor
+            # opened before a fork still excludes the other workers; the thread lock covers
+            # this process.
+            fd = _lock_file(settings["NAME"], "instances")
+            pause = 0.0005
+            while True:
+                try:
+                    fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, offset)
+                    break
+                except OSError as exc:
+                    if exc.errno not in (errno.EACCES, errno.EAGAIN):
+                        raise IndexFailure(f"instance lock not taken: {exc}") from exc
+                    if time.monotonic() > deadline:
+                        raise IndexFailure(
+                            f"instance busy: another process held its lock for {timeout:.0f} s"
+                        ) from None
+                    time.sleep(pause)
+                    pause = min(pause * 2, 0.05)
+            try:
+                yield
+            finally:
+                fcntl.lockf(fd, fcntl.LOCK_UN, 1, offset)
         finally:
-            fcntl.lockf(fd, fcntl.LOCK_UN, 1, stripe)
+            thread_lock.release()
     finally:
-        thread_lock.release()
+        with _instance_locks_guard:
+            lock, users = _instance_locks[sop_instance_uid]
+            if users == 1:
+                del _instance_locks[sop_instance_uid]
+            else:
+                _instance_locks[sop_instance_uid] = (lock, users - 1)

@@ -167,8 +167,14 @@ def explicit_little(stream: BinaryIO) -> Iterator[bytes]:
     syntax = UID(stored_syntax(ds))
     if syntax.is_deflated or not syntax.is_little_endian:
         return _spooled(explicit_little_copy(stream))
-    if not _has_pixel_data(stream, offset):
+    stream.seek(offset)
+    head = stream.read(4)
+    if not head:  # the file ends where the pixel data would start: it has none
         return iter([_part10_header(ds, b"")])
+    if len(head) < 4 or struct.unpack("<HH", head) != (0x7FE0, 0x0010):
+        # Float or double float pixel data (7FE0,0008/0009), where header_read stops too:
+        # converted whole rather than left out.
+        return _spooled(explicit_little_copy(stream))
     stream.seek(0)
     location = pixel_locate(stream)
     if not location.encapsulated:

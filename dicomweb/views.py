@@ -225,7 +225,7 @@ def _instances_body(rows: list[tuple], syntax: str, boundary: str) -> Iterator[b
     for path, sop_uid, stored_syntax, _ in rows:
         try:
             with stored.opened(storage, path) as stream:
-                if syntax == ANY or stored_syntax == ExplicitVRLittleEndian:
+                if syntax in (ANY, stored_syntax) or stored_syntax == ExplicitVRLittleEndian:
                     sent, body = stored_syntax, file_chunks(stream)
                 else:
                     sent, body = ExplicitVRLittleEndian, stored.explicit_little(stream)

@@ -47,7 +47,7 @@ from receiver.config import ReceiverConfig
 from receiver.query_audit import query_audit_write, retrieve_audit_write
 from receiver.transport.accepted import AcceptedAssociationStore, QueuedWriter
 from routing.direct import DirectStoreAssociation
-from routing.remote import remote_ae_find
+from routing.remote import remote_ae_deidentified, remote_ae_find
 from routing.scu import AssociationFailed, store_contexts
 
 logger = logging.getLogger(__name__)
@@ -327,6 +327,16 @@ def _retrieve(
                 destination,
             )
             respond.refuse(UNKNOWN_DESTINATION)
+            return
+        if remote_ae_deidentified(ae_title=destination):
+            # Its forwarding rule promises de-identified copies only; a retrieval sends the
+            # stored instances as they are.
+            logger.warning(
+                "C-MOVE from %s refused (0xC000): destination %r gets de-identified copies only",
+                _peer(assoc),
+                destination,
+            )
+            respond.refuse(CANNOT_UNDERSTAND)
             return
     try:
         retrieval = retrieve_instances(query)

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from django.db import transaction
 
 from receiver.config import RemoteAEEntry
-from routing.models import RemoteAE
+from routing.models import ForwardingRule, RemoteAE
 from routing.scu import Peer, echo
 
 logger = logging.getLogger(__name__)
@@ -18,6 +18,14 @@ def remote_ae_find(*, ae_title: str) -> Peer | None:
     if row is None:
         return None
     return Peer(ae_title=row.ae_title, host=row.host, port=row.port, tls=row.tls)
+
+
+def remote_ae_deidentified(*, ae_title: str) -> bool:
+    """Whether a forwarding rule (enabled or not) de-identifies what goes to `ae_title`: then
+    nothing identified may go there, a C-MOVE included (routing.forwarding)."""
+    return ForwardingRule.objects.filter(
+        destination__ae_title=ae_title.strip(), deidentify=True
+    ).exists()
 
 
 def remote_aes_sync(*, entries: tuple[RemoteAEEntry, ...]) -> None:

@@ -20,6 +20,10 @@ class _Directory:
     synced: int = 0  # renames made durable by a finished fsync
     running: bool = False
     waiting: int = 0
+    # Renames up to `failed_up_to` were covered by an fsync that failed, and its error: Linux
+    # reports a writeback error once, so a retry could succeed with their names lost.
+    failed_up_to: int = 0
+    error: OSError | None = None
 
 
 _lock = threading.Condition()
@@ -37,6 +41,8 @@ def directory_fsync(path: str | os.PathLike[str]) -> None:
         state.waiting += 1
         try:
             while state.synced < mine:
+                if state.error is not None and mine <= state.failed_up_to:
+                    raise state.error
                 if state.running:
                     _lock.wait()
                     continue
@@ -46,12 +52,17 @@ def directory_fsync(path: str | os.PathLike[str]) -> None:
                 _lock.release()
                 try:
                     _fsync(key)
-                finally:
+                except BaseException as exc:
                     _lock.acquire()
                     state.running = False
+                    if isinstance(exc, OSError):
+                        state.failed_up_to, state.error = covered, exc
                     _lock.notify_all()
-                # Only reached on success: a failed fsync leaves the waiters to try their own.
+                    raise
+                _lock.acquire()
+                state.running = False
                 state.synced = max(state.synced, covered)
+                _lock.notify_all()
         finally:
             state.waiting -= 1
             if state.waiting == 0 and not state.running:

@@ -499,8 +499,8 @@ class _ObjectReader(io.RawIOBase):
                 if not data:
                     raise OSError("the object ended early")
                 break
-            except StorageFailure:
-                raise
+            except (StorageFailure, FileNotFoundError):
+                raise  # replaced or gone: a second request would say the same
             except Exception as exc:
                 self._drop()
                 if attempt == 2:

@@ -165,3 +165,36 @@ def test_a_frame_failing_mid_response_cuts_the_response_short(transactional_db, 
             chunks.append(chunk)
     # The first instance went whole; the second's part began and was cut.
     assert b"".join(chunks).count(b"--XYZ\r\n") == 2
+
+
+def test_float_pixel_data_is_converted_not_left_out():
+    """Float Pixel Data (7FE0,0008), a parametric map's, is where the header read stops too:
+    the converted instance keeps it."""
+    ds = dcmread(sample_file("CT_small.dcm"))
+    del ds.PixelData
+    ds.BitsAllocated, ds.SamplesPerPixel, ds.Rows, ds.Columns = 32, 1, 4, 4
+    values = np.arange(16, dtype="<f4") / 3
+    ds.FloatPixelData = values.tobytes()
+    out = io.BytesIO()
+    ds.save_as(out, implicit_vr=True, little_endian=True, enforce_file_format=True)
+    out.seek(0)
+    got = dcmread(io.BytesIO(b"".join(explicit_little(out))))
+    assert got.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
+    assert np.frombuffer(got.FloatPixelData, "<f4").tolist() == values.tolist()
+
+
+def test_the_stored_syntax_asked_for_by_name_is_sent_as_stored(transactional_db, storage_dir):
+    """transfer-syntax=<the stored one> is "as stored", like *: not a conversion labelled as
+    explicit VR little endian."""
+    stored = open(sample_file("JPEG2000.dcm"), "rb").read()  # noqa: SIM115
+    body = b"--B\r\nContent-Type: application/dicom\r\n\r\n" + stored + b"\r\n--B--\r\n"
+    outcome = stow_store(body=io.BytesIO(body), boundary="B", study_uid=None, address="test")
+    assert len(outcome.stored) == 1, outcome.failed
+    row = Instance.objects.get()
+    rows = [(row.path, row.sop_instance_uid, row.transfer_syntax_uid, "")]
+    response = io.BytesIO(b"".join(_instances_body(rows, row.transfer_syntax_uid, "XYZ")))
+    [part] = parts_read(response, "XYZ")
+    assert part.content_type == f"application/dicom; transfer-syntax={row.transfer_syntax_uid}"
+    sent = dcmread(part.body)
+    assert sent.file_meta.TransferSyntaxUID == row.transfer_syntax_uid
+    assert sent.PixelData == dcmread(io.BytesIO(stored)).PixelData

@@ -3,7 +3,10 @@ and a destination with such a rule gets only de-identified copies, the admin's s
 Real peers: DCMTK storescp. (Consistency across processes: tests/e2e.)"""
 
 from pydicom import dcmread
+from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, RLELossless
+from pynetdicom import AE
+from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelMove
 
 from archive.models import Instance
 from receiver.config import ForwardingEntry, RemoteAEEntry, resolve
@@ -86,3 +89,40 @@ def test_check_config_shows_which_rules_deidentify(tmp_path):
     config = resolve({}, path)
     assert config.forwarding[0].deidentify is True
     assert "instance → DEST (de-identified)" in config.report()
+
+
+def test_c_move_to_a_deidentifying_destination_is_refused(start_scp, tmp_path):
+    """What a rule promises de-identified must not reach the destination identified by a
+    C-MOVE: refused (0xC000), nothing sent beyond the forwarded copy."""
+    original = datasets(1)[0]
+    dest = StoreSCP(tmp_path / "dest")
+    try:
+        scp = start_scp(
+            remote_aes=(RemoteAEEntry("DEST", "127.0.0.1", dest.port),),
+            forwarding=(ForwardingEntry("DEST", deidentify=True),),
+        )
+        assert send(scp.port, [original]) == [0]
+        assert eventually(lambda: len(dest.received()) == 1, timeout=20)
+        ae = AE(ae_title="VIEWER")
+        ae.add_requested_context(StudyRootQueryRetrieveInformationModelMove)
+        assoc = ae.associate("127.0.0.1", scp.port, ae_title="TEST_SCP")
+        assert assoc.is_established
+        query = Dataset()
+        query.QueryRetrieveLevel = "STUDY"
+        query.StudyInstanceUID = original.StudyInstanceUID
+        try:
+            statuses = [
+                status.Status
+                for status, _ in assoc.send_c_move(
+                    query, "DEST", StudyRootQueryRetrieveInformationModelMove
+                )
+                if status
+            ]
+        finally:
+            assoc.release()
+        assert statuses == [0xC000]
+        received = [dcmread(p) for p in dest.received().values()]
+    finally:
+        dest.stop()
+    assert len(received) == 1
+    assert received[0].PatientID != original.PatientID
