@@ -206,6 +206,18 @@ def start_ours(
     return Server(name, process, port, "BENCH", store, index, database_url)
 
 
+def start_ours_forwarding(work: Path) -> Server:
+    """Ours with a forwarding rule that matches everything, to a destination that is down (so
+    every instance is queued in its ingest transaction and the forwarder backs off): the cost
+    of the rule, next to ours (issue target: at least 0.9 of the rate without)."""
+    config = work / "forwarding.yaml"
+    config.write_text(
+        f"remote_aes:\n  - {{ae_title: NOWHERE, host: 127.0.0.1, port: {free_port()}}}\n"
+        "forwarding:\n  - {destination: NOWHERE, when: instance}\n"
+    )
+    return start_ours(work, name="ours-forwarding", extra_env={"DICOM_CONFIG": str(config)})
+
+
 def start_ours_pg(work: Path) -> Server:
     """Ours with its index in PostgreSQL (--pg-url), next to Orthanc's PostgreSQL plugin."""
     assert PG_URL is not None
@@ -362,6 +374,7 @@ PEERS = {
     "dcmtk": start_dcmtk,
     "pynetdicom": start_pynetdicom,
     "orthanc": start_orthanc,
+    "ours-forwarding": start_ours_forwarding,
     "ours-pg": start_ours_pg,
     "ours-2nodes": start_ours_2nodes,
     "ours-s3": start_ours_s3,
@@ -657,6 +670,16 @@ def _run(args: argparse.Namespace, base: Path) -> None:
             print(
                 f"ours-pg ÷ orthanc-pg at {associations} association(s): "
                 f"{ours_pg.rate / orthanc_pg.rate:.2f}"
+            )
+    for associations in args.associations:
+        ours, forwarding = (
+            results.get(("ours", associations)),
+            results.get(("ours-forwarding", associations)),
+        )
+        if ours and forwarding:
+            print(
+                f"ours-forwarding ÷ ours at {associations} association(s): "
+                f"{forwarding.rate / ours.rate:.2f}"
             )
     for associations in args.associations:
         ours_pg = results.get(("ours-pg", associations))
