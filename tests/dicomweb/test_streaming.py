@@ -9,7 +9,7 @@ import tracemalloc
 import numpy as np
 import pytest
 from pydicom import dcmread
-from pydicom.uid import ExplicitVRLittleEndian, RLELossless, generate_uid
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, RLELossless, generate_uid
 
 from archive.header import HEADER_PREFIX
 from archive.models import Instance
@@ -175,8 +175,9 @@ def test_float_pixel_data_is_converted_not_left_out():
     ds.BitsAllocated, ds.SamplesPerPixel, ds.Rows, ds.Columns = 32, 1, 4, 4
     values = np.arange(16, dtype="<f4") / 3
     ds.FloatPixelData = values.tobytes()
+    ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
     out = io.BytesIO()
-    ds.save_as(out, implicit_vr=True, little_endian=True, enforce_file_format=True)
+    ds.save_as(out, enforce_file_format=True)
     out.seek(0)
     got = dcmread(io.BytesIO(b"".join(explicit_little(out))))
     assert got.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian

@@ -59,12 +59,16 @@ def _send(assoc, groups: list[list]) -> None:
         assoc.dul.send_pdu(primitive)
 
 
-def _response(assoc, timeout: float = 10):
-    """The next DIMSE message the peer sends us, or None if the association ended first."""
-    assoc._reactor_checkpoint.clear()  # as pynetdicom's own send_c_*() do: the reply is ours
+def _exchange(assoc, groups: list[list], timeout: float = 10):
+    """Send `groups` (as _send) and return the next DIMSE message the peer sends us, or None
+    if the association ended first. The association's reactor is paused before sending, as
+    pynetdicom's own send_c_*() do: a reply arriving before the pause would be taken by the
+    reactor as unexpected and dropped."""
+    assoc._reactor_checkpoint.clear()
     while not assoc._is_paused:
         time.sleep(0.0001)
     try:
+        _send(assoc, groups)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and not assoc.is_aborted:
             _, message = assoc.dimse.get_msg(block=False)
@@ -117,8 +121,7 @@ def _grouped(pdvs: list, how: str) -> list[list]:
 def test_fragments_in_any_grouping_are_stored_bit_for_bit(scp, storage_dir, how):
     assoc = _associate(scp.port)
     try:
-        _send(assoc, _grouped(_pdvs(assoc, CTImageStorage, CT, fragment=48), how))
-        response = _response(assoc)
+        response = _exchange(assoc, _grouped(_pdvs(assoc, CTImageStorage, CT, fragment=48), how))
     finally:
         assoc.release()
     assert response is not None and response.Status == 0x0000
@@ -135,9 +138,9 @@ def test_command_fragments_smaller_than_an_element_header(scp, storage_dir):
         pdvs = _pdvs(assoc, CTImageStorage, CT, fragment=5)
         commands = [pdv for pdv in pdvs if pdv[1][0] & 1]
         cx_id = commands[0][0]
-        _send(assoc, [[pdv] for pdv in commands])
-        _send(assoc, [[[cx_id, b"\x02" + dataset_bytes(CT)]]])  # the data set in one PDV
-        response = _response(assoc)
+        # The commands in PDUs of their own, then the data set in one PDV.
+        groups = [[pdv] for pdv in commands] + [[[cx_id, b"\x02" + dataset_bytes(CT)]]]
+        response = _exchange(assoc, groups)
     finally:
         assoc.release()
     assert len(commands) > 20
@@ -153,8 +156,7 @@ def test_echo_and_a_store_on_the_wrong_context_go_to_pynetdicom_and_stores_conti
         # A CT dataset announced as MR on the CT context: pynetdicom's path and our handler,
         # which finds the dataset's SOP class is not the request's.
         pdvs = _pdvs(assoc, MRImageStorage, CT, fragment=16000)
-        _send(assoc, [pdvs])
-        response = _response(assoc)
+        response = _exchange(assoc, [pdvs])
         assert response is not None and response.Status == 0xA900
         assert assoc.send_c_echo().Status == 0x0000
         assert assoc.send_c_store(CT).Status == 0x0000
