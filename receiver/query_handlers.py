@@ -316,6 +316,7 @@ def _retrieve(
         respond.destination = destination
         try:
             peer = remote_ae_find(ae_title=destination)
+            deidentified = peer is not None and remote_ae_deidentified(ae_title=destination)
         except DatabaseError as exc:
             logger.error("C-MOVE from %s: index unavailable: %s", _peer(assoc), exc)
             respond.refuse(CANNOT_COUNT)
@@ -328,7 +329,7 @@ def _retrieve(
             )
             respond.refuse(UNKNOWN_DESTINATION)
             return
-        if remote_ae_deidentified(ae_title=destination):
+        if deidentified:
             # Its forwarding rule promises de-identified copies only; a retrieval sends the
             # stored instances as they are.
             logger.warning(
