@@ -242,8 +242,11 @@ def test_a_bad_location_is_refused(tmp_path):
 
 def test_an_upload_in_progress_never_holds_up_another_instances_commit(s3_environment, tmp_path):
     # Real threads, a real bucket on moto: the first instance's upload is held (the client's
-    # own hook before it sends the PUT) until a second instance has been stored and committed
-    # meanwhile. With the upload inside the index's write lock, the second would wait for it.
+    # own hook before it sends the PUT) until a second instance, of another patient, has been
+    # stored and committed meanwhile. With the upload inside SQLite's one write lock, the
+    # second would wait for it. (On PostgreSQL the upload runs in the index transaction, whose
+    # new patient, study and series rows an instance of the same new series waits for: README,
+    # "Object storage".)
     series_cache_clear()  # series rows remembered from earlier tests are gone
     storage = Storage(f"s3://{s3_environment.bucket_new()}/p", staging_dir=tmp_path / "staging")
     storage.prepare()
@@ -258,9 +261,9 @@ def test_an_upload_in_progress_never_holds_up_another_instances_commit(s3_enviro
     storage.client.meta.events.register("before-send.s3.PutObject", hold)
     outcomes: dict[str, object] = {}
 
-    def store(uid: str) -> None:
+    def store(uid: str, **changes: str) -> None:
         try:
-            outcomes[uid] = _store(storage, SOPInstanceUID=uid).outcome
+            outcomes[uid] = _store(storage, SOPInstanceUID=uid, **changes).outcome
         except Exception as exc:
             outcomes[uid] = exc
         finally:
@@ -270,7 +273,15 @@ def test_an_upload_in_progress_never_holds_up_another_instances_commit(s3_enviro
     first.start()
     try:
         assert held.wait(10), outcomes
-        second = threading.Thread(target=store, args=("1.2.826.0.1.3680043.9.7133.5.2",))
+        second = threading.Thread(
+            target=store,
+            args=("1.2.826.0.1.3680043.9.7133.5.2",),
+            kwargs={
+                "PatientID": "OTHER",
+                "StudyInstanceUID": "1.2.826.0.1.3680043.9.7133.6.1",
+                "SeriesInstanceUID": "1.2.826.0.1.3680043.9.7133.6.2",
+            },
+        )
         second.start()
         second.join(15)
         assert not second.is_alive(), "the second instance waited for the first one's upload"
