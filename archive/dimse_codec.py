@@ -81,6 +81,13 @@ class StoreMessage:
     def close(self) -> None:
         self.stream.close()
 
+    def send(self, sock: Any, peer_maximum: int) -> None:
+        """Write it (message_send) and close it, whether or not the write succeeded."""
+        with self.stream:
+            message_send(
+                sock, self.context_id, self.command, self.stream, peer_maximum, self.length
+            )
+
 
 def store_prepare(
     source: Dataset | StoredFile,

@@ -168,15 +168,7 @@ class DirectStoreAssociation:
         if message is None:
             return None
         try:
-            with message.stream:
-                message_send(
-                    self.sock,
-                    message.context_id,
-                    message.command,
-                    message.stream,
-                    self.peer_maximum,
-                    message.length,
-                )
+            message.send(self.sock, self.peer_maximum)
         except (OSError, ValueError) as exc:
             logger.warning(
                 "C-STORE of %s to %s broken off: %s", message.sop_instance_uid, self.peer, exc
