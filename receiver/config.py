@@ -449,6 +449,9 @@ def _peer_entry(entry: Any, where: str) -> AllowedPeer:
     return AllowedPeer(ae_title=title, host=host)
 
 
+_REMOTE_AE_KEYS = ("ae_title", "host", "port", "tls", "description")
+
+
 def remote_aes_read(content: Any, where: str) -> tuple[RemoteAEEntry, ...]:
     """The `remote_aes:` section: a list of {ae_title, host, port, tls, description}."""
     if content is None:
@@ -458,11 +461,17 @@ def remote_aes_read(content: Any, where: str) -> tuple[RemoteAEEntry, ...]:
     entries: list[RemoteAEEntry] = []
     for i, entry in enumerate(content):
         at = f"{where}[{i}]"
-        if not isinstance(entry, dict) or not {"ae_title", "host", "port"} <= set(entry):
+        if not isinstance(entry, dict):
             raise ConfigError(f"{at}: expected an entry with ae_title, host and port")
-        unknown = set(entry) - {"ae_title", "host", "port", "tls", "description"}
+        # A misspelt key first: "ae_titel" is its own mistake, not a missing ae_title.
+        unknown = set(entry) - set(_REMOTE_AE_KEYS)
         if unknown:
-            raise ConfigError(f"{at}: unknown key(s) {', '.join(sorted(unknown))}")
+            raise ConfigError(
+                f"{at}: unknown key(s) {', '.join(sorted(map(str, unknown)))} "
+                f"(known: {', '.join(_REMOTE_AE_KEYS)})"
+            )
+        if not {"ae_title", "host", "port"} <= set(entry):
+            raise ConfigError(f"{at}: expected an entry with ae_title, host and port")
         try:
             title = ae_title_valid(entry["ae_title"])
         except ConfigError as exc:
@@ -493,6 +502,7 @@ _MODALITY_TERMS = (
 )
 MODALITIES = frozenset(_MODALITY_TERMS.split())
 FORWARD_WHEN = ("instance", "study_stable")
+_FORWARDING_KEYS = ("destination", "when", "modalities", "calling_aes", "sop_classes", "deidentify")
 
 
 def forwarding_read(content: Any, where: str) -> tuple[ForwardingEntry, ...]:
@@ -506,18 +516,16 @@ def forwarding_read(content: Any, where: str) -> tuple[ForwardingEntry, ...]:
     rules: list[ForwardingEntry] = []
     for i, entry in enumerate(content):
         at = f"{where}[{i}]"
-        if not isinstance(entry, dict) or "destination" not in entry:
+        if not isinstance(entry, dict):
             raise ConfigError(f"{at}: expected a rule with a destination")
-        unknown = set(entry) - {
-            "destination",
-            "when",
-            "modalities",
-            "calling_aes",
-            "sop_classes",
-            "deidentify",
-        }
+        unknown = set(entry) - set(_FORWARDING_KEYS)
         if unknown:
-            raise ConfigError(f"{at}: unknown key(s) {', '.join(sorted(unknown))}")
+            raise ConfigError(
+                f"{at}: unknown key(s) {', '.join(sorted(map(str, unknown)))} "
+                f"(known: {', '.join(_FORWARDING_KEYS)})"
+            )
+        if "destination" not in entry:
+            raise ConfigError(f"{at}: expected a rule with a destination")
         try:
             destination = ae_title_valid(entry["destination"])
         except ConfigError as exc:

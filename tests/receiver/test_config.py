@@ -79,6 +79,15 @@ def test_accept_takes_modalities_names_and_uids():
             "access: {allowed_aes: [{ae_tilte: CT_SCANNER}]}\n",
             "access.allowed_aes[0]: unknown key(s) ae_tilte (known: ae_title, host, description)",
         ),
+        (
+            "remote_aes: [{ae_titel: HOROS, host: h, port: 104}]\n",
+            "remote_aes[0]: unknown key(s) ae_titel (known: ae_title, host, port, tls, "
+            "description)",
+        ),
+        (
+            "forwarding: [{destinaton: HOROS}]\n",
+            "forwarding[0]: unknown key(s) destinaton (known: destination, when, modalities, ",
+        ),
         ("timeouts: {dimse: -1}\n", "timeouts.dimse: must be a positive number"),
         ("tls: {certificate: missing.pem, private_key: missing.key}\n", "not a readable file"),
         ("tls: {certificate: a.pem}\n", "needs both a certificate and a private key"),
