@@ -1,6 +1,6 @@
 """A DICOM health check for load balancers: C-ECHO one node, exit 0 if it answers Success.
 
-    python -m receiver.echo_check HOST PORT [--aec PACS_RECEIVER] [--aet HEALTH_CHECK]
+    python -m receiver.echo_check HOST PORT [--aec MY_PACS] [--aet HEALTH_CHECK]
                                   [--timeout 5] [--proxy-v2]
 
 Light on purpose (pynetdicom only, no Django): HAProxy runs it every few seconds per node
@@ -27,7 +27,7 @@ def echo_check(
     host: str,
     port: int,
     *,
-    called: str = "PACS_RECEIVER",
+    called: str = "MY_PACS",
     calling: str = "HEALTH_CHECK",
     timeout: float = 5.0,
     proxy_v2: bool = False,
@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="C-ECHO a DICOM node; exit 0 if it answers.")
     parser.add_argument("host")
     parser.add_argument("port", type=int)
-    parser.add_argument("--aec", default="PACS_RECEIVER", help="called AE title")
+    parser.add_argument("--aec", default="MY_PACS", help="called AE title")
     parser.add_argument("--aet", default="HEALTH_CHECK", help="calling AE title")
     parser.add_argument("--timeout", type=float, default=5.0)
     parser.add_argument("--proxy-v2", action="store_true", help="send a PROXY v2 LOCAL header")

@@ -7,6 +7,7 @@ from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
 
 from archive.models import Instance, Patient, Series, Study
+from receiver.config import DEFAULTS
 from routing.forwarding import forward_enqueue, forward_requeue
 from routing.models import CommitmentTransaction, ForwardingRule, ForwardItem, RemoteAE
 from routing.remote import remote_ae_echo
@@ -14,7 +15,7 @@ from routing.remote import remote_ae_echo
 
 def _calling_ae_title() -> str:
     return getattr(settings, "DICOM_AE_TITLE", None) or os.environ.get(
-        "DICOM_AE_TITLE", "PACS_RECEIVER"
+        "DICOM_AE_TITLE", DEFAULTS["ae_title"]
     )
 
 

@@ -155,6 +155,10 @@ def test_examples_and_default_ae_title_agree():
     ).stdout
     assert "our AE title (MY_PACS)" in help_text
     assert "--config" in help_text
+    # Nor anything shipped beside them: the health check, its HAProxy script, the admin.
+    shipped = [*ROOT.glob("*/*.py"), *ROOT.glob("*/*/*.py"), *ROOT.glob("deploy/*")]
+    said = [p for p in shipped if p.is_file() and "PACS_RECEIVER" in p.read_text(errors="replace")]
+    assert said == [ROOT / "tests" / "receiver" / "test_config.py"]
 
 
 def test_stable_ages_per_level_default_to_stable_age(tmp_path, monkeypatch):
