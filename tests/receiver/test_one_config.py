@@ -96,7 +96,8 @@ def test_every_command_reads_database_and_storage_from_dicom_config(
 
     status = manage("scpstatus", "--json", env=env)
     receivers = json.loads(status.stdout)["receivers"]
-    assert [r["ae_title"] for r in receivers] == ["SITE_PACS"]
+    # Ended by SIGTERM in the fixture: stopped, not "down".
+    assert [(r["ae_title"], r["state"]) for r in receivers] == [("SITE_PACS", "stopped")]
 
     created = manage(
         "createsuperuser",
@@ -163,6 +164,8 @@ def test_web_pages_read_the_files_where_the_file_says(site_with_one_instance, tm
         print(download.status_code, len(b"".join(download.streaming_content)))
         print(preview.status_code, preview["Content-Type"])
         print(page.status_code, b"(0010,0020)" in page.content, b"Errno" in page.content)
+        aes = client.get("/admin/receiver/allowedae/").content.decode()
+        print('<tr class="from-file"><td>FILE_SCANNER</td><td>10.0.0.0/8</td>' in aes)
         """
     )
     result = subprocess.run(
@@ -170,10 +173,11 @@ def test_web_pages_read_the_files_where_the_file_says(site_with_one_instance, tm
     )
     assert result.returncode == 0, result.stderr
     stored = next((tmp_path / "data" / "dicom").rglob("*.dcm"))
-    download, preview, page = result.stdout.splitlines()
+    download, preview, page, file_aes = result.stdout.splitlines()
     assert download == f"200 {stored.stat().st_size}"
     assert preview == "200 image/png"
     assert page == "200 True False"
+    assert file_aes == "True"  # the file's access rules, shown beside the admin's
 
 
 def test_a_mistake_in_the_file_stops_every_command_with_one_line(tmp_path):
