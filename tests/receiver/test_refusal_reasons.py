@@ -21,7 +21,7 @@ from pynetdicom.sop_class import (
     Verification,
 )
 
-from receiver.models import AssociationLog
+from receiver.models import AssociationLog, SOPClassRule
 from receiver.status import receiver_status
 from tests.conftest import sample_file
 from tests.peers import eventually, run_dcmtk, scu
@@ -71,6 +71,25 @@ def test_storage_class_refused_at_negotiation_is_logged_with_its_reason(start_sc
     ]
     assert "Ultrasound Image Storage (not in --accept)" in row.reason
     assert row.reason in problem_reasons()
+
+
+def test_admin_rule_and_unknown_class_are_refused_with_their_reasons(scp, tmp_path):
+    """The two other reasons, from dcmsend (storescu will not send a class it does not know):
+    an admin's SOP class rule, and a class unknown here."""
+    SOPClassRule.objects.create(sop_classes="CT Image Storage", action=SOPClassRule.REFUSE)
+    private = dcmread(sample_file("CT_small.dcm"))
+    private.SOPClassUID = private.file_meta.MediaStorageSOPClassUID = "1.2.826.0.1.3680043.9.7"
+    private.save_as(tmp_path / "private.dcm", enforce_file_format=True)
+    result = run_dcmtk(
+        "dcmsend", "-aet", "LAB_SCU", "-aec", "TEST_SCP", "127.0.0.1", scp.port,
+        sample_file("CT_small.dcm"), tmp_path / "private.dcm",
+    )  # fmt: skip
+    row = ended_row(calling_ae_title="LAB_SCU")
+    assert {c["uid"]: c["why"] for c in row.refusals["contexts"]} == {
+        CTImageStorage: "refused by the admin's SOP class rule 'CT Image Storage'",
+        "1.2.826.0.1.3680043.9.7": "unknown SOP class",
+    }
+    assert row.reason in problem_reasons(), result.stdout + result.stderr
 
 
 def test_refused_classes_beside_a_stored_instance_are_logged_but_no_problem(start_scp):
