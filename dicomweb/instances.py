@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
+import numpy as np
 from pydicom import dcmread
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
@@ -280,15 +281,27 @@ def explicit_little_copy(stream: BinaryIO) -> BinaryIO:
 
 def _big_endian_undone(ds: Dataset) -> None:
     """Makes a dataset read from explicit VR big endian (retired) writable as little endian:
-    pydicom refuses to change the byte order of what it has not decoded. Values are decoded,
-    the pixel data swapped; other binary values (a LUT's, an overlay's) stay as they are."""
-    if "PixelData" in ds:
+    pydicom refuses to change the byte order of what it has not decoded, and keeps the values
+    of OW, OL, OF, OD and OV (a LUT's data, an overlay, float pixel data) as the bytes it read.
+    Numbers are decoded; the pixel data goes through its array (its words may be 32 bits
+    wide); every other such value is swapped word by word, at any depth."""
+    pixels = ds.get(0x7FE00010)  # by tag: the element, not its value
+    for element in ds.iterall():  # decodes every value, in sequences too
+        width = _WORD_BYTES.get(element.VR)
+        if width and element is not pixels and isinstance(element.value, bytes):
+            words = np.frombuffer(
+                element.value, dtype=f">u{width}", count=len(element.value) // width
+            )
+            element.value = words.astype(f"<u{width}").tobytes() + element.value[words.nbytes :]
+    if pixels is not None:
         array = ds.pixel_array
         ds.PixelData = array.astype(array.dtype.newbyteorder("<")).tobytes()
         ds["PixelData"].VR = "OB" if int(ds.BitsAllocated) <= 8 else "OW"
-    for _ in ds.iterall():
-        pass
     ds.set_original_encoding(False, True, ds.original_character_set)
+
+
+# Binary VRs whose values pydicom keeps as read: their word width in bytes.
+_WORD_BYTES = {"OW": 2, "OL": 4, "OF": 4, "OD": 8, "OV": 8}
 
 
 def metadata_json(stream: BinaryIO, instance_uri: str) -> dict[str, Any]:

@@ -172,8 +172,14 @@ class ForwardItem(models.Model):
     # No database constraint and no cascade: deleting a patient of 100,000 instances stays one
     # DELETE (a cascade would make Django load every instance); the worker drops the rows of
     # instances deleted since they were queued. Instance ids are never reused.
+    # No index of its own: the unique constraint below begins with it. Every index here is
+    # written in each forwarded instance's ingest transaction.
     instance = models.ForeignKey(
-        "archive.Instance", on_delete=models.DO_NOTHING, related_name="+", db_constraint=False
+        "archive.Instance",
+        on_delete=models.DO_NOTHING,
+        related_name="+",
+        db_constraint=False,
+        db_index=False,
     )
     destination = models.ForeignKey(RemoteAE, on_delete=models.CASCADE, related_name="+")
     # Groups a batch on one association; kept here so the claim needs no join.

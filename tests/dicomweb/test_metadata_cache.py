@@ -64,20 +64,25 @@ def test_metadata_from_the_cache_reads_no_file(root, auth, study, monkeypatch):
     assert len(again.json()) == len(FILES)
 
 
-def test_a_changed_file_is_read_again(root, auth, study):
+def test_an_overwritten_instance_is_read_again(root, auth, study, client, settings):
+    """An instance stored again with other content (duplicates: overwrite) is described as it
+    is now, not as the cache remembers it."""
+    settings.DICOM_DUPLICATES = "overwrite"
     url = f"{root}/studies/{study}/metadata"
     requests.get(url, auth=auth, headers=JSON).raise_for_status()
-    instance = Instance.objects.order_by("pk").first()
-    # As if the file had been replaced: the cached JSON no longer belongs to it.
-    InstanceMetadata.objects.filter(instance=instance).update(
-        json=b"not what the file holds", sha256="0" * 64
-    )
+    changed = dcmread(sample_file(FILES[0]))
+    before = Instance.objects.get(sop_instance_uid=changed.SOPInstanceUID)
+    assert InstanceMetadata.objects.get(instance=before).sha256 == before.sha256
+    changed.SeriesDescription = "STORED AGAIN"
+    client.store_instances([changed])
+    after = Instance.objects.get(pk=before.pk)
+    assert after.sha256 != before.sha256  # overwritten in place: the same row, a new file
+
     again = requests.get(url, auth=auth, headers=JSON)
     assert again.status_code == 200
-    assert {item["00080018"]["Value"][0] for item in again.json()} == set(
-        Instance.objects.values_list("sop_instance_uid", flat=True)
-    )
-    assert InstanceMetadata.objects.get(instance=instance).sha256 == instance.sha256
+    [item] = [i for i in again.json() if i["00080018"]["Value"][0] == changed.SOPInstanceUID]
+    assert item["0008103E"]["Value"] == ["STORED AGAIN"]
+    assert InstanceMetadata.objects.get(instance=after).sha256 == after.sha256
 
 
 def test_a_series_from_the_cache_is_one_query_for_the_json(study):

@@ -8,8 +8,15 @@ import tracemalloc
 
 import numpy as np
 import pytest
-from pydicom import dcmread
-from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, RLELossless, generate_uid
+from pydicom import dcmread, dcmwrite
+from pydicom.dataset import Dataset
+from pydicom.uid import (
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    RLELossless,
+    generate_uid,
+)
 
 from archive.header import HEADER_PREFIX
 from archive.models import Instance
@@ -199,3 +206,46 @@ def test_the_stored_syntax_asked_for_by_name_is_sent_as_stored(transactional_db,
     sent = dcmread(part.body)
     assert sent.file_meta.TransferSyntaxUID == row.transfer_syntax_uid
     assert sent.PixelData == dcmread(io.BytesIO(stored)).PixelData
+
+
+def test_big_endian_binary_values_are_swapped_at_any_depth():
+    """A big endian file's OW, OL, OF and OD values (a LUT's data in a sequence, an overlay,
+    a float list) are kept by pydicom as the bytes read: converted, they must say the same
+    numbers in little endian as the numbers in the big endian file."""
+    lut = np.array([0, 1000, 40000, 65535], dtype="u2")
+    overlay = np.array([0x0102, 0xA0B0, 0xFFFE, 0x8001], dtype="u2")
+    floats = np.array([1.5, -2.25, 1e-3], dtype="f4")
+    doubles = np.array([3.141592653589793, -1e300], dtype="f8")
+    longs = np.array([1, 0x01020304, 0xFFFFFFF0], dtype="u4")
+    ds = dcmread(sample_file("MR_small.dcm"))
+    pixels = ds.pixel_array.copy()
+
+    def big(values: np.ndarray) -> bytes:
+        return values.astype(values.dtype.newbyteorder(">")).tobytes()
+
+    item = Dataset()
+    item.LUTDescriptor = [len(lut), 0, 16]
+    item.add_new(0x00283006, "OW", big(lut))  # LUTData
+    item.ModalityLUTType = "HU"
+    ds.ModalityLUTSequence = [item]
+    ds.add_new(0x60003000, "OW", big(overlay))  # OverlayData
+    ds.add_new(0x00660016, "OF", big(floats))  # PointCoordinatesData
+    ds.add_new(0x00660040, "OL", big(longs))  # LongPrimitivePointIndexList
+    ds.add_new(0x00221640, "OD", big(doubles))  # a double-float list, as an OD
+    ds.PixelData = big(pixels)
+    ds.file_meta.TransferSyntaxUID = ExplicitVRBigEndian
+    stored = io.BytesIO()
+    # Numbers written big endian by pydicom (with the preamble and file meta the dataset was
+    # read with); the binary values above are big endian already.
+    dcmwrite(stored, ds, little_endian=False, implicit_vr=False, force_encoding=True)
+
+    got = dcmread(io.BytesIO(b"".join(explicit_little(io.BytesIO(stored.getvalue())))))
+    assert got.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
+    assert np.frombuffer(got.ModalityLUTSequence[0].LUTData, "<u2").tolist() == lut.tolist()
+    assert list(got.ModalityLUTSequence[0].LUTDescriptor) == [len(lut), 0, 16]
+    assert np.frombuffer(got[0x60003000].value, "<u2").tolist() == overlay.tolist()
+    assert np.frombuffer(got[0x00660016].value, "<f4").tolist() == floats.tolist()
+    assert np.frombuffer(got[0x00660040].value, "<u4").tolist() == longs.tolist()
+    assert np.frombuffer(got[0x00221640].value, "<f8").tolist() == doubles.tolist()
+    assert (got.pixel_array == pixels).all()
+    assert got.Rows == ds.Rows and got.BitsAllocated == 16
