@@ -279,7 +279,9 @@ def dataset_store(
         return OUT_OF_RESOURCES
     finally:
         received.close()  # a spooled file on disk goes now, not when collected
-    if result.outcome == "stored":
+    # A restore wrote the file of an indexed instance whose copy was gone: a store, not a
+    # duplicate left as it was.
+    if result.outcome in ("stored", "restored"):
         tally.stored += 1
     else:
         tally.duplicates += 1

@@ -5,6 +5,7 @@ import logging
 import shutil
 import signal
 import sqlite3
+import time
 from io import StringIO
 from pathlib import Path
 
@@ -166,8 +167,17 @@ def test_resend_of_a_lost_file_logs_one_accurate_line(scp, storage_dir, caplog):
     assert send_files(scp.port, [path]) == [0]
     instance = Instance.objects.get()
     (storage_dir / instance.path).unlink()
+    caplog.set_level(logging.INFO, logger="receiver")
     with caplog.at_level(logging.INFO, logger="archive"):
         assert send_files(scp.port, [path]) == [0]
+        # The association's own line counts the restore as a store: a file was written.
+        deadline = time.monotonic() + 10
+        while not (
+            ended := [r.getMessage() for r in caplog.records if "released:" in r.getMessage()]
+        ):
+            assert time.monotonic() < deadline, "no association end line"
+            time.sleep(0.05)
+    assert "released: 1 stored, 0 duplicate(s)" in ended[-1]
     lines = [r.getMessage() for r in caplog.records if r.name.startswith("archive")]
     assert lines == [
         f"Instance {instance.sop_instance_uid} received again and its stored file was gone: "
