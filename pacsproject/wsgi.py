@@ -5,12 +5,14 @@ import sys
 
 from django.core.wsgi import get_wsgi_application
 
+from dicomweb.sendfile import sendfile_application
 from receiver.config import ConfigError
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "pacsproject.settings")
 
 try:
-    application = get_wsgi_application()
+    # WADO-RS sends stored files with sendfile under gunicorn (dicomweb.sendfile).
+    application = sendfile_application(get_wsgi_application())
 except ConfigError as exc:
     # A mistake in the configuration file (DICOM_CONFIG): one line naming the file and the key,
     # as every manage.py command gives it, then gunicorn's "application failed to load" exit

@@ -254,7 +254,7 @@ class FilesystemStorage(Storage):
         Raises FileNotFoundError for a missing file and StorageFailure for a path outside the
         storage directory.
         """
-        return open(self.resolve(relative), "rb")
+        return open(self._target(relative), "rb")
 
     def local_path(self, relative: str) -> Path:
         """A local file holding the stored instance, for senders that stream a file by its
@@ -263,11 +263,11 @@ class FilesystemStorage(Storage):
 
     def size(self, relative: str) -> int:
         """The size in bytes of a stored file; FileNotFoundError when it is missing."""
-        return os.stat(self.resolve(relative)).st_size
+        return os.stat(self._target(relative)).st_size
 
     def exists(self, relative: str) -> bool:
         """Whether a stored file is present."""
-        return os.path.isfile(self.resolve(relative))
+        return os.path.isfile(self._target(relative))
 
     def marker_read(self) -> dict | None:
         """The identity marker of this storage directory; None if it has none (or an unreadable
@@ -308,6 +308,11 @@ class FilesystemStorage(Storage):
 
     def resolve(self, relative: str) -> Path:
         """The absolute path of `relative`, refusing anything that leaves the storage directory."""
+        return Path(self._target(relative))
+
+    def _target(self, relative: str) -> str:
+        """`resolve` as text, for the readers that run per instance of a retrieval (open, size):
+        a Path built and turned back into text cost more than the system calls."""
         target = os.path.normpath(os.path.join(self._root_text, relative))
         prefix = self._root_prefix
         if not target.startswith(prefix) or target[len(prefix) :].partition(os.sep)[0] in (
@@ -316,7 +321,7 @@ class FilesystemStorage(Storage):
             MARKER,
         ):
             raise StorageFailure(f"refusing path outside the storage directory: {relative!r}")
-        return Path(target)
+        return target
 
     def _ensure_directory(self, directory: Path) -> None:
         key = str(directory)
