@@ -312,14 +312,10 @@ def metadata_json(stream: BinaryIO, instance_uri: str) -> dict[str, Any]:
     ds, offset = header_read(stream)
     syntax = stored_syntax(ds)
     has_pixels = _has_pixel_data(stream, offset)
+    paths = {id(element): path for path, element in _elements(ds, ())}
     ds.AvailableTransferSyntaxUID = syntax
-    # Walked only once a value needs its URI: most headers hold none, and the walk cost as much
-    # as the encoding.
-    paths: dict[int, BulkPath] = {}
 
     def uri(element: DataElement) -> str:
-        if not paths:
-            paths.update((id(e), path) for path, e in _elements(ds, ()))
         return f"{instance_uri}/bulkdata/{bulk_path(paths[id(element)])}"
 
     try:
