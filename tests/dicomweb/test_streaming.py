@@ -8,7 +8,7 @@ import tracemalloc
 
 import numpy as np
 import pytest
-from pydicom import dcmread, dcmwrite
+from pydicom import config, dcmread, dcmwrite
 from pydicom.dataset import Dataset
 from pydicom.uid import (
     ExplicitVRBigEndian,
@@ -20,7 +20,7 @@ from pydicom.uid import (
 
 from archive.header import HEADER_PREFIX
 from archive.models import Instance
-from dicomweb.instances import explicit_little, explicit_little_copy
+from dicomweb.instances import explicit_little, explicit_little_copy, metadata_json
 from dicomweb.multipart import multipart_body, parts_read
 from dicomweb.stow import stow_store
 from dicomweb.views import _instances_body
@@ -249,3 +249,19 @@ def test_big_endian_binary_values_are_swapped_at_any_depth():
     assert np.frombuffer(got[0x00221640].value, "<f8").tolist() == doubles.tolist()
     assert (got.pixel_array == pixels).all()
     assert got.Rows == ds.Rows and got.BitsAllocated == 16
+
+
+def test_metadata_keeps_values_that_strict_reading_would_drop():
+    """A DS of more than 16 characters (as scanners write Image Position Patient) breaks the
+    standard but is what the file holds: WADO-RS metadata keeps it, since OHIF cannot place a
+    slice without it."""
+    ds = dcmread(sample_file("CT_small.dcm"))
+    position = ["-158.135803222656", "-179.035797119141", "-75.6999969482422"]
+    out = io.BytesIO()
+    with config.disable_value_validation():
+        ds.ImagePositionPatient = position
+        ds.save_as(out, enforce_file_format=True)
+    assert b"\\".join(v.encode() for v in position) in out.getvalue()
+    out.seek(0)
+    got = metadata_json(out, "http://x/instance")
+    assert got["00200032"]["Value"] == [float(v) for v in position]
