@@ -12,10 +12,16 @@ kinds of rows under one format): anything this module is not sure to encode the 
 files without a Part 10 preamble or transfer syntax, character sets other than the default,
 ISO_IR 100 and ISO_IR 192, escape sequences, ambiguous VRs ("US or SS", "OB or OW"), VR UN
 replaced by a dictionary VR, implicit VR items in explicit datasets, out-of-order or duplicate
-tags, and values pydicom would reject or drop. Text values go through pydicom's own converters
-and validators (the rules are subtle and cheap to reuse); numbers, binary values, UIDs, codes,
-dates and sequences are converted here. tests/dicomweb/test_metadata_encode.py compares both
-paths byte for byte on every file pydicom ships as test data.
+tags, and values the reference rejects or drops. Text values go through pydicom's own
+converters and validators (the rules are subtle and cheap to reuse); numbers, binary values,
+UIDs, codes, dates and sequences are converted here.
+
+The reference converts every value in pydicom's reading validation mode (by default WARN: a
+value that breaks the standard is kept, with a warning) before to_json_dict, and so does this
+module: a DS of 17 characters, as scanners write Image Position Patient, must reach OHIF. DS, IS
+and UI values that the standard allows are converted here; any other goes through pydicom for
+that one element. tests/dicomweb/test_metadata_encode.py compares both paths byte for byte on
+every file pydicom ships as test data.
 """
 
 import base64
@@ -25,7 +31,7 @@ from typing import Any, BinaryIO
 
 from pydicom import config
 from pydicom.datadict import dictionary_VR, private_dictionary_VR
-from pydicom.dataelem import RawDataElement
+from pydicom.dataelem import RawDataElement, convert_raw_data_element
 from pydicom.tag import BaseTag
 from pydicom.uid import UID
 from pydicom.valuerep import validate_value
@@ -90,8 +96,9 @@ def metadata_encode(stream: BinaryIO, instance_uri: str) -> dict[str, Any]:
         whole = len(data) < want
         encoder = _Encoder(data, whole, instance_uri)
         try:
-            with config.strict_reading():
-                result, syntax, has_pixels = encoder.file()
+            # In the reading validation mode the reference reads in (pydicom's default, WARN):
+            # values that break the standard are kept, as the reference keeps them.
+            result, syntax, has_pixels = encoder.file()
             break
         except _NeedMore:
             if whole or want >= _MOST_READ:
@@ -100,7 +107,7 @@ def metadata_encode(stream: BinaryIO, instance_uri: str) -> dict[str, Any]:
             want *= 2
         except Unsupported:
             raise
-        except Exception as exc:  # a value pydicom rejects (and drops), a walk gone wrong
+        except Exception as exc:  # a value pydicom rejects, a walk gone wrong
             raise Unsupported(f"{type(exc).__name__}: {exc}") from None
     if has_pixels:
         bits = result.get("00280100", {"Value": [16]}).get("Value")
@@ -301,8 +308,10 @@ class _Encoder:
                     found = self.private_vr(tag, creators)
                 elif tag & 0xFFFF == 0:
                     found = "UL"
-                else:
+                elif config.settings.reading_validation_mode == config.RAISE:
                     raise Unsupported("an unknown tag in implicit VR")
+                else:
+                    found = "UN"  # what pydicom's raw_element_vr makes of it, with a warning
             vr = found
         elif vr == "UN":
             if tag >> 16 & 1:
@@ -378,13 +387,15 @@ class _Encoder:
                 return {"vr": vr}
             return {"vr": vr, "Value": items}
         if vr == "UI":
-            # pydicom's UID validates each value (strictly here) and strips it
             items = value.decode("latin-1").rstrip(" \0").split("\\")
             if len(items) == 1 and not items[0]:
                 return {"vr": vr}
-            for item in items:
-                validate_value("UI", item, config.RAISE)
-            return {"vr": vr, "Value": [item.strip() for item in items]}
+            try:
+                for item in items:
+                    validate_value("UI", item, config.RAISE)
+            except ValueError:
+                return self.pydicom_element(tag, vr, value, implicit)
+            return {"vr": vr, "Value": items}
         if vr in _BINARY_VRS:
             if len(value) >= _BULK:
                 return {"vr": vr, "BulkDataURI": self.bulk_prefix + _bulk_path((*prefix, tag))}
@@ -396,10 +407,11 @@ class _Encoder:
                 raise Unsupported("a number value of a wrong length")
             numbers = list(struct.unpack(f"<{len(value) // size}{code}", value))
             return {"vr": vr, "Value": numbers}
-        if vr == "DS":
-            return self.decimal(vr, value)
-        if vr == "IS":
-            return self.integer(vr, value)
+        if vr == "DS" or vr == "IS":
+            try:
+                return self.decimal(vr, value) if vr == "DS" else self.integer(vr, value)
+            except _NotPlain:
+                return self.pydicom_element(tag, vr, value, implicit)
         if vr == "AT":
             if len(value) % 4:
                 raise Unsupported("an AT value of a wrong length")
@@ -414,33 +426,47 @@ class _Encoder:
 
     def decimal(self, vr: str, value: bytes) -> dict[str, Any]:
         if max(value) >= 0x80:
-            raise Unsupported("non-ASCII bytes in a DS value")
+            raise _NotPlain
         items = value.decode("latin-1").strip().rstrip(" \0").split("\\")
-        if len(items) == 1 and not items[0]:
-            raise Unsupported("a DS value of only padding")
         numbers = []
         for item in items:
-            validate_value("DS", item, config.RAISE)
             try:
+                validate_value("DS", item, config.RAISE)
                 numbers.append(float(item))
-            except ValueError:
-                raise Unsupported("a DS value that is no number") from None
+            except ValueError:  # over 16 characters (as scanners often write), no number
+                raise _NotPlain from None
         return {"vr": vr, "Value": numbers}
 
     def integer(self, vr: str, value: bytes) -> dict[str, Any]:
         if max(value) >= 0x80:
-            raise Unsupported("non-ASCII bytes in an IS value")
+            raise _NotPlain
         items = value.decode("latin-1").rstrip(" \0").split("\\")
         numbers = []
         for item in items:
             if not item.strip(" ").lstrip("+-").isdigit():
-                raise Unsupported("an IS value that is no plain integer")
-            validate_value("IS", item, config.RAISE)
+                raise _NotPlain
+            try:
+                validate_value("IS", item, config.RAISE)
+            except ValueError:
+                raise _NotPlain from None
             number = int(item)
             if not -(2**31) <= number < 2**31:
-                raise Unsupported("an IS value out of range")  # pydicom drops it
+                raise _NotPlain
             numbers.append(number)
         return {"vr": vr, "Value": numbers}
+
+    def pydicom_element(self, tag: int, vr: str, value: bytes, implicit: bool) -> dict[str, Any]:
+        """What the reference makes of a value that breaks the standard (pydicom converts it
+        in the reading mode, keeping most such values with a warning, and encodes it in strict
+        mode, within to_json_dict): one element through pydicom, not worth copying its rules
+        for values this rare."""
+        element = convert_raw_data_element(_raw(tag, vr, value, implicit), encoding=self.encodings)
+        with config.strict_reading():
+            return element.to_json_dict(None, 0)
+
+
+class _NotPlain(Exception):
+    """A DS, IS or UI value that breaks the standard: left to pydicom's converters."""
 
 
 def _us_or_ss(tag: int, top: dict[str, Any] | None) -> str:
