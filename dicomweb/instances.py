@@ -327,13 +327,18 @@ def metadata_json_pydicom(stream: BinaryIO, instance_uri: str) -> dict[str, Any]
     ds, offset = header_read(stream)
     syntax = stored_syntax(ds)
     has_pixels = _has_pixel_data(stream, offset)
-    paths = {id(element): path for path, element in _elements(ds, ())}
-    ds.AvailableTransferSyntaxUID = syntax
+    paths: dict[int, BulkPath] = {}
 
     def uri(element: DataElement) -> str:
         return f"{instance_uri}/bulkdata/{bulk_path(paths[id(element)])}"
 
     try:
+        # Every value converted first, in pydicom's default (warning) reading mode: to_json_dict
+        # with suppress_invalid_tags converts under strict reading and would drop what breaks
+        # the standard but is what the file holds (a 17-character DS, say). A value that cannot
+        # be converted at all makes the instance unreadable, not a server error.
+        paths.update((id(element), path) for path, element in _elements(ds, ()))
+        ds.AvailableTransferSyntaxUID = syntax
         # pydicom sends a value as BulkDataURI when its length is above 3/4 of the threshold
         # (what base64 would make of it): this one makes that BULK_THRESHOLD bytes or more.
         result = ds.to_json_dict(
@@ -354,8 +359,14 @@ BulkPath = tuple[int, ...]  # tag, item index, tag, ..., tag
 
 def _elements(ds: Dataset, prefix: BulkPath) -> Iterator[tuple[BulkPath, DataElement]]:
     """Every element but sequences, at any depth, with its path (pydicom decides which are
-    binary: ambiguous VRs such as "OB or OW" too)."""
-    for element in ds:
+    binary: ambiguous VRs such as "OB or OW" too). An element whose value cannot be converted
+    is left raw and out: to_json_dict then leaves it out of the answer (logged), not the
+    instance."""
+    for tag in list(ds.keys()):
+        try:
+            element = ds[tag]
+        except Exception:
+            continue
         if element.VR == "SQ":
             for index, item in enumerate(element.value or ()):
                 yield from _elements(item, (*prefix, element.tag, index))

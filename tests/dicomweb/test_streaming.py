@@ -9,7 +9,9 @@ import tracemalloc
 import numpy as np
 import pytest
 from pydicom import config, dcmread, dcmwrite
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
+from pydicom.tag import Tag
 from pydicom.uid import (
     ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
@@ -265,3 +267,18 @@ def test_metadata_keeps_values_that_strict_reading_would_drop():
     out.seek(0)
     got = metadata_json(out, "http://x/instance")
     assert got["00200032"]["Value"] == [float(v) for v in position]
+
+
+def test_metadata_leaves_out_a_value_that_cannot_be_read_not_the_instance():
+    """A US of three bytes cannot be converted at all: that element is left out of the
+    metadata, the instance's other attributes are sent."""
+    ds = dcmread(sample_file("CT_small.dcm"))
+    rows = Tag(0x00280010)
+    ds._dict[rows] = RawDataElement(rows, "US", 3, b"\x01\x02\x03", 0, False, True)
+    out = io.BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    out.seek(0)
+    got = metadata_json(out, "http://x/instance")
+    assert "00280010" not in got
+    assert got["00080018"]["Value"] == [ds.SOPInstanceUID]
+    assert got["00280011"]["Value"] == [ds.Columns]
