@@ -13,13 +13,17 @@ classes, each with its transfer syntaxes, and pynetdicom turns every one of thos
 pydicom UID, validated with a regular expression, two or three times over (PDU item, primitive,
 presentation context): about 2,500 UIDs and some 20 ms of CPU per association on this machine,
 the largest fixed cost of a C-GET. `set_uid` is memoised for the str, bytes and UID values it
-accepted: a valid UID stays valid, and UID objects are immutable
-(`PresentationContext.add_transfer_syntax` builds its UIDs itself; those remain).
+accepted: a valid UID stays valid, and UID objects are immutable.
+`PresentationContext.add_transfer_syntax` builds and checks its UIDs itself (a UID, two regular
+expressions, four properties), once per proposed transfer syntax and again for each accepted
+one: some 500 calls and a third of the CPU of getscu's A-ASSOCIATE-RQ (py-spy). It is wrapped to
+answer from memory for a standard transfer syntax it has accepted before, the one case in which
+it logs nothing and appends the UID when not already listed; anything else goes through it.
 
 This reaches into pynetdicom: the `deepcopy` that pynetdicom.transport imported is replaced
 (for lists of presentation contexts only; anything else is deep-copied as before), and so is
 the `set_uid` that pynetdicom.utils defines and its PDU, primitive, presentation and AE modules
-imported. tests/receiver/test_fastpath.py checks that negotiation leaves the AE's contexts
+imported, and `PresentationContext.add_transfer_syntax` is wrapped. tests/receiver/test_fastpath.py checks that negotiation leaves the AE's contexts
 untouched; tests/receiver/test_transport_contract.py the names and signature.
 """
 
@@ -91,6 +95,37 @@ def uid_memo(set_uid: Callable[..., UID | None]) -> Callable[..., UID | None]:
     return set_uid_memo
 
 
+def transfer_syntax_memo(add: Callable[[Any, Any], None]) -> Callable[[Any, Any], None]:
+    """`PresentationContext.add_transfer_syntax` answering from memory for a str, bytes or plain
+    UID value that was a valid, conformant, standard transfer syntax UID: append it unless already there,
+    as `add` does without logging anything. Any other value goes through `add`."""
+    memo: dict[str | bytes, UID] = {}  # a UID finds its str: same hash, equal
+
+    def add_transfer_syntax(self: Any, syntax: Any) -> None:
+        kind = type(syntax)
+        plain = kind is str or kind is bytes
+        if kind is UID:
+            # As in set_uid_memo: a UID carrying a private transfer syntax's encoding goes on.
+            plain = "_PRIVATE_TS_ENCODING" not in syntax.__dict__
+        if plain:
+            uid = memo.get(syntax)
+            if uid is not None:
+                if uid not in self._transfer_syntax:
+                    self._transfer_syntax.append(uid)
+                return
+        add(self, syntax)
+        if plain and len(memo) < _MEMO_LIMIT:
+            uid = UID(syntax.decode("ascii") if kind is bytes else syntax)
+            # What `add` checks before it appends silently; a private transfer syntax is left
+            # out, its UID object may carry an encoding set on it later.
+            silent = uid.is_transfer_syntax and uid.is_valid and not uid.is_private
+            if silent and presentation.validate_uid(uid):
+                memo[syntax] = next(s for s in self._transfer_syntax if s == uid)
+
+    add_transfer_syntax.memoised = add  # type: ignore[attr-defined]
+    return add_transfer_syntax
+
+
 def install() -> None:
     """Copy the contexts cheaply for every association accepted from now on, and memoise
     pynetdicom's UIDs (idempotent)."""
@@ -99,3 +134,6 @@ def install() -> None:
         memoised = uid_memo(utils.set_uid)
         for module in SET_UID_MODULES:
             module.set_uid = memoised  # type: ignore[attr-defined]
+    add = PresentationContext.add_transfer_syntax
+    if getattr(add, "memoised", None) is None:
+        PresentationContext.add_transfer_syntax = transfer_syntax_memo(add)  # type: ignore[method-assign]

@@ -20,6 +20,7 @@ from pynetdicom import (
     dimse_messages,
     dul,
     fsm,
+    presentation,
     service_class,
     transport,
     utils,
@@ -219,6 +220,50 @@ def test_memoised_set_uid_returns_the_same_uids_and_still_refuses_bad_ones():
     assert memoised(None, "x") is None
 
 
+# 17: add_transfer_syntax, answered from memory when it would append silently.
+def test_add_transfer_syntax_still_checks_what_the_memo_reproduces():
+    source = ast.unparse(_method(presentation, "PresentationContext", "add_transfer_syntax"))
+    for check in (
+        "syntax = UID(syntax)",
+        "not validate_uid(syntax)",
+        "not syntax.is_valid",
+        "if syntax not in self._transfer_syntax and syntax != '':",
+        "not syntax.is_private and (not syntax.is_transfer_syntax)",
+        "self._transfer_syntax.append(syntax)",
+    ):
+        assert check in source, check
+    assert "validate_uid" in {a.name for n in _module(presentation).body
+                              if isinstance(n, ast.ImportFrom) for a in n.names}  # fmt: skip
+
+
+def test_memoised_add_transfer_syntax_appends_as_pynetdicom_does(caplog):
+    original = getattr(
+        PresentationContext.add_transfer_syntax, "memoised", PresentationContext.add_transfer_syntax
+    )
+    memoised = ours.contexts.transfer_syntax_memo(original)
+    private = UID("1.2.3.4.5")
+    private.set_private_encoding(False, True)
+    values = [
+        "1.2.840.10008.1.2.1", b"1.2.840.10008.1.2", UID("1.2.840.10008.1.2.1"),
+        "1.2.840.10008.1.2.1", "1.2.3.4", "1.2.840.10008.1.1", "1.2.840.10008.1.2.1.99", private,
+    ]  # fmt: skip
+    for _ in range(2):  # the second time from memory, where it may
+        plain, ours_ = PresentationContext(), PresentationContext()
+        for value in values:
+            caplog.clear()
+            original(plain, value)
+            expected = [r.getMessage() for r in caplog.records]
+            caplog.clear()
+            memoised(ours_, value)
+            assert [r.getMessage() for r in caplog.records] == expected, value
+        assert ours_.transfer_syntax == plain.transfer_syntax
+        assert [type(s) for s in ours_.transfer_syntax] == [type(s) for s in plain.transfer_syntax]
+        assert ours_.transfer_syntax[-1].is_little_endian  # the private one, not from memory
+    for bad in ("1" * 70, b"2" * 65):  # longer than 64
+        with pytest.raises(ValueError):
+            memoised(PresentationContext(), bad)
+
+
 # 11: incoming messages are typed through _MESSAGE_TYPES, and the dataset written to data_set.
 def test_incoming_messages_are_typed_through_the_message_table():
     decode = _method(dimse_messages, "DIMSEMessage", "decode_msg")
@@ -291,6 +336,7 @@ def test_install_applies_every_reach_in(scp):
     assert transport.deepcopy is ours.contexts.contexts_copy
     for module in ours.contexts.SET_UID_MODULES:
         assert getattr(module.set_uid, "memoised", None) is not None, module.__name__
+    assert getattr(PresentationContext.add_transfer_syntax, "memoised", None) is not None
     assert dimse_messages._MESSAGE_TYPES[0x0001][1].__module__ == spool.__name__
     assert getattr(association.uid_to_service_class, "retrieve_service", False)
     query_class = association.uid_to_service_class("1.2.840.10008.5.1.4.1.2.2.1")
