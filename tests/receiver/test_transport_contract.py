@@ -20,6 +20,7 @@ from pynetdicom import (
     dimse_messages,
     dul,
     fsm,
+    pdu_items,
     presentation,
     service_class,
     transport,
@@ -264,6 +265,57 @@ def test_memoised_add_transfer_syntax_appends_as_pynetdicom_does(caplog):
             memoised(PresentationContext(), bad)
 
 
+# 18: presentation context items and role selection sub-items decoded once per distinct item.
+def test_item_decoding_sets_attributes_from_the_bytes_alone():
+    source = ast.unparse(_method(pdu_items, "PDUItem", "decode"))
+    assert "for (offset, length), attr_name, func, args in self._decoders:" in source
+    assert "setattr(self, attr_name, func(bytestream[sl], *args))" in source
+    for item_class in ours.contexts.DECODED_FROM_MEMORY:
+        assert "decode" not in {
+            n.name for n in _class(pdu_items, item_class.__name__).body
+            if isinstance(n, ast.FunctionDef)
+        }, item_class.__name__  # fmt: skip
+
+
+def test_items_decoded_from_memory_equal_items_decoded_anew():
+    context = PresentationContext()
+    context.context_id = 7
+    context.abstract_syntax = "1.2.840.10008.5.1.4.1.1.2"
+    context.transfer_syntax = ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"]
+    item = pdu_items.PresentationContextItemRQ()
+    item.from_primitive(context)
+    role = pdu_items.SCP_SCU_RoleSelectionSubItem()
+    role.sop_class_uid, role.scu_role, role.scp_role = "1.2.840.10008.5.1.4.1.1.2", 0, 1
+    for original in (item, role):
+        item_class = type(original)
+        plain = getattr(item_class.decode, "memoised", item_class.decode)
+        memoised = ours.contexts.decode_memo(plain)
+        encoded = original.encode()
+        expected = item_class()
+        plain(expected, encoded)
+        decoded = []
+        for _ in range(2):  # the second from memory
+            decoded.append(item_class())
+            memoised(decoded[-1], encoded)
+            assert decoded[-1].encode() == expected.encode() == original.encode()
+        assert str(decoded[1]) == str(expected)
+    first, second = decoded
+    assert first.__dict__ == second.__dict__
+    if isinstance(first, pdu_items.PresentationContextItemRQ):
+        assert (
+            first.abstract_transfer_syntax_sub_items
+            is not second.abstract_transfer_syntax_sub_items
+        )
+    broken = pdu_items.PresentationContextItemRQ()
+    memoised = ours.contexts.decode_memo(
+        getattr(pdu_items.PresentationContextItemRQ.decode, "memoised", None)
+        or pdu_items.PresentationContextItemRQ.decode
+    )
+    for _ in range(2):
+        with pytest.raises(Exception):  # noqa: B017 - whatever pynetdicom raises, every time
+            memoised(broken, b"\x20\x00\x00\x08\x07\x00\x00\x00\x30\x00\x00\x99")
+
+
 # 11: incoming messages are typed through _MESSAGE_TYPES, and the dataset written to data_set.
 def test_incoming_messages_are_typed_through_the_message_table():
     decode = _method(dimse_messages, "DIMSEMessage", "decode_msg")
@@ -337,6 +389,8 @@ def test_install_applies_every_reach_in(scp):
     for module in ours.contexts.SET_UID_MODULES:
         assert getattr(module.set_uid, "memoised", None) is not None, module.__name__
     assert getattr(PresentationContext.add_transfer_syntax, "memoised", None) is not None
+    for item_class in ours.contexts.DECODED_FROM_MEMORY:
+        assert getattr(item_class.decode, "memoised", None) is not None, item_class.__name__
     assert dimse_messages._MESSAGE_TYPES[0x0001][1].__module__ == spool.__name__
     assert getattr(association.uid_to_service_class, "retrieve_service", False)
     query_class = association.uid_to_service_class("1.2.840.10008.5.1.4.1.2.2.1")
