@@ -185,6 +185,10 @@ def test_acceptor_contexts_are_copied_with_the_module_level_deepcopy():
     assert isinstance(context._transfer_syntax, list)
     clone = ours.contexts.contexts_copy([context])[0]
     assert clone is not context and clone._transfer_syntax is not context._transfer_syntax
+    # A plain object: its state is its __dict__, all of which the copy takes.
+    assert not hasattr(PresentationContext, "__slots__")
+    assert not hasattr(PresentationContext, "__copy__")
+    assert clone.__dict__ == copy.copy(context).__dict__
     assert clone.transfer_syntax == copy.deepcopy(context).transfer_syntax
 
 
