@@ -28,7 +28,7 @@ from receiver.checks import checking
 from receiver.config import ReceiverConfig, database_label
 from receiver.connections import lobby_build
 from receiver.live import LiveStatus
-from receiver.scp import build_ae, tls_context
+from receiver.scp import build_ae, heap_freeze, tls_context
 from receiver.transport.lobby import Lobby, descriptor_limit_raise
 from routing.commitment import CommitmentDelivery
 from routing.forwarding import RuleInvalid, forwarding_rules_sync
@@ -278,6 +278,7 @@ def run(config: ReceiverConfig) -> None:
             commitment.stop()
     else:
         running = start(config, ingest)
+        heap_freeze()
         logger.info("Storage SCP started: %s", config.describe())
         logger.info("%s", storage_found)
         while not stop.wait(1.0):

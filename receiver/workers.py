@@ -27,7 +27,7 @@ from receiver.config import ReceiverConfig
 from receiver.connections import lobby_build
 from receiver.limits import AssociationSlots
 from receiver.live import LiveStatus
-from receiver.scp import build_ae, tls_context
+from receiver.scp import build_ae, heap_freeze, tls_context
 from receiver.transport.lobby import Lobby
 
 logger = logging.getLogger(__name__)
@@ -56,6 +56,7 @@ def _worker(
         lobby.start(name="lobby:tls")
     live.start()
     stop_announcements = announcements.announcements_start(config, storage=ingest.storage)
+    heap_freeze()
     channel.settimeout(0.5)
     while not stopping.is_set():
         try:

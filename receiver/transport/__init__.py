@@ -61,6 +61,14 @@ it was measured to bring.
     `presentation`, `dimse_primitives` and `ae`, replaced by a memoised wrapper (contexts): the
     ~2,500 UIDs of an A-ASSOCIATE-RQ proposing every storage class (getscu, storescu) are built
     and validated once per process instead of once per association.
+17. `presentation.PresentationContext.add_transfer_syntax`, wrapped (contexts): a standard,
+    conformant transfer syntax it once appended without a warning is appended again from
+    memory, without building and regex-checking a UID (some 500 calls for getscu's
+    A-ASSOCIATE-RQ). getscu's connection to A-ASSOCIATE-AC went from 19 to 10 ms.
+18. `pdu_items.PresentationContextItemRQ.decode` and `SCP_SCU_RoleSelectionSubItem.decode`
+    (the `PDUItem.decode` they inherit), wrapped (contexts): an item's bytes seen before are
+    not decoded again; its decoded attributes are copied. getscu's A-ASSOCIATE-RQ decodes in
+    0.4 ms instead of 7, and its primitive is built in 0.5 ms instead of 5.
 
 Outside this package, routing.direct opens its own sockets for C-MOVE destinations and the
 forwarding queue and uses only pynetdicom's documented PDU classes: no reach-in. The command

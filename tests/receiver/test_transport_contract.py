@@ -20,6 +20,8 @@ from pynetdicom import (
     dimse_messages,
     dul,
     fsm,
+    pdu_items,
+    presentation,
     service_class,
     transport,
     utils,
@@ -183,6 +185,10 @@ def test_acceptor_contexts_are_copied_with_the_module_level_deepcopy():
     assert isinstance(context._transfer_syntax, list)
     clone = ours.contexts.contexts_copy([context])[0]
     assert clone is not context and clone._transfer_syntax is not context._transfer_syntax
+    # A plain object: its state is its __dict__, all of which the copy takes.
+    assert not hasattr(PresentationContext, "__slots__")
+    assert not hasattr(PresentationContext, "__copy__")
+    assert clone.__dict__ == copy.copy(context).__dict__
     assert clone.transfer_syntax == copy.deepcopy(context).transfer_syntax
 
 
@@ -217,6 +223,101 @@ def test_memoised_set_uid_returns_the_same_uids_and_still_refuses_bad_ones():
         with pytest.raises(ValueError):
             memoised("", "Abstract Syntax", allow_empty=False)
     assert memoised(None, "x") is None
+
+
+# 17: add_transfer_syntax, answered from memory when it would append silently.
+def test_add_transfer_syntax_still_checks_what_the_memo_reproduces():
+    source = ast.unparse(_method(presentation, "PresentationContext", "add_transfer_syntax"))
+    for check in (
+        "syntax = UID(syntax)",
+        "not validate_uid(syntax)",
+        "not syntax.is_valid",
+        "if syntax not in self._transfer_syntax and syntax != '':",
+        "not syntax.is_private and (not syntax.is_transfer_syntax)",
+        "self._transfer_syntax.append(syntax)",
+    ):
+        assert check in source, check
+    assert "validate_uid" in {a.name for n in _module(presentation).body
+                              if isinstance(n, ast.ImportFrom) for a in n.names}  # fmt: skip
+
+
+def test_memoised_add_transfer_syntax_appends_as_pynetdicom_does(caplog):
+    original = getattr(
+        PresentationContext.add_transfer_syntax, "memoised", PresentationContext.add_transfer_syntax
+    )
+    memoised = ours.contexts.transfer_syntax_memo(original)
+    private = UID("1.2.3.4.5")
+    private.set_private_encoding(False, True)
+    values = [
+        "1.2.840.10008.1.2.1", b"1.2.840.10008.1.2", UID("1.2.840.10008.1.2.1"),
+        "1.2.840.10008.1.2.1", "1.2.3.4", "1.2.840.10008.1.1", "1.2.840.10008.1.2.1.99", private,
+    ]  # fmt: skip
+    for _ in range(2):  # the second time from memory, where it may
+        plain, ours_ = PresentationContext(), PresentationContext()
+        for value in values:
+            caplog.clear()
+            original(plain, value)
+            expected = [r.getMessage() for r in caplog.records]
+            caplog.clear()
+            memoised(ours_, value)
+            assert [r.getMessage() for r in caplog.records] == expected, value
+        assert ours_.transfer_syntax == plain.transfer_syntax
+        assert [type(s) for s in ours_.transfer_syntax] == [type(s) for s in plain.transfer_syntax]
+        assert ours_.transfer_syntax[-1].is_little_endian  # the private one, not from memory
+    for bad in ("1" * 70, b"2" * 65):  # longer than 64
+        with pytest.raises(ValueError):
+            memoised(PresentationContext(), bad)
+
+
+# 18: presentation context items and role selection sub-items decoded once per distinct item.
+def test_item_decoding_sets_attributes_from_the_bytes_alone():
+    source = ast.unparse(_method(pdu_items, "PDUItem", "decode"))
+    assert "for (offset, length), attr_name, func, args in self._decoders:" in source
+    assert "setattr(self, attr_name, func(bytestream[sl], *args))" in source
+    for item_class in ours.contexts.DECODED_FROM_MEMORY:
+        assert "decode" not in {
+            n.name for n in _class(pdu_items, item_class.__name__).body
+            if isinstance(n, ast.FunctionDef)
+        }, item_class.__name__  # fmt: skip
+
+
+def test_items_decoded_from_memory_equal_items_decoded_anew():
+    context = PresentationContext()
+    context.context_id = 7
+    context.abstract_syntax = "1.2.840.10008.5.1.4.1.1.2"
+    context.transfer_syntax = ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"]
+    item = pdu_items.PresentationContextItemRQ()
+    item.from_primitive(context)
+    role = pdu_items.SCP_SCU_RoleSelectionSubItem()
+    role.sop_class_uid, role.scu_role, role.scp_role = "1.2.840.10008.5.1.4.1.1.2", 0, 1
+    for original in (item, role):
+        item_class = type(original)
+        plain = getattr(item_class.decode, "memoised", item_class.decode)
+        memoised = ours.contexts.decode_memo(plain)
+        encoded = original.encode()
+        expected = item_class()
+        plain(expected, encoded)
+        decoded = []
+        for _ in range(2):  # the second from memory
+            decoded.append(item_class())
+            memoised(decoded[-1], encoded)
+            assert decoded[-1].encode() == expected.encode() == original.encode()
+        assert str(decoded[1]) == str(expected)
+    first, second = decoded
+    assert first.__dict__ == second.__dict__
+    if isinstance(first, pdu_items.PresentationContextItemRQ):
+        assert (
+            first.abstract_transfer_syntax_sub_items
+            is not second.abstract_transfer_syntax_sub_items
+        )
+    broken = pdu_items.PresentationContextItemRQ()
+    memoised = ours.contexts.decode_memo(
+        getattr(pdu_items.PresentationContextItemRQ.decode, "memoised", None)
+        or pdu_items.PresentationContextItemRQ.decode
+    )
+    for _ in range(2):
+        with pytest.raises(Exception):  # noqa: B017 - whatever pynetdicom raises, every time
+            memoised(broken, b"\x20\x00\x00\x08\x07\x00\x00\x00\x30\x00\x00\x99")
 
 
 # 11: incoming messages are typed through _MESSAGE_TYPES, and the dataset written to data_set.
@@ -291,6 +392,9 @@ def test_install_applies_every_reach_in(scp):
     assert transport.deepcopy is ours.contexts.contexts_copy
     for module in ours.contexts.SET_UID_MODULES:
         assert getattr(module.set_uid, "memoised", None) is not None, module.__name__
+    assert getattr(PresentationContext.add_transfer_syntax, "memoised", None) is not None
+    for item_class in ours.contexts.DECODED_FROM_MEMORY:
+        assert getattr(item_class.decode, "memoised", None) is not None, item_class.__name__
     assert dimse_messages._MESSAGE_TYPES[0x0001][1].__module__ == spool.__name__
     assert getattr(association.uid_to_service_class, "retrieve_service", False)
     query_class = association.uid_to_service_class("1.2.840.10008.5.1.4.1.2.2.1")
