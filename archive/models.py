@@ -231,6 +231,20 @@ class InstanceManager(models.Manager["Instance"]):
             cursor.execute(sql, params)
             return cursor.fetchone()[0]
 
+    def indexed(self, sop_instance_uid: str, using: str = "default") -> bool:
+        """Whether an instance of that UID is indexed: `filter(...).exists()` without compiling
+        the query each time (an upload's check before it sends, once per instance)."""
+        global _INDEXED_SQL
+        if _INDEXED_SQL is None:
+            meta, quote = self.model._meta, connections["default"].ops.quote_name
+            _INDEXED_SQL = (
+                f"SELECT 1 FROM {quote(meta.db_table)} "
+                f"WHERE {quote(meta.get_field('sop_instance_uid').column)} = %s LIMIT 1"
+            )
+        with connections[using].cursor() as cursor:
+            cursor.execute(_INDEXED_SQL, [sop_instance_uid])
+            return cursor.fetchone() is not None
+
     def _insert_sql(self, names: tuple[str, ...]) -> tuple[str, list[models.Field]]:
         cached = _INSERTS.get(names)
         if cached is None:
@@ -248,6 +262,7 @@ class InstanceManager(models.Manager["Instance"]):
 
 
 _INSERTS: dict[tuple[str, ...], tuple[str, list[models.Field]]] = {}
+_INDEXED_SQL: str | None = None
 # Values every database driver takes as they are; others (datetimes) go through their field.
 _PLAIN_TYPES = frozenset((str, int, type(None)))
 

@@ -327,7 +327,11 @@ def _index_new(arrival: _Arrival, staged: StagedFile, storage: Storage) -> Store
     # indexes.
     uid = arrival.header.sop_instance_uid
     with instance_writer(uid):
-        if _existing(uid) is not None:
+        try:
+            indexed = Instance.objects.indexed(uid)
+        except DatabaseError as exc:
+            raise IndexFailure(f"index not readable: {exc}") from exc
+        if indexed:
             raise IntegrityError(f"instance {uid} is indexed already")  # settled as a resend
         storage.publish(staged, arrival.path)
         return _index_rows(arrival, staged, storage, publish=False)

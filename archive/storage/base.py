@@ -24,12 +24,14 @@ def is_object_store(location: str | Path) -> bool:
 
 @dataclass
 class StagedFile:
-    """A complete, fsync'd file on local disk waiting for its final name (or object)."""
+    """A complete dataset waiting for its final name (or object): an fsync'd file on local
+    disk, or (`data`, a backend that uploads small instances from memory) its bytes."""
 
-    path: Path
+    path: Path | None
     size: int
     sha256: str
     published: bool = False
+    data: bytes | None = None
 
 
 class Storage:

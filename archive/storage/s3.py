@@ -1,20 +1,31 @@
 """The S3 backend: instance files as objects in an S3-compatible bucket.
 
-Datasets are staged on local disk exactly as for the filesystem backend (`.incoming/<host>.<pid>`
-under the staging directory), then uploaded from there: one PUT with its integrity checked by
-the server (Content-MD5, or x-amz-checksum-sha256 from the hash we already have) for most
-instances, a multipart upload read from the staged file for large ones (a few parts in memory
-and on the wire at a time, each part checked). A publish returns only once the server
-acknowledged the object, so the caller's commit and success come after it; a crash between
-upload and commit leaves an orphan object, which `verifystorage --repair` indexes.
+An instance up to MULTIPART_THRESHOLD is held in memory once received and hashed, and goes up
+in one PUT: until the server has acknowledged it nothing was acknowledged to the sender, so a
+copy on local disk would protect nothing (and cost a write, an fsync, a read and an unlink per
+instance). A larger one is staged on local disk exactly as for the filesystem backend
+(`.incoming/<host>.<pid>` under DICOM_STAGING_DIR, local to each receiver node), then goes up as
+a multipart upload read from the staged file (a few parts in memory and on the wire at a time,
+each with its Content-MD5). A publish returns only once the server acknowledged the object, so
+the caller's commit and success come after it; a crash between upload and commit leaves an
+orphan object, which `verifystorage --repair` indexes.
 
-The staging directory is DICOM_STAGING_DIR (settings), local to each receiver node.
-Endpoint, region and credentials come from the standard AWS environment (AWS_ENDPOINT_URL,
-AWS_DEFAULT_REGION, AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE). Recent botocore
-adds CRC checksums with a streaming trailer to every upload unless told otherwise, which some
-S3-compatible servers refuse: we ask for checksums only where the API requires them and send our
-own (DICOM_S3_CHECKSUM: md5, the default, or sha256); AWS_REQUEST_CHECKSUM_CALCULATION=
-when_supported restores botocore's default.
+Two clients share the work. The requests made once per instance (PUT, HEAD, GET, DELETE) go
+through obstore, Python bindings of Rust's object_store: signing, sending and parsing cost a
+fifth of the CPU boto3 spends on the same request, and boto3's per-request cost was most of the
+cost of an instance. boto3 keeps what it alone does here: credentials resolved as every AWS tool
+resolves them (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE and the config files,
+instance roles; obstore asks boto3 for them), multipart uploads with Content-MD5 per part, the
+managed copy past 5 GB, listings, and the start-up check whose errors name the setting at fault.
+Endpoint and region come from the standard AWS environment too (AWS_ENDPOINT_URL,
+AWS_DEFAULT_REGION), resolved by boto3 for both clients.
+
+Integrity, DICOM_S3_CHECKSUM: `md5` (the default) sends no x-amz-checksum header, which some
+S3-compatible servers refuse: a single PUT is covered by the SHA-256 of its body in its SigV4
+signature (x-amz-content-sha256, checked by the server), multipart parts carry Content-MD5.
+`sha256` adds x-amz-checksum-sha256 to single PUTs. Recent botocore would add CRC checksums with
+a streaming trailer to every upload it makes: it asks for them only where the API requires one
+(AWS_REQUEST_CHECKSUM_CALCULATION=when_supported restores its default).
 """
 
 import base64
@@ -22,12 +33,14 @@ import contextlib
 import datetime as dt
 import hashlib
 import io
+import itertools
 import json
 import logging
 import os
 import posixpath
 import socket
 import threading
+import urllib.parse
 import uuid
 from collections.abc import Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -35,6 +48,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import boto3
+import obstore
 from botocore.config import Config
 from botocore.exceptions import (
     BotoCoreError,
@@ -43,6 +57,8 @@ from botocore.exceptions import (
     NoCredentialsError,
 )
 from django.conf import settings
+from obstore.exceptions import BaseError as ObstoreError
+from obstore.exceptions import PermissionDeniedError, PreconditionError, UnauthenticatedError
 
 from archive.exceptions import StorageFailure
 from archive.storage.base import INCOMING, MARKER, S3_SCHEME, StagedFile, Storage, pid_alive
@@ -56,6 +72,7 @@ MULTIPART_THRESHOLD = 8 * 2**20
 PART_SIZE = 8 * 2**20  # S3's smallest part is 5 MB
 PARTS_IN_FLIGHT = 4
 _DOWNLOAD_CHUNK = 2**20
+_ATTRIBUTES = {"Content-Type": "application/dicom"}
 CHECKSUMS = ("md5", "sha256")
 DEFAULT_STAGING_DIR = "./staging"
 
@@ -98,6 +115,7 @@ class S3Storage(Storage):
         self.local = FilesystemStorage(staging, min_free_bytes=min_free_bytes)
         self.min_free_bytes = min_free_bytes
         self._clients: tuple[int, Any] | None = None
+        self._stores: tuple[int, Any] | None = None
         self._client_lock = threading.Lock()
 
     # --- the client --------------------------------------------------------------------
@@ -114,6 +132,19 @@ class S3Storage(Storage):
                     self._clients = (pid, _client_make())
                 clients = self._clients
         return clients[1]
+
+    @property
+    def store(self) -> Any:
+        """The obstore client of the per-instance requests; one per process, as `client`."""
+        pid = os.getpid()
+        stores = self._stores
+        if stores is None or stores[0] != pid:
+            client = self.client  # before the lock, which `client` takes too
+            with self._client_lock:
+                if self._stores is None or self._stores[0] != pid:
+                    self._stores = (pid, _store_make(client, self.bucket, self.checksum))
+                stores = self._stores
+        return stores[1]
 
     @property
     def location(self) -> str:
@@ -149,6 +180,7 @@ class S3Storage(Storage):
         removed = self.local.prepare()
         try:
             self.client.head_bucket(Bucket=self.bucket)
+            self.store  # noqa: B018 (built now, so that a setting it refuses stops the start)
         except Exception as exc:
             raise self._failure(f"use bucket {self.bucket}", exc, startup=True) from None
         return removed + self._remove_stale_asides()
@@ -181,39 +213,49 @@ class S3Storage(Storage):
     # --- writing -------------------------------------------------------------------------
 
     def stage(self, parts: Iterable[bytes]) -> StagedFile:
-        return self.local.stage(parts)
+        """Hash the dataset and hold it in memory, or past MULTIPART_THRESHOLD stage it on local
+        disk (StorageFailure as the filesystem backend's `stage`)."""
+        held: list[bytes] = []
+        size = 0
+        digest = hashlib.sha256()
+        remaining = iter(parts)
+        for part in remaining:
+            held.append(part)
+            size += len(part)
+            if size > MULTIPART_THRESHOLD:
+                return self.local.stage(itertools.chain(held, remaining))
+            digest.update(part)
+        data = held[0] if len(held) == 1 else b"".join(held)
+        return StagedFile(path=None, size=size, sha256=digest.hexdigest(), data=bytes(data))
 
     def publish(self, staged: StagedFile, relative: str, *, durable: bool = True) -> str:
         """Upload a staged file as the object of `relative`; return once the server has
         acknowledged it with its integrity checked. The staged file is removed then."""
         key = self.key(relative)
         try:
-            if staged.size <= MULTIPART_THRESHOLD:
+            if staged.path is None or staged.size <= MULTIPART_THRESHOLD:
                 self._put(staged, key)
             else:
                 self._put_multipart(staged, key)
         except Exception as exc:
             raise self._failure(f"store {relative}", exc) from None
         staged.published = True
-        staged.path.unlink(missing_ok=True)
+        staged.data = None
+        if staged.path is not None:
+            staged.path.unlink(missing_ok=True)
         return key
 
     def _put(self, staged: StagedFile, key: str) -> None:
-        with open(staged.path, "rb") as fh:
-            data = fh.read()
-        if self.checksum == "sha256":
-            integrity = {"ChecksumSHA256": _b64(bytes.fromhex(staged.sha256))}
-        else:
-            integrity = {"ContentMD5": _b64(hashlib.md5(data).digest())}
-        self.client.put_object(
-            Bucket=self.bucket,
-            Key=key,
-            Body=data,
-            ContentType="application/dicom",
-            **integrity,
-        )
+        """One PUT, its integrity checked by the server (see the module docstring)."""
+        data = staged.data
+        if data is None:
+            assert staged.path is not None
+            with open(staged.path, "rb") as fh:
+                data = fh.read()
+        obstore.put(self.store, key, data, attributes=_ATTRIBUTES, use_multipart=False)
 
     def _put_multipart(self, staged: StagedFile, key: str) -> None:
+        assert staged.path is not None
         client = self.client
         upload_id = client.create_multipart_upload(
             Bucket=self.bucket, Key=key, ContentType="application/dicom"
@@ -280,7 +322,8 @@ class S3Storage(Storage):
         """Nothing to do: publish returned only once the server acknowledged the object."""
 
     def discard(self, staged: StagedFile) -> None:
-        if not staged.published:
+        staged.data = None
+        if not staged.published and staged.path is not None:
             staged.path.unlink(missing_ok=True)
 
     def set_aside(self, relative: str) -> str | None:
@@ -298,7 +341,7 @@ class S3Storage(Storage):
         try:
             self._copy(key, aside)
             if move:
-                self.client.delete_object(Bucket=self.bucket, Key=key)
+                obstore.delete(self.store, key)
         except Exception as exc:
             if _missing(exc):
                 return None
@@ -314,7 +357,7 @@ class S3Storage(Storage):
             return
         try:
             self._copy(aside, self.key(relative))
-            self.client.delete_object(Bucket=self.bucket, Key=aside)
+            obstore.delete(self.store, aside)
         except Exception as exc:
             logger.error("Could not restore %s (kept as %s): %s", relative, aside, exc)
 
@@ -322,7 +365,7 @@ class S3Storage(Storage):
         if aside is None:
             return
         try:
-            self.client.delete_object(Bucket=self.bucket, Key=aside)
+            obstore.delete(self.store, aside)
         except Exception as exc:
             logger.error("Could not remove %s: %s", aside, exc)
 
@@ -331,7 +374,7 @@ class S3Storage(Storage):
 
     def remove(self, relative: str) -> None:
         try:
-            self.client.delete_object(Bucket=self.bucket, Key=self.key(relative))
+            obstore.delete(self.store, self.key(relative))
         except StorageFailure:
             raise
         except Exception as exc:
@@ -344,25 +387,34 @@ class S3Storage(Storage):
         from the position being read, a new one after a seek elsewhere. Nothing is copied to
         local disk first, so a WADO or C-GET of a 1 GB object starts sending at once and holds
         one buffer. Reads are pinned to the object opened (If-Match on its ETag): an object
-        replaced meanwhile fails the read instead of mixing two versions."""
-        answer = self._head(relative)
-        raw = _ObjectReader(
-            self, self.key(relative), int(answer["ContentLength"]), answer["ETag"], relative
-        )
+        replaced meanwhile fails the read instead of mixing two versions. The first GET, made
+        here, asks for the whole object and gives its size and ETag: a sequential read, a
+        resend's comparison or a download, costs that one request."""
+        key = self.key(relative)
+        try:
+            answer = obstore.get(self.store, key)
+        except FileNotFoundError:
+            raise FileNotFoundError(relative) from None
+        except Exception as exc:
+            raise self._failure(f"read {relative}", exc) from None
+        meta = answer.meta
+        raw = _ObjectReader(self, key, meta["size"], meta["e_tag"], relative)
+        raw.body_take(answer)
         return io.BufferedReader(raw, _DOWNLOAD_CHUNK)  # type: ignore[return-value]
 
     def _head(self, relative: str) -> dict[str, Any]:
+        """The object's metadata (obstore's ObjectMeta); FileNotFoundError when missing."""
         try:
-            return self.client.head_object(Bucket=self.bucket, Key=self.key(relative))
+            return obstore.head(self.store, self.key(relative))
         except StorageFailure:
             raise
+        except FileNotFoundError:
+            raise FileNotFoundError(relative) from None
         except Exception as exc:
-            if _missing(exc):
-                raise FileNotFoundError(relative) from None
             raise self._failure(f"read {relative}", exc) from None
 
     def size(self, relative: str) -> int:
-        return int(self._head(relative)["ContentLength"])
+        return int(self._head(relative)["size"])
 
     def exists(self, relative: str) -> bool:
         try:
@@ -372,7 +424,7 @@ class S3Storage(Storage):
         return True
 
     def modified(self, relative: str) -> dt.datetime:
-        return self._head(relative)["LastModified"].astimezone(dt.UTC)
+        return self._head(relative)["last_modified"].astimezone(dt.UTC)
 
     def names(self) -> Iterator[str]:
         prefix = f"{self.prefix}/" if self.prefix else ""
@@ -422,6 +474,23 @@ class S3Storage(Storage):
         where = f"storage.directory {self._location}"
         if isinstance(exc, StorageFailure):
             return exc
+        if isinstance(exc, (PermissionDeniedError, UnauthenticatedError)):
+            return StorageFailure(
+                f"cannot {action}: credentials refused "
+                "(AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE)"
+            )
+        if isinstance(exc, ValueError) and "get_credentials" in str(exc):
+            # obstore's boto3 credential provider found none
+            return StorageFailure(
+                f"cannot {action}: no credentials "
+                "(AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE)"
+            )
+        if isinstance(exc, ObstoreError):
+            # object_store's messages run over several lines of nested causes: the first says
+            # what failed, the last why.
+            lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+            reason = lines[0] if len(lines) < 2 else f"{lines[0]} ... {lines[-1]}"
+            return StorageFailure(f"cannot {action}: {reason[:400]} ({where})")
         if isinstance(exc, EndpointConnectionError):
             endpoint = os.environ.get("AWS_ENDPOINT_URL", "the default AWS endpoint")
             return StorageFailure(
@@ -454,13 +523,21 @@ class _ObjectReader(io.RawIOBase):
     """One object as a raw seekable file (S3Storage.open): reads continue one GET's body while
     they are sequential; a seek only moves the position, the next read opens a GET from there."""
 
-    def __init__(self, storage: S3Storage, key: str, size: int, etag: str, relative: str) -> None:
+    def __init__(
+        self, storage: S3Storage, key: str, size: int, etag: str | None, relative: str
+    ) -> None:
         super().__init__()
         self._storage, self._key, self._size = storage, key, size
         self._etag, self.name = etag, relative
         self._position = 0
-        self._body: Any = None
+        self._body: Iterator[Any] | None = None  # the chunks of the open GET
+        self._pending = memoryview(b"")  # what is left of the chunk last taken from it
         self._body_position = 0
+
+    def body_take(self, answer: Any) -> None:
+        """Read on from a GET made at `_body_position` (obstore's GetResult)."""
+        self._body = iter(answer.stream(min_chunk_size=_DOWNLOAD_CHUNK))
+        self._pending = memoryview(b"")
 
     def readable(self) -> bool:
         return True
@@ -495,9 +572,12 @@ class _ObjectReader(io.RawIOBase):
             try:
                 if self._body is None or self._body_position != self._position:
                     self._get()
-                data = self._body.read(wanted)
-                if not data:
-                    raise OSError("the object ended early")
+                if not self._pending:
+                    assert self._body is not None
+                    chunk = next(self._body, None)
+                    if not chunk:
+                        raise OSError("the object ended early")
+                    self._pending = memoryview(chunk)
                 break
             except (StorageFailure, FileNotFoundError):
                 raise  # replaced or gone: a second request would say the same
@@ -505,38 +585,31 @@ class _ObjectReader(io.RawIOBase):
                 self._drop()
                 if attempt == 2:
                     raise self._storage._failure(f"read {self.name}", exc) from None
-        count = len(data)
-        buffer[:count] = data
+        count = min(wanted, len(self._pending))
+        buffer[:count] = self._pending[:count]
+        self._pending = self._pending[count:]
         self._position += count
         self._body_position = self._position
         return count
 
     def _get(self) -> None:
         self._drop()
+        options: dict[str, Any] = {"range": {"offset": self._position}}
+        if self._etag:
+            options["if_match"] = self._etag
         try:
-            answer = self._storage.client.get_object(
-                Bucket=self._storage.bucket,
-                Key=self._key,
-                Range=f"bytes={self._position}-",
-                IfMatch=self._etag,
-            )
-        except ClientError as exc:
-            if _missing(exc):
-                raise FileNotFoundError(self.name) from None
-            code = str(exc.response.get("Error", {}).get("Code", ""))
-            if code in ("PreconditionFailed", "412"):
-                raise StorageFailure(
-                    f"cannot read {self.name}: replaced while being read"
-                ) from None
-            raise
-        self._body = answer["Body"]
+            answer = obstore.get(self._storage.store, self._key, options=options)
+        except FileNotFoundError:
+            raise FileNotFoundError(self.name) from None
+        except PreconditionError:
+            raise StorageFailure(f"cannot read {self.name}: replaced while being read") from None
         self._body_position = self._position
+        self.body_take(answer)
 
     def _drop(self) -> None:
-        if self._body is not None:
-            with contextlib.suppress(Exception):
-                self._body.close()
-            self._body = None
+        # Dropping obstore's stream closes its response.
+        self._body = None
+        self._pending = memoryview(b"")
 
     def close(self) -> None:
         self._drop()
@@ -562,7 +635,49 @@ def _client_make() -> Any:
     return boto3.session.Session().client("s3", config=config)
 
 
+def _store_make(client: Any, bucket: str, checksum: str) -> Any:
+    """An obstore S3Store on the endpoint, region and credentials that boto3 resolved for
+    `client`, so both clients follow one configuration (see the module docstring)."""
+    from obstore.auth.boto3 import Boto3CredentialProvider
+    from obstore.store import S3Store
+
+    endpoint = client.meta.endpoint_url
+    config: dict[str, Any] = {"region": client.meta.region_name}
+    if urllib.parse.urlsplit(endpoint).hostname.endswith(".amazonaws.com"):
+        config["virtual_hosted_style_request"] = True  # AWS's own addressing; its default URL
+    else:
+        config["endpoint"] = endpoint  # path-style, which every S3-compatible server answers
+    if checksum == "sha256":
+        config["checksum_algorithm"] = "sha256"
+    return S3Store(
+        bucket,
+        config=config,
+        credential_provider=Boto3CredentialProvider(boto3.session.Session()),
+        client_options={
+            "allow_http": endpoint.startswith("http://"),
+            "connect_timeout": dt.timedelta(seconds=5),
+            # A stalled read fails after this, as boto3's read_timeout; a long download to a
+            # slow peer outlives the overall limit and is read on from a new GET.
+            "read_timeout": dt.timedelta(seconds=60),
+            "timeout": dt.timedelta(minutes=10),
+        },
+        # A few quick retries, as boto3's standard mode: an endpoint that is down costs the
+        # C-STORE an error within seconds, not object_store's default three minutes.
+        retry_config={
+            "max_retries": 2,
+            "retry_timeout": dt.timedelta(seconds=20),
+            "backoff": {
+                "init_backoff": dt.timedelta(milliseconds=100),
+                "max_backoff": dt.timedelta(seconds=2),
+                "base": 2,
+            },
+        },
+    )
+
+
 def _missing(exc: BaseException) -> bool:
+    if isinstance(exc, FileNotFoundError):
+        return True
     if isinstance(exc, ClientError):
         code = str(exc.response.get("Error", {}).get("Code", ""))
         return code in ("NoSuchKey", "404", "NotFound")

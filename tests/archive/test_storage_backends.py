@@ -241,8 +241,8 @@ def test_a_bad_location_is_refused(tmp_path):
 
 
 def test_an_upload_in_progress_never_holds_up_another_instances_commit(s3_environment, tmp_path):
-    # Real threads, a real bucket on moto: the first instance's upload is held (the client's
-    # own hook before it sends the PUT) until a second instance, of another patient, has been
+    # Real threads, a real bucket on moto: the first instance's upload is held (just before it
+    # sends the PUT) until a second instance, of another patient, has been
     # stored and committed meanwhile. With the upload inside SQLite's one write lock, the
     # second would wait for it. (On PostgreSQL the upload runs in the index transaction, whose
     # new patient, study and series rows an instance of the same new series waits for: README,
@@ -253,12 +253,15 @@ def test_an_upload_in_progress_never_holds_up_another_instances_commit(s3_enviro
     first_uid = "1.2.826.0.1.3680043.9.7133.5.1"
     held, release = threading.Event(), threading.Event()
 
-    def hold(request, **kwargs):
-        if first_uid in request.url and not release.is_set():
+    put = storage._put
+
+    def hold(staged, key):
+        if first_uid in key and not release.is_set():
             held.set()
             release.wait(30)
+        put(staged, key)
 
-    storage.client.meta.events.register("before-send.s3.PutObject", hold)
+    storage._put = hold
     outcomes: dict[str, object] = {}
 
     def store(uid: str, **changes: str) -> None:
@@ -305,12 +308,15 @@ def test_a_resend_racing_the_upload_of_its_first_copy_is_settled_once(s3_environ
     storage.prepare()
     held, release = threading.Event(), threading.Event()
 
-    def hold(request, **kwargs):
+    put = storage._put
+
+    def hold(staged, key):
         if not release.is_set():
             held.set()
             release.wait(30)
+        put(staged, key)
 
-    storage.client.meta.events.register("before-send.s3.PutObject", hold)
+    storage._put = hold
     outcomes: list[object] = []
 
     def store() -> None:
