@@ -387,11 +387,28 @@ def _due(now: dt.datetime) -> "Q":
     )
 
 
+# Destination id → (consecutive association failures, time.monotonic() until which rows
+# queued since are not claimed), in this process.
+_down: dict[int, tuple[int, float]] = {}
+
+
+def _paused() -> list[int]:
+    now = time.monotonic()
+    return [pk for pk, (_, until) in list(_down.items()) if until > now]
+
+
 def forward_claim(*, limit: int = BATCH, lease: float = LEASE) -> Batch | None:
     """Claim the oldest due row and the due rows after it of the same destination and study,
     up to `limit`; None when nothing is due. Two workers never hold the same row."""
     now = timezone.now()
     due = ForwardItem.objects.filter(_due(now))
+    paused = _paused()
+    if paused:
+        # Rows queued since their destination stopped answering (never tried: no last error)
+        # wait out its backoff, as _release made the others: else every new arrival would be
+        # claimed, fail to connect and be released, and that churn of write transactions
+        # competes with ingest for the index. A requeued row keeps its error and goes now.
+        due = due.exclude(destination_id__in=paused, last_error="")
     if not due.exists():  # a read first: an idle queue never takes the SQLite write lock
         return None
     skip_locked = connection.features.has_select_for_update_skip_locked
@@ -427,10 +444,6 @@ class BatchResult:
     dead: int = 0
     unreachable: str = ""
     deidentified: bool = False
-
-
-# Destination id → consecutive association failures, in this process.
-_down: dict[int, int] = {}
 
 
 def forward_send(
@@ -469,9 +482,9 @@ def forward_send(
             timeout=timeout,
         ).open()
     except AssociationFailed as exc:
-        failures = _down.get(destination.pk, 0) + 1
-        _down[destination.pk] = failures
+        failures = _down.get(destination.pk, (0, 0.0))[0] + 1
         wait = min(FIRST_BACKOFF * 2 ** (failures - 1), MAX_BACKOFF)
+        _down[destination.pk] = (failures, time.monotonic() + wait)
         logger.warning("Forwarding to %s: retry in %.0f s: %s", destination.ae_title, wait, exc)
         _release(batch, [], str(exc), wait)
         result.unreachable = str(exc)

@@ -292,12 +292,16 @@ def test_failure_status_ends_as_dead_letter_with_status_and_comment(
         peer.stop()
 
 
-def _indexed_instance(storage_dir: Path) -> Instance:
+def _indexed_instance(storage_dir: Path, *, new_uid: bool = False) -> Instance:
     from archive.services import IngestSettings, instance_store
     from tests.peers import transfer_syntax
 
     path = sample_file("CT_small.dcm")
     ds = dcmread(path)
+    if new_uid:
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        path = storage_dir.parent / f"{ds.SOPInstanceUID}.dcm"
+        ds.save_as(path, enforce_file_format=True)
     storage = Storage(storage_dir)
     storage.prepare()
     result = instance_store(
@@ -430,3 +434,30 @@ def test_rows_of_instances_deleted_since_they_were_queued_are_dropped(
     assert ForwardItem.objects.count() == 1  # deletion stays one DELETE, no cascade
     assert forward_once(storage=storage, ae_title="TEST_SCP") == 0
     assert not ForwardItem.objects.exists()
+
+
+def test_rows_queued_while_the_destination_is_down_wait_out_its_backoff(
+    transactional_db, storage_dir
+):
+    """After a failed association, rows queued for that destination are not claimed (and tried
+    again, each a write transaction beside ingest) before its backoff ends; a requeued row is."""
+    first = _indexed_instance(storage_dir)
+    remote = RemoteAE.objects.create(ae_title="DOWN", host="127.0.0.1", port=free_port())
+    storage = Storage(storage_dir)
+    forwarding.forward_enqueue(instance_ids=[first.pk], destination=remote, origin="test")
+    assert forward_once(storage=storage, ae_title="TEST_SCP") == 0
+    failed = ForwardItem.objects.get()
+    assert "no connection" in failed.last_error
+
+    second = _indexed_instance(storage_dir, new_uid=True)
+    forwarding.forward_enqueue(instance_ids=[second.pk], destination=remote, origin="test")
+    assert ForwardItem.objects.get(instance_id=second.pk).next_attempt_at <= timezone.now()
+    assert forward_claim() is None  # due, but the destination is backing off
+
+    assert forwarding.forward_requeue(items=[failed.pk]) == 1
+    batch = forward_claim()
+    assert batch is not None and batch.ids == (failed.pk,)
+
+    time.sleep(forwarding.FIRST_BACKOFF + 0.1)
+    later = forward_claim()
+    assert later is not None and later.ids == (ForwardItem.objects.get(instance_id=second.pk).pk,)
