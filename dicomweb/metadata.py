@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from django.conf import settings
 from django.db import DatabaseError
 
-from archive.models import Instance
+from archive.models import Instance, Series
+from archive.signals import series_stable
 from archive.storage import Storage
 from dicomweb import instances as stored
 from dicomweb.models import InstanceMetadata
@@ -117,3 +118,24 @@ def _remember(fresh: list[InstanceMetadata]) -> None:
     except DatabaseError as exc:
         # A cache: the answer was right, only the next one will be slower.
         logger.warning("WADO-RS metadata of %d instances not cached: %s", len(fresh), exc)
+
+
+def metadata_prepare(*, series: Series) -> int:
+    """Make and cache the WADO-RS metadata of a series' instances that the cache lacks, so that
+    a viewer's first visit finds it ready; returns how many instances the series has."""
+    rows = metadata_rows(series.study.study_instance_uid, series.series_instance_uid, None)
+    for _ in metadata_stream(rows, ""):
+        pass
+    return len(rows)
+
+
+def _series_stable(sender: object, *, series: Series, **kwargs: object) -> None:
+    if settings.DICOMWEB_PREPARE_METADATA:
+        metadata_prepare(series=series)
+
+
+def metadata_prepare_connect() -> None:
+    """Prepare each series' metadata when it is announced stable (archive.signals), in the
+    process that announces it: about a millisecond of CPU per instance, once, instead of the
+    viewer's wait on its first visit."""
+    series_stable.connect(_series_stable, dispatch_uid="dicomweb.metadata_prepare")

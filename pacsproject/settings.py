@@ -237,6 +237,10 @@ LOGGING = {
 # Web applications on other origins allowed to call /dicomweb/ (CORS, django-cors-headers),
 # e.g. `DICOMWEB_CORS_ORIGINS=https://viewer.example.org`; none by default. OHIF served by
 # us at /viewer/ is same-origin and needs none.
+# WADO-RS metadata of each series made when the series is announced stable (the receiver's
+# sweeper), so that OHIF's first visit does not wait for it; false leaves it to the first visit.
+DICOMWEB_PREPARE_METADATA = env.bool("DICOMWEB_PREPARE_METADATA", default=True)
+
 CORS_ALLOWED_ORIGINS = env.list("DICOMWEB_CORS_ORIGINS", default=[])
 CORS_URLS_REGEX = r"^/dicomweb/.*$"
 CORS_EXPOSE_HEADERS = ["Warning", "Content-Type", "Content-Length"]

@@ -1,16 +1,19 @@
 """WADO-RS metadata from the InstanceMetadata cache: the same answer as made from the files,
 for whatever host the client reaches us by, and made again when an instance's file changes."""
 
+import time
+
 import pytest
 import requests
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from pydicom import dcmread
 
-from archive.models import Instance
+from archive.models import Instance, Series
 from dicomweb import instances as stored
 from dicomweb.models import InstanceMetadata
 from tests.conftest import sample_file
+from tests.peers import eventually
 
 FILES = ["CT_small.dcm", "MR_small.dcm", "SC_rgb_jpeg_dcmtk.dcm"]
 JSON = {"Accept": "application/dicom+json"}
@@ -93,3 +96,24 @@ def test_a_series_from_the_cache_is_one_query_for_the_json(study):
     with CaptureQueriesContext(connection) as queries:
         b"".join(metadata_stream(rows, "http://x/dicomweb"))
     assert len(queries) == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_stable_series_has_its_metadata_made_before_anyone_asks(start_scp, settings):
+    """The viewer's first visit finds the metadata ready: it is made when the receiver
+    announces the series stable; with DICOMWEB_PREPARE_METADATA false, it is not."""
+    from tests.archive.test_stability import make_study, send
+
+    scp = start_scp(stable_age=1.0)
+    first, second = make_study(series=2, per_series=3)[:3], make_study(series=1, per_series=2)
+    assert send(scp.port, first) == [0] * 3
+    assert eventually(lambda: InstanceMetadata.objects.count() == 3, timeout=15)
+    cached = InstanceMetadata.objects.select_related("instance")
+    assert {m.instance.sop_instance_uid for m in cached} == {ds.SOPInstanceUID for ds in first}
+    assert all(m.sha256 == m.instance.sha256 for m in cached)
+
+    settings.DICOMWEB_PREPARE_METADATA = False
+    assert send(scp.port, second) == [0] * 2
+    assert eventually(lambda: Series.objects.filter(stable=True).count() == 2, timeout=15)
+    time.sleep(0.5)
+    assert InstanceMetadata.objects.count() == 3
