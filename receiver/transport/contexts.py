@@ -56,6 +56,10 @@ from pynetdicom.presentation import PresentationContext
 SET_UID_MODULES = (utils, pdu_items, pdu_primitives, presentation, dimse_primitives, ae)
 # Bounded: a peer proposing ever new UIDs costs at most this many entries.
 _MEMO_LIMIT = 4096
+# decode_memo: items of at most this many bytes (a context with a few dozen transfer syntaxes),
+# at most this many of them.
+_ITEM_MEMO_BYTES = 2048
+_ITEM_MEMO_LIMIT = 1024
 
 
 def contexts_copy(value: Any, memo: dict[int, Any] | None = None) -> Any:
@@ -150,7 +154,13 @@ def decode_memo(decode: Callable[[Any, bytes], None]) -> Callable[[Any, bytes], 
         state = memo.get(bytestream) if type(bytestream) is bytes else None
         if state is None:
             decode(self, bytestream)
-            if type(bytestream) is bytes and len(memo) < _MEMO_LIMIT:
+            # Peers that nobody has authenticated yet send these: only items of a real size
+            # are kept (an item may be 64 KiB), and a full memory starts again rather than
+            # stopping, so that a flood of made-up items costs a bounded few megabytes and
+            # honest peers soon get the fast path back.
+            if type(bytestream) is bytes and len(bytestream) <= _ITEM_MEMO_BYTES:
+                if len(memo) >= _ITEM_MEMO_LIMIT:
+                    memo.clear()
                 memo[bytestream] = dict(self.__dict__)
             return
         self.__dict__.update(state)

@@ -319,6 +319,32 @@ def test_items_decoded_from_memory_equal_items_decoded_anew():
         with pytest.raises(Exception):  # noqa: B017 - whatever pynetdicom raises, every time
             memoised(broken, b"\x20\x00\x00\x08\x07\x00\x00\x00\x30\x00\x00\x99")
 
+    # What unauthenticated peers can make it hold is bounded: a large item is decoded and not
+    # kept, and a memory full of made-up items starts again.
+    memoised = ours.contexts.decode_memo(
+        getattr(pdu_items.PresentationContextItemRQ.decode, "memoised", None)
+        or pdu_items.PresentationContextItemRQ.decode
+    )
+    memory = next(
+        c.cell_contents for c in memoised.__closure__ if isinstance(c.cell_contents, dict)
+    )
+    big = PresentationContext()
+    big.context_id = 1
+    big.abstract_syntax = "1.2.840.10008.5.1.4.1.1.2"
+    big.transfer_syntax = [f"1.2.3.{n}" for n in range(400)]
+    big_item = pdu_items.PresentationContextItemRQ()
+    big_item.from_primitive(big)
+    memoised(pdu_items.PresentationContextItemRQ(), big_item.encode())
+    assert memory == {}
+    for n in range(ours.contexts._ITEM_MEMO_LIMIT + 5):
+        context.context_id = 2 * (n % 128) + 1
+        context.abstract_syntax = f"1.2.3.{n}"
+        made_up = pdu_items.PresentationContextItemRQ()
+        made_up.from_primitive(context)
+        memoised(pdu_items.PresentationContextItemRQ(), made_up.encode())
+        assert len(memory) <= ours.contexts._ITEM_MEMO_LIMIT
+    assert 0 < len(memory) < ours.contexts._ITEM_MEMO_LIMIT
+
 
 # 11: incoming messages are typed through _MESSAGE_TYPES, and the dataset written to data_set.
 def test_incoming_messages_are_typed_through_the_message_table():
