@@ -349,7 +349,11 @@ def metadata_json_pydicom(stream: BinaryIO, instance_uri: str) -> dict[str, Any]
     except Exception as exc:
         raise InstanceUnreadable(f"the attributes cannot be encoded: {exc}") from None
     if has_pixels:
-        vr = "OB" if UID(syntax).is_compressed or int(ds.get("BitsAllocated", 16)) <= 8 else "OW"
+        try:
+            small = UID(syntax).is_compressed or int(ds.get("BitsAllocated", 16)) <= 8
+        except (TypeError, ValueError) as exc:  # an unknown syntax, an empty Bits Allocated
+            raise InstanceUnreadable(f"the pixel data cannot be described: {exc}") from None
+        vr = "OB" if small else "OW"
         result["7FE00010"] = {"vr": vr, "BulkDataURI": f"{instance_uri}/bulkdata/7FE00010"}
     return dict(sorted(result.items()))
 

@@ -86,9 +86,20 @@ _KNOWN_VRS = (
 )
 
 
+# LUT Descriptor, Red/Green/Blue Palette Color LUT Descriptor (pydicom's _LUT_DESCRIPTOR_TAGS).
+_LUT_DESCRIPTORS = frozenset((0x00281101, 0x00281102, 0x00281103, 0x00283002))
+
+
 def metadata_encode(stream: BinaryIO, instance_uri: str) -> dict[str, Any]:
     """What `dicomweb.instances.metadata_json_pydicom` makes of the stored file in `stream`,
     or Unsupported."""
+    if (
+        config.use_DS_decimal
+        or config.use_DS_numpy
+        or config.use_IS_numpy
+        or config.datetime_conversion
+    ):
+        raise Unsupported("pydicom is set to convert values as this encoder does not")
     stream.seek(0)
     want = _FIRST_READ
     data = stream.read(want)
@@ -202,7 +213,7 @@ class _Encoder:
                 self.need(offset + 12)
                 length = _LONG_LENGTH.unpack_from(data, offset + 8)[0]
                 start = offset + 12
-            elif vr.isalpha() and vr.isupper():
+            elif _is_upper_letter(data[offset + 4]) and _is_upper_letter(data[offset + 5]):
                 length = _SHORT_LENGTH.unpack_from(data, offset + 6)[0]
                 start = offset + 8
             else:
@@ -381,6 +392,10 @@ class _Encoder:
     ) -> dict[str, Any]:
         if not value:
             return {"vr": vr}
+        if tag in _LUT_DESCRIPTORS:
+            # pydicom turns a negative first value into an unsigned one, or not, depending on
+            # how the VR was learnt: its own reading decides.
+            raise Unsupported("a LUT descriptor")
         if vr in _PLAIN_TEXT:
             items = value.decode("latin-1").rstrip(" \0").split("\\")
             if len(items) == 1 and not items[0]:

@@ -404,11 +404,12 @@ def forward_claim(*, limit: int = BATCH, lease: float = LEASE) -> Batch | None:
     due = ForwardItem.objects.filter(_due(now))
     paused = _paused()
     if paused:
-        # Rows queued since their destination stopped answering (never tried: no last error)
-        # wait out its backoff, as _release made the others: else every new arrival would be
-        # claimed, fail to connect and be released, and that churn of write transactions
-        # competes with ingest for the index. A requeued row keeps its error and goes now.
-        due = due.exclude(destination_id__in=paused, last_error="")
+        # Rows a rule queued since their destination stopped answering (never tried: no last
+        # error) wait out its backoff, as _release made the others: else every new arrival
+        # would be claimed, fail to connect and be released, and that churn of write
+        # transactions competes with ingest for the index. What an admin asked for (a send, a
+        # requeue) goes now.
+        due = due.exclude(destination_id__in=paused, last_error="", origin="rule")
     if not due.exists():  # a read first: an idle queue never takes the SQLite write lock
         return None
     skip_locked = connection.features.has_select_for_update_skip_locked

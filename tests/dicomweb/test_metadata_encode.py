@@ -367,3 +367,15 @@ def test_values_that_break_the_standard_are_kept_the_fast_way():
         assert encoded["00200032"]["Value"] == [float(v) for v in position.split(b"\\")]
         assert encoded["00080018"]["Value"] == ["1.2.03.4"]
         assert encoded["00200013"]["Value"] == [99999999999]
+
+
+@pytest.mark.parametrize("implicit", [False, True], ids=["explicit", "implicit"])
+@pytest.mark.parametrize("vr", ["SS", "US"])
+def test_a_lut_descriptor_with_a_negative_first_value_encodes_as_pydicom_does(implicit, vr):
+    """pydicom reads a LUT descriptor's first value as unsigned or not depending on how it
+    learnt the VR: whatever it says is what the metadata says."""
+    descriptor = _element(0x00283002, vr, struct.pack("<3h", -4096, 0, 16), implicit)
+    item = _item([descriptor, _element(0x00283006, "OW", b"\x00\x01" * 4, implicit)])
+    lut = _sequence(0x00283010, [item], implicit, undefined=False)
+    syntax = ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian
+    assert _compare(_file([lut], syntax)) in ("same", "fallback")

@@ -450,13 +450,18 @@ def test_rows_queued_while_the_destination_is_down_wait_out_its_backoff(
     assert "no connection" in failed.last_error
 
     second = _indexed_instance(storage_dir, new_uid=True)
-    forwarding.forward_enqueue(instance_ids=[second.pk], destination=remote, origin="test")
+    forwarding.forward_enqueue(instance_ids=[second.pk], destination=remote, origin="rule")
     assert ForwardItem.objects.get(instance_id=second.pk).next_attempt_at <= timezone.now()
     assert forward_claim() is None  # due, but the destination is backing off
 
     assert forwarding.forward_requeue(items=[failed.pk]) == 1
     batch = forward_claim()
     assert batch is not None and batch.ids == (failed.pk,)
+    third = _indexed_instance(storage_dir, new_uid=True)
+    forwarding.forward_enqueue(instance_ids=[third.pk], destination=remote, origin="admin")
+    by_hand = forward_claim()  # an admin's send is not held back
+    assert by_hand is not None
+    assert by_hand.ids == (ForwardItem.objects.get(instance_id=third.pk).pk,)
 
     time.sleep(forwarding.FIRST_BACKOFF + 0.1)
     later = forward_claim()
