@@ -85,19 +85,36 @@ def _worker(
     os._exit(0)
 
 
+def _negotiating(assoc: Any) -> bool:
+    """Neither established yet nor ended (released, aborted or rejected: its thread is going)."""
+    return not (assoc.is_established or assoc.is_released or assoc.is_aborted or assoc.is_rejected)
+
+
+# Seconds an association whose A-ASSOCIATE-RQ was complete has, at shutdown, to become
+# established (negotiation is our own work: the access decision, a few index reads).
+NEGOTIATION_WAIT = 2.0
+
+
 def drain(ae: Any, grace: float) -> None:
     """Give established associations `grace` seconds to end, then abort what remains.
 
-    Connections that never completed negotiation are dropped at once: a port probe that
-    connected and went silent would otherwise hold shutdown for the ACSE timeout.
+    An association still negotiating gets NEGOTIATION_WAIT seconds to become established, then
+    is aborted: its A-ASSOCIATE-RQ is complete (the lobby hands over no other), so it is ours
+    to answer, and pynetdicom sends the A-ASSOCIATE-AC before it marks the association
+    established: aborted at once, a peer whose AC had just left would lose the association it
+    was told it has. A silent port probe never gets this far (the lobby closes it).
     """
-    deadline = time.monotonic() + grace
+    start = time.monotonic()
+    deadline = start + grace
+    negotiated_by = start + min(grace, NEGOTIATION_WAIT)
     while time.monotonic() < deadline:
         established = [a for a in ae.active_associations if a.is_established]
-        for assoc in ae.active_associations:
-            if assoc not in established:
+        negotiating = [a for a in ae.active_associations if _negotiating(a)]
+        if negotiating and time.monotonic() >= negotiated_by:
+            for assoc in negotiating:
                 assoc.abort()
-        if not established:
+            negotiating = []
+        if not established and not negotiating:
             return
         time.sleep(0.05)
     remaining = ae.active_associations

@@ -135,3 +135,43 @@ def test_worker_that_dies_is_replaced(tmp_path):
     output, _ = process.communicate(timeout=60)
     assert process.returncode == 0, output
     assert f"Worker {first[0]} " in output  # the loss was logged
+
+
+class _Negotiating:
+    """The four flags drain() reads of a pynetdicom Association, and abort()."""
+
+    def __init__(self) -> None:
+        self.is_established = self.is_released = self.is_aborted = self.is_rejected = False
+        self.aborted = False
+
+    def abort(self) -> None:
+        self.aborted = self.is_aborted = True
+
+
+def test_drain_lets_an_association_whose_accept_just_left_become_established(monkeypatch):
+    """pynetdicom sends the A-ASSOCIATE-AC, runs the accepted handlers, then marks the
+    association established: a shutdown in between must not abort what the peer was told it
+    has. One still negotiating after NEGOTIATION_WAIT is aborted."""
+    from types import SimpleNamespace
+
+    from receiver import workers as pool
+
+    monkeypatch.setattr(pool, "NEGOTIATION_WAIT", 0.5)
+    accepted, silent = _Negotiating(), _Negotiating()
+    ae = SimpleNamespace(active_associations=[accepted, silent])
+
+    def peer() -> None:
+        time.sleep(0.2)
+        accepted.is_established = True  # the handlers have run
+        time.sleep(0.5)
+        accepted.is_established, accepted.is_released = False, True
+        ae.active_associations = [a for a in ae.active_associations if a is not accepted]
+
+    thread = threading.Thread(target=peer)
+    thread.start()
+    started = time.monotonic()
+    pool.drain(ae, grace=5.0)
+    thread.join()
+    assert not accepted.aborted
+    assert silent.aborted
+    assert time.monotonic() - started < 2.0
