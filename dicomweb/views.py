@@ -248,8 +248,8 @@ def _stored_pieces(storage: Storage, parts: list[tuple], boundary: str) -> Itera
     """The body of _stored_parts, its files as FilePart (sent by sendfile under gunicorn,
     dicomweb.sendfile). Once the status line is out a file that went missing cannot be left out
     of a body whose length counted it: the response is cut short instead."""
-    # What lies between two files is one write: small writes in a row wait on each other's
-    # acknowledgement (Nagle's algorithm) where the server leaves it on, as gunicorn does.
+    # What lies between two files (the CRLF ending one part, the next part's header) goes out
+    # as one write, not two: a system call and a small segment fewer per instance.
     between = b""
     for header, path, sop_uid, size in parts:
         yield between + header
