@@ -58,10 +58,16 @@ def _worker(
     stop_announcements = announcements.announcements_start(config, storage=ingest.storage)
     heap_freeze()
     channel.settimeout(0.5)
+    parent = os.getppid()
     while not stopping.is_set():
         try:
             message, fds, _, _ = socket.recv_fds(channel, 256, 1)
         except TimeoutError:
+            # A datagram channel tells nothing when its other end is gone: a parent killed
+            # outright (SIGKILL, the OOM killer) shows only as a new parent process.
+            if os.getppid() != parent:
+                logger.error("The parent process %d has gone; stopping this worker", parent)
+                break
             continue
         except OSError:
             break

@@ -18,7 +18,7 @@ from pydicom.uid import generate_uid
 
 from tests.conftest import free_port, sample_file
 from tests.peers import eventually, run_dcmtk
-from tests.receiver.test_runscp import ROOT, runscp, stop, wait_listening
+from tests.receiver.test_runscp import ROOT, crash_receiver, runscp, stop, wait_listening
 from tests.routing.test_forwarding import StoreSCP
 
 pytestmark = pytest.mark.slow
@@ -81,8 +81,7 @@ def receive(tmp_path: Path, dest_port: int, paths: list[Path]) -> None:
     )
     wait_listening(port, process)
     result = run_dcmtk("storescu", "-aet", "MODALITY", "-aec", "MY_PACS", "127.0.0.1", port, *paths)
-    process.send_signal(signal.SIGKILL)
-    process.communicate(timeout=10)
+    crash_receiver(process)
     assert result.returncode == 0, result.stderr
 
 

@@ -18,6 +18,7 @@ import pytest
 from pydicom import dcmread
 from pydicom.uid import ExplicitVRLittleEndian
 
+from receiver.config import workers_auto
 from tests.conftest import free_port, sample_file
 from tests.peers import scu, system_tool
 from tests.receiver.test_proxy_protocol import Relay
@@ -133,10 +134,11 @@ def test_two_nodes_behind_haproxy(database, moto_server, tmp_path):
             [f"nodes/{path}", "nodes/.pacs-storage.json"]
         )
         # Both nodes are in the shared index's process table (status page, scpstatus,
-        # /metrics all read it).
+        # /metrics all read it), each worker of each.
         with psycopg.connect(database) as db:
-            (count,) = db.execute("SELECT count(*) FROM receiver_receiverprocess").fetchone()
-        assert count == 2
+            rows = db.execute("SELECT port, count(*) FROM receiver_receiverprocess GROUP BY port")
+            counts = dict(rows.fetchall())
+        assert counts == {port: workers_auto() for port in ports}
 
         # Two senders, one instance per association, retrying on failure; node 1 is killed
         # while they send (most likely in the middle of an association).
@@ -158,7 +160,7 @@ def test_two_nodes_behind_haproxy(database, moto_server, tmp_path):
         deadline = time.monotonic() + 60
         while len(acknowledged) < 15 and time.monotonic() < deadline:
             time.sleep(0.01)
-        nodes[0].send_signal(signal.SIGKILL)
+        os.killpg(nodes[0].pid, signal.SIGKILL)  # the node, its workers included
         for thread in senders:
             thread.join()
         assert len(acknowledged) == 40

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from django.core.management import call_command
 
-from receiver.config import FILE_SCHEMA, AllowedPeer, ConfigError, resolve
+from receiver.config import FILE_SCHEMA, AllowedPeer, ConfigError, resolve, workers_auto
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -139,6 +139,35 @@ def test_strict_uids_is_off_by_default_and_set_by_file_or_command_line(tmp_path)
     path = write(tmp_path, "storage: {strict_uids: true}\n")
     assert resolve({}, path).strict_uids is True
     assert resolve({"strict_uids": True}).sources["strict_uids"] == "command line"
+
+
+def test_workers_default_to_one_per_core_up_to_four(tmp_path):
+    import os
+
+    cores = len(os.sched_getaffinity(0))
+    assert workers_auto() == min(cores, 4)
+    assert resolve({}).workers == workers_auto()
+    assert resolve({}).sources["workers"] == "default"
+    assert resolve({}, write(tmp_path, "server: {workers: auto}\n")).workers == workers_auto()
+    assert resolve({}, write(tmp_path, "server: {workers: 3}\n")).workers == 3
+    assert resolve({"workers": "auto"}).workers == workers_auto()
+    with pytest.raises(ConfigError, match=r"server\.workers: expected a number of processes or"):
+        resolve({}, write(tmp_path, "server: {workers: many}\n"))
+    with pytest.raises(ConfigError, match="workers: must be between 1 and 64"):
+        resolve({}, write(tmp_path, "server: {workers: 0}\n"))
+
+
+def test_workers_on_the_command_line_take_a_number_or_auto(tmp_path, capsys):
+    call_command("runscp", "--check-config", "--workers", "auto")
+    assert f"{workers_auto()}  [command line]" in capsys.readouterr().out
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "manage.py"), "runscp", "--workers", "lots"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode != 0
+    assert "--workers: expected a number or auto, got 'lots'" in result.stderr
 
 
 def test_examples_and_default_ae_title_agree():

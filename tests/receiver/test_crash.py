@@ -13,7 +13,7 @@ from pynetdicom.sop_class import CTImageStorage
 
 from tests.conftest import free_port, sample_file
 from tests.peers import scu
-from tests.receiver.test_runscp import runscp, wait_listening
+from tests.receiver.test_runscp import crash_receiver, runscp, wait_listening
 
 
 def _sender(port: int, datasets: list, acknowledged: list[str]) -> None:
@@ -60,8 +60,7 @@ def test_sigkill_during_ingest_loses_nothing_acknowledged(tmp_path):
     deadline = time.monotonic() + 30
     while len(acknowledged) < 90 and time.monotonic() < deadline:
         time.sleep(0.01)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
+    crash_receiver(process)
     for sender in senders:
         sender.join()
     assert 90 <= len(acknowledged) < 450  # killed in the middle

@@ -20,6 +20,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def runscp(*args: str | Path, env: dict[str, str] | None = None) -> subprocess.Popen:
+    """runscp in a process group of its own, so that crash_receiver() takes its workers too."""
     return subprocess.Popen(
         [sys.executable, str(ROOT / "manage.py"), "runscp", *map(str, args)],
         cwd=ROOT,
@@ -27,7 +28,15 @@ def runscp(*args: str | Path, env: dict[str, str] | None = None) -> subprocess.P
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        start_new_session=True,
     )
+
+
+def crash_receiver(process: subprocess.Popen) -> None:
+    """SIGKILL the receiver and its workers at once, as a power cut or a kill of its cgroup
+    would (a parent killed alone leaves workers that finish their associations)."""
+    os.killpg(process.pid, signal.SIGKILL)
+    process.communicate(timeout=10)
 
 
 def wait_listening(port: int, process: subprocess.Popen, timeout: float = 30) -> None:

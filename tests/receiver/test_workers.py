@@ -137,6 +137,40 @@ def test_worker_that_dies_is_replaced(tmp_path):
     assert f"Worker {first[0]} " in output  # the loss was logged
 
 
+def test_workers_of_a_killed_parent_finish_their_association_and_exit(tmp_path):
+    port = free_port()
+    index = tmp_path / "i.db"
+    process = runscp(
+        port, "MY_PACS", "--workers", "2", "--bind", "127.0.0.1",
+        "--storage-dir", tmp_path / "st", "--index-db", index,
+    )  # fmt: skip
+    wait_listening(port, process)
+    workers = _child_pids(process.pid, expected=2)
+    ae = scu()
+    ae.add_requested_context(CTImageStorage, [ExplicitVRLittleEndian])
+    assoc = ae.associate("127.0.0.1", port, ae_title="MY_PACS")
+    assert assoc.is_established
+    os.kill(process.pid, signal.SIGKILL)  # the parent alone: the OOM killer's choice
+    process.wait(10)
+    ds = dcmread(sample_file("CT_small.dcm"))
+    ds.SOPInstanceUID = generate_uid()
+    assert assoc.send_c_store(ds).Status == 0x0000  # its worker still serves it
+    assoc.release()
+
+    def gone(pid: int) -> bool:
+        try:
+            return Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"
+        except FileNotFoundError:
+            return True
+
+    # No orphans left running: each worker notices its parent has gone and exits.
+    assert eventually(lambda: all(gone(pid) for pid in workers), timeout=15)
+    with sqlite3.connect(index) as db:
+        assert db.execute("SELECT count(*) FROM archive_instance").fetchone() == (1,)
+    output = process.stdout.read()
+    assert output.count("has gone; stopping this worker") == 2, output
+
+
 class _Negotiating:
     """The four flags drain() reads of a pynetdicom Association, and abort()."""
 

@@ -1,5 +1,6 @@
 """`python manage.py runscp PORT AE_TITLE`: run the DICOM Storage SCP until Ctrl-C or SIGTERM."""
 
+import argparse
 from pathlib import Path
 from typing import Any
 
@@ -87,7 +88,11 @@ class Command(BaseCommand):
             help='accepted storage classes: modalities, names or UIDs, e.g. "CT,MR,US"',
         )
         parser.add_argument("--max-associations", type=int, help="concurrent associations (10)")
-        parser.add_argument("--workers", type=int, help="receiver processes sharing the port (1)")
+        parser.add_argument(
+            "--workers",
+            type=_workers,
+            help="receiver processes sharing the port: a number, or auto (one per core, up to 4)",
+        )
         parser.add_argument("--max-pdu", type=int, help="maximum PDU length we receive (131072)")
         parser.add_argument("--min-free-mb", type=float, help="refuse C-STOREs below this")
         parser.add_argument(
@@ -127,3 +132,13 @@ class Command(BaseCommand):
             server.run(config)
         except (ConfigError, server.StartupError) as exc:
             raise CommandError(str(exc)) from None
+
+
+def _workers(text: str) -> int | str:
+    """`--workers`: a number of processes, or auto."""
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or auto, got {text!r}") from None
