@@ -1,4 +1,5 @@
-"""Per-instance cost of the ingest service alone (no network), on a temporary SQLite index.
+"""Per-instance cost of the ingest service alone (no network), on a temporary SQLite index or
+a fresh PostgreSQL database (`--database-url`).
 
     python bench/ingest_service.py --count 400 --series 4 --repeat 5
     python bench/ingest_service.py --count 400 --series 4 --repeat 5 --forwarding-rule
@@ -31,6 +32,17 @@ if str(ROOT) not in sys.path:
     sys.path.append(str(ROOT))
 
 
+def _fresh_postgres(url: str, name: str) -> str:
+    """`url` with its database replaced by a new, empty one called `name`."""
+    import psycopg
+
+    server = url.rsplit("/", 1)[0].replace("postgres://", "postgresql://", 1)
+    with psycopg.connect(f"{server}/postgres", autocommit=True) as db:
+        db.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        db.execute(f'CREATE DATABASE "{name}"')
+    return f"{url.rsplit('/', 1)[0]}/{name}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--count", type=int, default=400)
@@ -49,11 +61,16 @@ def main() -> None:
         help="instances per association (storescu sends a folder over one): its audit records "
         "are written when it ends",
     )
+    parser.add_argument(
+        "--database-url",
+        help="index in this PostgreSQL server (postgres://...; a fresh database per run), "
+        "not a temporary SQLite file",
+    )
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="ingest-bench-", dir=args.work_dir))
     os.environ["DJANGO_SETTINGS_MODULE"] = "pacsproject.settings"
-    os.environ["DATABASE_URL"] = f"sqlite:///{work / 'placeholder.db'}"
+    os.environ["DATABASE_URL"] = args.database_url or f"sqlite:///{work / 'placeholder.db'}"
     import django
 
     django.setup()
@@ -68,7 +85,7 @@ def main() -> None:
     from archive import services
     from archive.services import IngestSettings, instance_store
     from archive.storage import Storage
-    from pacsproject.database import use_sqlite_index
+    from pacsproject.database import use_database_url, use_sqlite_index
     from receiver.association_audit import association_audit_write
 
     base = dcmread(get_testdata_file("CT_small.dcm"))
@@ -90,7 +107,10 @@ def main() -> None:
     per_instance, cpu_per_instance, statements, audit_shares = [], [], [], []
     for repeat in range(args.repeat):
         run_dir = work / f"run{repeat}"
-        use_sqlite_index(run_dir / "index.db")
+        if args.database_url:
+            use_database_url(_fresh_postgres(args.database_url, "pacs_bench_ingest"))
+        else:
+            use_sqlite_index(run_dir / "index.db")
         call_command("migrate", verbosity=0)
         services.series_cache_clear()
         if args.forwarding_rule:

@@ -219,6 +219,14 @@ def start(config: ReceiverConfig, ingest: IngestSettings) -> RunningServer:
 def commitment_start(config: ReceiverConfig, ingest: IngestSettings) -> CommitmentDelivery:
     """Write the configuration file's remote AEs to their table and start the Storage
     Commitment delivery loop (it sends reports left pending by an earlier run too)."""
+    tables_sync(config)
+    commitment = CommitmentDelivery(storage=ingest.storage, ae_title=config.ae_title)
+    commitment.start()
+    return commitment
+
+
+def tables_sync(config: ReceiverConfig) -> None:
+    """Write the configuration file's remote AEs and forwarding rules to their tables."""
     try:
         remote_aes_sync(entries=config.remote_aes)
     except DatabaseError as exc:
@@ -231,9 +239,14 @@ def commitment_start(config: ReceiverConfig, ingest: IngestSettings) -> Commitme
         raise StartupError(f"forwarding: cannot write the rules: {exc}") from None
     finally:
         connections.close_all()
-    commitment = CommitmentDelivery(storage=ingest.storage, ae_title=config.ae_title)
-    commitment.start()
-    return commitment
+
+
+def retention_start(config: ReceiverConfig, ingest: IngestSettings) -> RetentionLoop:
+    """The retention loop of `storage.retention` (one per node), started."""
+    assert config.retention is not None
+    retention = RetentionLoop(storage=ingest.storage, policy=config.retention)
+    retention.start()
+    return retention
 
 
 def listen(config: ReceiverConfig) -> socket.socket:
@@ -262,21 +275,18 @@ def run(config: ReceiverConfig) -> None:
     signal.signal(signal.SIGINT, request_stop)
     descriptor_limit_raise()
     retention = None
-    if config.retention is not None:
-        # In this process only (the parent of workers): one pass at a time per node.
-        retention = RetentionLoop(storage=ingest.storage, policy=config.retention)
-        retention.start()
     if config.workers > 1:
         _check_tls(config)
         listener = listen(config)
         logger.info("Storage SCP started: %s, %d workers", config.describe(), config.workers)
         logger.info("%s", storage_found)
-        commitment = commitment_start(config, ingest)
-        try:
-            workers.serve(config, ingest, listener, config.workers, stop)
-        finally:
-            commitment.stop()
+        tables_sync(config)
+        # Storage Commitment delivery and retention run in the first worker
+        # (workers.node_loops_start): the parent never uses the storage.
+        workers.serve(config, ingest, listener, config.workers, stop)
     else:
+        if config.retention is not None:
+            retention = retention_start(config, ingest)  # one pass at a time per node
         running = start(config, ingest)
         heap_freeze()
         logger.info("Storage SCP started: %s", config.describe())

@@ -21,6 +21,7 @@ from typing import Any
 
 from django.db import connections
 
+from archive.retention import RetentionLoop
 from archive.services import IngestSettings
 from receiver import announcements
 from receiver.config import ReceiverConfig
@@ -29,6 +30,7 @@ from receiver.limits import AssociationSlots
 from receiver.live import LiveStatus
 from receiver.scp import build_ae, heap_freeze, tls_context
 from receiver.transport.lobby import Lobby
+from routing.commitment import CommitmentDelivery
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +45,10 @@ def _worker(
     connections.close_all()  # never share the parent's database connections
     slots = AssociationSlots(config.max_associations, shared=counts, cell=cell)
     live = LiveStatus(ae_title=config.ae_title, port=config.port, role=f"worker {cell + 1}")
-    ae, event_handlers = build_ae(config, ingest, slots=slots, live=live)
+    commitment, stop_node_loops = node_loops_start(config, ingest) if cell == 0 else (None, None)
+    ae, event_handlers = build_ae(
+        config, ingest, slots=slots, live=live, commitment_wake=commitment and commitment.wake
+    )
     ssl_context = tls_context(config)
     # A server object to run associations with; it listens on nothing we use.
     server = ae.make_server(("127.0.0.1", 0), evt_handlers=event_handlers)
@@ -87,8 +92,32 @@ def _worker(
         lobby.stop()
     drain(ae, config.shutdown_grace)
     stop_announcements()
+    if stop_node_loops is not None:
+        stop_node_loops()
     live.stop()
     os._exit(0)
+
+
+def node_loops_start(
+    config: ReceiverConfig, ingest: IngestSettings
+) -> tuple[CommitmentDelivery, Callable[[], None]]:
+    """Start what a node runs once, in its first worker: Storage Commitment delivery and the
+    retention loop (one pass at a time per node). Not in the parent, which forks a worker
+    again when one dies: it never uses the storage (obstore's runtime does not survive a
+    fork). Returns the delivery (to wake) and a function that stops both."""
+    commitment = CommitmentDelivery(storage=ingest.storage, ae_title=config.ae_title)
+    commitment.start()
+    retention = None
+    if config.retention is not None:
+        retention = RetentionLoop(storage=ingest.storage, policy=config.retention)
+        retention.start()
+
+    def stop() -> None:
+        commitment.stop()
+        if retention is not None:
+            retention.stop()
+
+    return commitment, stop
 
 
 def _negotiating(assoc: Any) -> bool:

@@ -4,6 +4,8 @@ during ingest gets 0xA700 and the receiver recovers when it returns."""
 
 import hashlib
 import os
+import signal
+import sqlite3
 import subprocess
 import sys
 
@@ -12,10 +14,11 @@ from django.core.management import call_command
 from django.test import Client
 from django.urls import reverse
 from pydicom import dcmread
+from pydicom.uid import generate_uid
 
 from archive.models import Instance
 from tests.conftest import free_port, sample_file
-from tests.peers import run_dcmtk, send_dataset
+from tests.peers import eventually, run_dcmtk, send_dataset, send_files
 from tests.receiver.test_runscp import ROOT, runscp, stop, wait_listening
 
 
@@ -136,3 +139,70 @@ def test_runscp_names_a_missing_bucket_in_one_line(moto_server, tmp_path):
     assert "Traceback" not in output
     [line] = [line for line in output.splitlines() if "no-such-bucket-anywhere" in line]
     assert "does not exist" in line and "storage.directory" in line
+
+
+def test_workers_on_a_bucket_commit_and_serve_after_being_replaced(moto_server, tmp_path):
+    """The parent of workers never uses the bucket (obstore's runtime does not survive a fork):
+    Storage Commitment, which reads the bucket, is delivered by the first worker, and workers
+    forked again after it did still store."""
+    from tests.e2e.test_storage_commitment import Requester
+    from tests.receiver.test_workers import _child_pids
+
+    requester = Requester()
+    requester.start()
+    bucket = moto_server.bucket_new()
+    config = tmp_path / "store_scp.yaml"
+    config.write_text(
+        f"storage: {{directory: 's3://{bucket}/w'}}\n"
+        f"database: {{path: {tmp_path / 'index.db'}}}\n"
+        f"remote_aes:\n  - {{ae_title: {requester.title}, host: 127.0.0.1, "
+        f"port: {requester.port}}}\n"
+    )
+    port = free_port()
+    environment = {**moto_server.environment, "DICOM_STAGING_DIR": str(tmp_path / "staging")}
+    process = runscp(
+        port, "TEST_SCP", "--config", config, "--workers", "2", "--bind", "127.0.0.1",
+        env=environment,
+    )  # fmt: skip
+    try:
+        wait_listening(port, process)
+        names = ["CT_small.dcm", "MR_small.dcm"]
+        assert send_files(port, [sample_file(n) for n in names]) == [0, 0]
+        references = [
+            (str(ds.SOPClassUID), str(ds.SOPInstanceUID))
+            for ds in (dcmread(sample_file(n), stop_before_pixels=True) for n in names)
+        ]
+        for round_ in range(2):
+            uid = generate_uid()
+            assert requester.request(port, references, uid) == 0x0000
+            event_type, info = requester.reports.get(timeout=30)
+            assert (event_type, info.TransactionUID) == (1, uid)
+            assert "FailedSOPSequence" not in info
+            if round_ == 1:
+                break
+            # Recorded as delivered (else the next first worker rightly sends it again).
+            assert eventually(lambda uid=uid: _commitment_state(tmp_path, uid) == "delivered")
+            # Both workers die; the parent forks two new ones, which must still reach the bucket.
+            first = set(_child_pids(process.pid, expected=2))
+            for pid in first:
+                os.kill(pid, signal.SIGKILL)
+            assert eventually(
+                lambda first=first: len(set(_child_pids(process.pid)) - first) == 2, timeout=15
+            )
+            for _ in range(4):  # one association after another: each worker gets some
+                ds = dcmread(sample_file("CT_small.dcm"))
+                ds.SOPInstanceUID = generate_uid()
+                assert send_dataset(port, ds) == 0x0000
+    finally:
+        code, output = stop(process)
+        requester.stop()
+    assert code == 0, output
+    assert "Forked process detected" not in output and "Traceback" not in output, output
+
+
+def _commitment_state(tmp_path, uid: str) -> str | None:
+    with sqlite3.connect(tmp_path / "index.db") as db:
+        row = db.execute(
+            "SELECT state FROM routing_commitmenttransaction WHERE transaction_uid = ?", [uid]
+        ).fetchone()
+    return row and row[0]
