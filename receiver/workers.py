@@ -36,9 +36,15 @@ logger = logging.getLogger(__name__)
 
 
 def _worker(
-    config: ReceiverConfig, ingest: IngestSettings, channel: socket.socket, counts: Any, cell: int
+    config: ReceiverConfig,
+    ingest: IngestSettings,
+    channel: socket.socket,
+    counts: Any,
+    cell: int,
+    parent: int,
 ) -> None:
-    """A worker's life: serve the connections the parent hands over until SIGTERM."""
+    """A worker's life: serve the connections the parent hands over until SIGTERM, or until
+    the parent (process `parent`) has gone."""
     stopping = threading.Event()
     signal.signal(signal.SIGTERM, lambda signum, frame: stopping.set())
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the parent, which passes it on
@@ -63,7 +69,6 @@ def _worker(
     stop_announcements = announcements.announcements_start(config, storage=ingest.storage)
     heap_freeze()
     channel.settimeout(0.5)
-    parent = os.getppid()
     while not stopping.is_set():
         try:
             message, fds, _, _ = socket.recv_fds(channel, 256, 1)
@@ -185,6 +190,7 @@ class WorkerPool:
         with self.counts.get_lock():
             self.counts[slot] = 0  # a dead predecessor's associations are gone with it
         connections.close_all()
+        parent = os.getpid()
         pid = os.fork()
         if pid == 0:
             parent_end.close()
@@ -193,7 +199,7 @@ class WorkerPool:
             if self.after_fork is not None:
                 self.after_fork()
             try:
-                _worker(self.config, self.ingest, child_end, self.counts, slot)
+                _worker(self.config, self.ingest, child_end, self.counts, slot, parent)
             finally:
                 os._exit(1)
         child_end.close()
