@@ -5,6 +5,7 @@ import os
 import re
 import signal
 import sqlite3
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -29,7 +30,8 @@ def _child_pids(pid: int, expected: int = 0) -> list[int]:
         time.sleep(0.05)
 
 
-def test_workers_share_the_load_and_stop_together(tmp_path):
+def _two_workers(tmp_path: Path) -> tuple[subprocess.Popen, int, Path, list[int]]:
+    """runscp --workers 2 listening: (process, port, index file, the workers' pids)."""
     port = free_port()
     index = tmp_path / "i.db"
     process = runscp(
@@ -37,7 +39,11 @@ def test_workers_share_the_load_and_stop_together(tmp_path):
         "--storage-dir", tmp_path / "st", "--index-db", index,
     )  # fmt: skip
     wait_listening(port, process)
-    workers = _child_pids(process.pid, expected=2)
+    return process, port, index, _child_pids(process.pid, expected=2)
+
+
+def test_workers_share_the_load_and_stop_together(tmp_path):
+    process, port, index, workers = _two_workers(tmp_path)
     assert len(workers) == 2
 
     base = dcmread(sample_file("CT_small.dcm"))
@@ -138,14 +144,7 @@ def test_worker_that_dies_is_replaced(tmp_path):
 
 
 def test_workers_of_a_killed_parent_finish_their_association_and_exit(tmp_path):
-    port = free_port()
-    index = tmp_path / "i.db"
-    process = runscp(
-        port, "MY_PACS", "--workers", "2", "--bind", "127.0.0.1",
-        "--storage-dir", tmp_path / "st", "--index-db", index,
-    )  # fmt: skip
-    wait_listening(port, process)
-    workers = _child_pids(process.pid, expected=2)
+    process, port, index, workers = _two_workers(tmp_path)
     ae = scu()
     ae.add_requested_context(CTImageStorage, [ExplicitVRLittleEndian])
     assoc = ae.associate("127.0.0.1", port, ae_title="MY_PACS")
