@@ -134,11 +134,11 @@ def test_two_nodes_behind_haproxy(database, moto_server, tmp_path):
             [f"nodes/{path}", "nodes/.pacs-storage.json"]
         )
         # Both nodes are in the shared index's process table (status page, scpstatus,
-        # /metrics all read it), each worker of each.
+        # /metrics all read it), each worker of each (one on a bucket, by default).
         with psycopg.connect(database) as db:
             rows = db.execute("SELECT port, count(*) FROM receiver_receiverprocess GROUP BY port")
             counts = dict(rows.fetchall())
-        assert counts == {port: workers_auto() for port in ports}
+        assert counts == {port: workers_auto(bucket=True) for port in ports}
 
         # Two senders, one instance per association, retrying on failure; node 1 is killed
         # while they send (most likely in the middle of an association).

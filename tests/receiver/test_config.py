@@ -151,6 +151,9 @@ def test_workers_default_to_one_per_core_up_to_four(tmp_path):
     assert resolve({}, write(tmp_path, "server: {workers: auto}\n")).workers == workers_auto()
     assert resolve({}, write(tmp_path, "server: {workers: 3}\n")).workers == 3
     assert resolve({"workers": "auto"}).workers == workers_auto()
+    # On a bucket: one process, unless a number is given.
+    assert resolve({"storage_dir": "s3://bucket/prefix"}).workers == 1
+    assert resolve({"storage_dir": "s3://bucket/prefix", "workers": 2}).workers == 2
     with pytest.raises(ConfigError, match=r"server\.workers: expected a number of processes or"):
         resolve({}, write(tmp_path, "server: {workers: many}\n"))
     with pytest.raises(ConfigError, match="workers: must be between 1 and 64"):
