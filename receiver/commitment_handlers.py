@@ -59,7 +59,8 @@ def _n_action(event: Event, wake: Callable[[], None]) -> tuple[int, str, int, st
     information = None
     try:
         information = event.action_information
-        if _report_here(event):
+        offered = _report_here(event)
+        if offered:
             # Before the row exists, so that the delivery loop never finds the row without
             # the offer. The report may come on this association (PS3.4 J.3.3) while the
             # requester keeps it open; pynetdicom sends it after this N-ACTION-RSP (the
@@ -70,7 +71,9 @@ def _n_action(event: Event, wake: Callable[[], None]) -> tuple[int, str, int, st
                 assoc=event.assoc,
             )
         row = commitment_request_record(
-            calling_ae_title=event.assoc.requestor.ae_title, information=information
+            calling_ae_title=event.assoc.requestor.ae_title,
+            information=information,
+            offered=offered,
         )
     except CommitmentInvalid as exc:
         logger.warning("Storage Commitment request from %s refused (0x0115): %s", peer, exc)

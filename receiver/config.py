@@ -613,7 +613,17 @@ def workers_auto(*, bucket: bool = False) -> int:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
         cores = os.cpu_count() or 1
-    return max(1, min(cores, WORKERS_AUTO_MAX))
+    return max(1, min(cores, _cgroup_cores() or cores, WORKERS_AUTO_MAX))
+
+
+def _cgroup_cores(path: str = "/sys/fs/cgroup/cpu.max") -> int | None:
+    """The cores a CPU quota allows (cgroup v2: a container's --cpus, systemd's CPUQuota),
+    rounded up; None without a quota. The affinity mask does not show a quota."""
+    try:
+        quota, _, period = Path(path).read_text().partition(" ")
+        return max(1, -(-int(quota) // int(period)))
+    except (OSError, ValueError):  # no cgroup v2 file, or "max": no quota
+        return None
 
 
 def resolve(command_line: dict[str, Any], config_file: Path | None = None) -> ReceiverConfig:
@@ -666,6 +676,7 @@ def resolve(command_line: dict[str, Any], config_file: Path | None = None) -> Re
     if merged["workers"] == "auto":
         bucket = str(merged["storage_dir"] or settings.DICOM_STORAGE_DIR).startswith("s3://")
         merged["workers"] = workers_auto(bucket=bucket)
+        sources["workers"] += ", auto"
     if not isinstance(merged["workers"], int) or not 1 <= merged["workers"] <= 64:
         raise fail("workers", "must be between 1 and 64")
     if merged["max_associations"] < 1:

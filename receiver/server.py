@@ -281,8 +281,8 @@ def run(config: ReceiverConfig) -> None:
         logger.info("Storage SCP started: %s, %d workers", config.describe(), config.workers)
         logger.info("%s", storage_found)
         tables_sync(config)
-        # Storage Commitment delivery and retention run in the first worker
-        # (workers.node_loops_start): the parent never uses the storage.
+        # Storage Commitment delivery and retention run in the workers (workers.loops_start):
+        # once they are forked, the parent never uses the storage.
         workers.serve(config, ingest, listener, config.workers, stop)
     else:
         if config.retention is not None:

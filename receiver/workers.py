@@ -51,9 +51,9 @@ def _worker(
     connections.close_all()  # never share the parent's database connections
     slots = AssociationSlots(config.max_associations, shared=counts, cell=cell)
     live = LiveStatus(ae_title=config.ae_title, port=config.port, role=f"worker {cell + 1}")
-    commitment, stop_node_loops = node_loops_start(config, ingest) if cell == 0 else (None, None)
+    commitment, stop_loops = loops_start(config, ingest, retention=cell == 0)
     ae, event_handlers = build_ae(
-        config, ingest, slots=slots, live=live, commitment_wake=commitment and commitment.wake
+        config, ingest, slots=slots, live=live, commitment_wake=commitment.wake
     )
     ssl_context = tls_context(config)
     # A server object to run associations with; it listens on nothing we use.
@@ -97,30 +97,32 @@ def _worker(
         lobby.stop()
     drain(ae, config.shutdown_grace)
     stop_announcements()
-    if stop_node_loops is not None:
-        stop_node_loops()
+    stop_loops()
     live.stop()
     os._exit(0)
 
 
-def node_loops_start(
-    config: ReceiverConfig, ingest: IngestSettings
+def loops_start(
+    config: ReceiverConfig, ingest: IngestSettings, *, retention: bool
 ) -> tuple[CommitmentDelivery, Callable[[], None]]:
-    """Start what a node runs once, in its first worker: Storage Commitment delivery and the
-    retention loop (one pass at a time per node). Not in the parent, which forks a worker
-    again when one dies: it never uses the storage (obstore's runtime does not survive a
-    fork). Returns the delivery (to wake) and a function that stops both."""
+    """Start a worker's loops that use the storage: Storage Commitment delivery in every
+    worker (the requester's association, where its report may go, is in the worker that
+    received the request; routing.commitment claims each row), and with `retention` the
+    retention loop (in the first worker only: one pass at a time per node). None runs in the
+    parent, which forks a worker again when one dies: after start-up it never uses the
+    storage (obstore's runtime does not survive a fork). Returns the delivery (to wake) and a
+    function that stops them."""
     commitment = CommitmentDelivery(storage=ingest.storage, ae_title=config.ae_title)
     commitment.start()
-    retention = None
-    if config.retention is not None:
-        retention = RetentionLoop(storage=ingest.storage, policy=config.retention)
-        retention.start()
+    retention_loop = None
+    if retention and config.retention is not None:
+        retention_loop = RetentionLoop(storage=ingest.storage, policy=config.retention)
+        retention_loop.start()
 
     def stop() -> None:
         commitment.stop()
-        if retention is not None:
-            retention.stop()
+        if retention_loop is not None:
+            retention_loop.stop()
 
     return commitment, stop
 
@@ -260,7 +262,9 @@ class WorkerPool:
             channel.close()
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + self.config.shutdown_grace + 10
+        # The grace period, then the first worker's loops: a Storage Commitment round may be
+        # sending a report (routing.commitment: stop() waits up to 35 s).
+        deadline = time.monotonic() + self.config.shutdown_grace + 40
         for pid, _ in self.workers.values():
             while time.monotonic() < deadline:
                 try:

@@ -13,10 +13,12 @@ import datetime as dt
 import hashlib
 import logging
 import threading
+import time
 import weakref
 from typing import Any
 
 from django.db import DatabaseError, IntegrityError, close_old_connections, connection
+from django.db.models import Q
 from django.utils import timezone
 from pydicom.dataset import Dataset
 
@@ -36,6 +38,16 @@ PROCESSING_FAILURE = 0x0110
 FIRST_RETRY = 10.0  # seconds; doubled per failed attempt
 LAST_RETRY = 3600.0
 MAX_ATTEMPTS = 30  # about a day of retries at the longest interval
+# A request whose report may go on its own association is due in other receiver processes
+# only after this many seconds: the process holding that association delivers it at once.
+OFFERED_WAIT = 10.0
+# A report on the request's own association goes no sooner than this after the request: a
+# requester built on pynetdicom 3.0 mis-decoded a report that followed its N-ACTION-RSP by a
+# few milliseconds ("KeyError: 'DIMSEMessag'", then an abort; about one request in eight in
+# tests/receiver/test_workers.py, none in 24 with this wait). A modality waits far longer.
+REPORT_SETTLE = 0.3
+# A process that claimed a row has this long to record the outcome before another may try.
+CLAIM_LEASE = 120.0
 _READ = 1 << 20
 
 
@@ -50,8 +62,19 @@ def commitment_association_offer(
 ) -> None:
     """The requester of `transaction_uid` accepted the SCP role of Storage Commitment on
     `assoc` (a pynetdicom Association, the N-ACTION's): report there while it stays open."""
+    assoc.__dict__["_commitment_offered_at"] = time.monotonic()
     with _OFFERED_LOCK:
         _OFFERED[(calling_ae_title.strip(), transaction_uid)] = assoc
+
+
+def _offered_here() -> Q:
+    """The transactions whose requester's association is open in this process."""
+    with _OFFERED_LOCK:
+        keys = list(_OFFERED.keys())
+    offered = Q(pk__in=[])
+    for calling_ae_title, transaction_uid in keys:
+        offered |= Q(calling_ae_title=calling_ae_title, transaction_uid=transaction_uid)
+    return offered
 
 
 def _offered(row: CommitmentTransaction) -> Any:
@@ -65,10 +88,12 @@ class CommitmentInvalid(ValueError):
 
 
 def commitment_request_record(
-    *, calling_ae_title: str, information: Dataset
+    *, calling_ae_title: str, information: Dataset, offered: bool = False
 ) -> CommitmentTransaction:
     """Record a Storage Commitment request; raises CommitmentInvalid for a request without a
-    Transaction UID or with malformed references."""
+    Transaction UID or with malformed references. `offered`: the report may go on the
+    request's association (commitment_association_offer), which only this process holds, so
+    other processes wait OFFERED_WAIT seconds before they take the row."""
     transaction_uid = str(information.get("TransactionUID", "") or "").strip()
     if not transaction_uid:
         raise CommitmentInvalid("no TransactionUID")
@@ -81,11 +106,13 @@ def commitment_request_record(
         references.append([sop_class, sop_instance])
     if not references:
         raise CommitmentInvalid("ReferencedSOPSequence is empty")
+    due = timezone.now() + dt.timedelta(seconds=OFFERED_WAIT if offered else 0)
     try:
         return CommitmentTransaction.objects.create(
             transaction_uid=transaction_uid,
             calling_ae_title=calling_ae_title.strip(),
             references=references,
+            next_attempt_at=due,
         )
     except IntegrityError:
         # The same request again: answer it again.
@@ -94,7 +121,7 @@ def commitment_request_record(
         )
         row.state, row.next_attempt_at, row.references = (
             CommitmentTransaction.PENDING,
-            timezone.now(),
+            due,
             references,
         )
         row.failures = None
@@ -164,12 +191,21 @@ def commitment_report(row: CommitmentTransaction) -> tuple[int, Dataset]:
 
 
 def commitment_deliver_due(*, storage: Storage, ae_title: str) -> int:
-    """Check and report every transaction that is due; return how many were delivered."""
+    """Check and report every transaction that is due, or whose requester's association is
+    open in this process; return how many were delivered. Several receiver processes (the
+    workers of `runscp --workers N`, several nodes) run this at once: each row is claimed
+    first, and only the process that claimed it reports it."""
     delivered = 0
+    now = timezone.now()
     due = CommitmentTransaction.objects.filter(
-        state=CommitmentTransaction.PENDING, next_attempt_at__lte=timezone.now()
+        Q(next_attempt_at__lte=now) | _offered_here(), state=CommitmentTransaction.PENDING
     ).order_by("next_attempt_at")
     for row in list(due[:50]):
+        claimed = CommitmentTransaction.objects.filter(
+            pk=row.pk, state=CommitmentTransaction.PENDING, next_attempt_at=row.next_attempt_at
+        ).update(next_attempt_at=now + dt.timedelta(seconds=CLAIM_LEASE))
+        if not claimed:
+            continue  # another process took it meanwhile
         if row.failures is None:
             row.failures = commitment_check(references=row.references, storage=storage)
             row.save(update_fields=["failures"])
@@ -216,6 +252,9 @@ def _deliver(row: CommitmentTransaction, *, ae_title: str) -> str | None:
     event_type, information = commitment_report(row)
     same = _offered(row)
     if same is not None:
+        settle = same.__dict__.get("_commitment_offered_at", 0.0) + REPORT_SETTLE
+        if settle > time.monotonic():
+            time.sleep(settle - time.monotonic())
         try:
             status = event_report_send(
                 same,
@@ -271,8 +310,8 @@ class CommitmentDelivery:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="commitment-delivery", daemon=True)
-        # runscp --workers forks with this loop running: never in the middle of a round
-        # (archive.forksafe).
+        # A process that forks with this loop running (a test's, say) never does so in the
+        # middle of a round (archive.forksafe).
         self._round = quiet_at_fork()
 
     def start(self) -> None:

@@ -417,10 +417,15 @@ class S3Storage(Storage):
         return int(self._head(relative)["size"])
 
     def exists(self, relative: str) -> bool:
+        # Through boto3, not obstore: the storage identity check calls this at start-up in the
+        # parent of `runscp --workers N`, whose forks must not inherit a started obstore
+        # runtime (it does not survive a fork). Nothing calls it per instance.
         try:
-            self._head(relative)
-        except FileNotFoundError:
-            return False
+            self.client.head_object(Bucket=self.bucket, Key=self.key(relative))
+        except Exception as exc:
+            if _missing(exc):
+                return False
+            raise self._failure(f"read {relative}", exc) from None
         return True
 
     def modified(self, relative: str) -> dt.datetime:

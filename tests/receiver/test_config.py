@@ -147,7 +147,7 @@ def test_workers_default_to_one_per_core_up_to_four(tmp_path):
     cores = len(os.sched_getaffinity(0))
     assert workers_auto() == min(cores, 4)
     assert resolve({}).workers == workers_auto()
-    assert resolve({}).sources["workers"] == "default"
+    assert resolve({}).sources["workers"] == "default, auto"
     assert resolve({}, write(tmp_path, "server: {workers: auto}\n")).workers == workers_auto()
     assert resolve({}, write(tmp_path, "server: {workers: 3}\n")).workers == 3
     assert resolve({"workers": "auto"}).workers == workers_auto()
@@ -160,9 +160,22 @@ def test_workers_default_to_one_per_core_up_to_four(tmp_path):
         resolve({}, write(tmp_path, "server: {workers: 0}\n"))
 
 
+def test_workers_auto_respects_a_cpu_quota(tmp_path):
+    from receiver.config import _cgroup_cores
+
+    quota = tmp_path / "cpu.max"
+    quota.write_text("150000 100000\n")  # docker --cpus 1.5
+    assert _cgroup_cores(str(quota)) == 2
+    quota.write_text("50000 100000\n")
+    assert _cgroup_cores(str(quota)) == 1
+    quota.write_text("max 100000\n")
+    assert _cgroup_cores(str(quota)) is None
+    assert _cgroup_cores(str(tmp_path / "absent")) is None
+
+
 def test_workers_on_the_command_line_take_a_number_or_auto(tmp_path, capsys):
     call_command("runscp", "--check-config", "--workers", "auto")
-    assert f"{workers_auto()}  [command line]" in capsys.readouterr().out
+    assert f"{workers_auto()}  [command line, auto]" in capsys.readouterr().out
     result = subprocess.run(
         [sys.executable, str(ROOT / "manage.py"), "runscp", "--workers", "lots"],
         capture_output=True,

@@ -116,7 +116,8 @@ def test_flood_of_idle_and_slow_connections_leaves_honest_senders_served(tmp_pat
         tmp_path / "received",
         "--index-db",
         index,
-        *(["--workers", str(workers)] if workers > 1 else []),
+        "--workers",
+        str(workers),
     )
     flood = Flood(port)
     try:

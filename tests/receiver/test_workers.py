@@ -10,12 +10,13 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
 from pydicom import dcmread
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from pynetdicom.sop_class import CTImageStorage, Verification
 
 from tests.conftest import free_port, sample_file
-from tests.peers import eventually, scu
+from tests.peers import eventually, scu, send_files
 from tests.receiver.test_runscp import runscp, wait_listening
 
 
@@ -208,3 +209,42 @@ def test_drain_lets_an_association_whose_accept_just_left_become_established(mon
     assert not accepted.aborted
     assert silent.aborted
     assert time.monotonic() - started < 2.0
+
+
+def test_commitment_reported_on_the_requesters_association_in_every_worker(tmp_path):
+    """Each worker delivers the reports of the requests it received on their own association
+    (the requester is in no remote AE table: a new association to it is impossible)."""
+    from tests.e2e.test_storage_commitment import _request_keeping_the_association
+
+    port = free_port()
+    process = runscp(
+        port, "TEST_SCP", "--workers", "2", "--bind", "127.0.0.1",
+        "--storage-dir", tmp_path / "st", "--index-db", tmp_path / "i.db",
+    )  # fmt: skip
+    try:
+        wait_listening(port, process)
+        names = ["CT_small.dcm", "MR_small.dcm"]
+        assert send_files(port, [sample_file(n) for n in names]) == [0, 0]
+        references = [
+            (str(ds.SOPClassUID), str(ds.SOPInstanceUID))
+            for ds in (dcmread(sample_file(n), stop_before_pixels=True) for n in names)
+        ]
+        for _ in range(4):  # one association after another: both workers get some
+            uid = generate_uid()
+            status, received = _request_keeping_the_association(
+                port, references, uid, scp_role=True
+            )
+            assert status == 0x0000
+            if not received:
+                process.send_signal(signal.SIGTERM)
+                pytest.fail(process.communicate(timeout=90)[0][-6000:])
+            [(event_type, info)] = received
+            assert (event_type, info.TransactionUID) == (1, uid)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        output, _ = process.communicate(timeout=90)
+    assert process.returncode == 0, output
+    assert "not in the remote AE table" not in output
+    reports = [line for line in output.splitlines() if "reported to" in line]
+    # Each worker reported the requests it received.
+    assert len({re.search(r"\[(\d+)\]", line)[1] for line in reports}) == 2, output
