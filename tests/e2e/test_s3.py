@@ -18,7 +18,7 @@ from pydicom.uid import generate_uid
 
 from archive.models import Instance
 from tests.conftest import free_port, sample_file
-from tests.peers import eventually, run_dcmtk, send_dataset, send_files
+from tests.peers import eventually, run_dcmtk, send_dataset
 from tests.receiver.test_runscp import ROOT, runscp, stop, wait_listening
 
 
@@ -145,7 +145,7 @@ def test_workers_on_a_bucket_commit_and_serve_after_being_replaced(moto_server, 
     """The parent of workers never uses the bucket (obstore's runtime does not survive a fork):
     Storage Commitment, which reads the bucket, is delivered by the first worker, and workers
     forked again after it did still store."""
-    from tests.e2e.test_storage_commitment import Requester
+    from tests.e2e.test_storage_commitment import Requester, stored_at
     from tests.receiver.test_workers import _child_pids
 
     requester = Requester()
@@ -166,12 +166,7 @@ def test_workers_on_a_bucket_commit_and_serve_after_being_replaced(moto_server, 
     )  # fmt: skip
     try:
         wait_listening(port, process)
-        names = ["CT_small.dcm", "MR_small.dcm"]
-        assert send_files(port, [sample_file(n) for n in names]) == [0, 0]
-        references = [
-            (str(ds.SOPClassUID), str(ds.SOPInstanceUID))
-            for ds in (dcmread(sample_file(n), stop_before_pixels=True) for n in names)
-        ]
+        references = stored_at(port)
         for round_ in range(2):
             uid = generate_uid()
             assert requester.request(port, references, uid) == 0x0000

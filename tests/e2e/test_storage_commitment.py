@@ -77,8 +77,13 @@ def requester():
 
 
 def _stored(scp) -> list[tuple[str, str]]:
+    return stored_at(scp.port)
+
+
+def stored_at(port: int) -> list[tuple[str, str]]:
+    """Store two sample files at `port`; their (class, instance) references."""
     names = ["CT_small.dcm", "MR_small.dcm"]
-    assert send_files(scp.port, [sample_file(n) for n in names]) == [0, 0]
+    assert send_files(port, [sample_file(n) for n in names]) == [0, 0]
     return [
         (str(ds.SOPClassUID), str(ds.SOPInstanceUID))
         for ds in (dcmread(sample_file(n), stop_before_pixels=True) for n in names)

@@ -16,7 +16,7 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from pynetdicom.sop_class import CTImageStorage, Verification
 
 from tests.conftest import free_port, sample_file
-from tests.peers import eventually, scu, send_files
+from tests.peers import eventually, scu
 from tests.receiver.test_runscp import runscp, wait_listening
 
 
@@ -214,7 +214,7 @@ def test_drain_lets_an_association_whose_accept_just_left_become_established(mon
 def test_commitment_reported_on_the_requesters_association_in_every_worker(tmp_path):
     """Each worker delivers the reports of the requests it received on their own association
     (the requester is in no remote AE table: a new association to it is impossible)."""
-    from tests.e2e.test_storage_commitment import _request_keeping_the_association
+    from tests.e2e.test_storage_commitment import _request_keeping_the_association, stored_at
 
     port = free_port()
     process = runscp(
@@ -223,12 +223,7 @@ def test_commitment_reported_on_the_requesters_association_in_every_worker(tmp_p
     )  # fmt: skip
     try:
         wait_listening(port, process)
-        names = ["CT_small.dcm", "MR_small.dcm"]
-        assert send_files(port, [sample_file(n) for n in names]) == [0, 0]
-        references = [
-            (str(ds.SOPClassUID), str(ds.SOPInstanceUID))
-            for ds in (dcmread(sample_file(n), stop_before_pixels=True) for n in names)
-        ]
+        references = stored_at(port)
         for _ in range(4):  # one association after another: both workers get some
             uid = generate_uid()
             status, received = _request_keeping_the_association(
