@@ -44,7 +44,7 @@ OFFERED_WAIT = 10.0
 # A report on the request's own association goes no sooner than this after the request: a
 # requester built on pynetdicom 3.0 mis-decoded a report that followed its N-ACTION-RSP by a
 # few milliseconds ("KeyError: 'DIMSEMessag'", then an abort; about one request in eight in
-# tests/receiver/test_workers.py, none in 24 with this wait). A modality waits far longer.
+# tests/receiver/test_workers.py, none in 48 with this wait). A modality waits far longer.
 REPORT_SETTLE = 0.3
 # A process that claimed a row has this long to record the outcome before another may try.
 CLAIM_LEASE = 120.0
@@ -253,8 +253,7 @@ def _deliver(row: CommitmentTransaction, *, ae_title: str) -> str | None:
     same = _offered(row)
     if same is not None:
         settle = same.__dict__.get("_commitment_offered_at", 0.0) + REPORT_SETTLE
-        if settle > time.monotonic():
-            time.sleep(settle - time.monotonic())
+        time.sleep(max(0.0, settle - time.monotonic()))
         try:
             status = event_report_send(
                 same,
