@@ -26,6 +26,8 @@ until an administrator requeues it.
 import contextlib
 import datetime as dt
 import logging
+import os
+import socket
 import threading
 import time
 from collections import Counter
@@ -50,6 +52,7 @@ from archive.models import Instance, Series, Study
 from archive.retrieval import RetrieveFailed, RetrieveItem, instance_dataset, instance_source
 from archive.signals import study_stable_in_transaction
 from archive.storage import Storage
+from archive.storage.base import pid_alive
 from audit.models import EXPORT, FAILURE
 from audit.models import SUCCESS as AUDIT_SUCCESS
 from audit.services import audit_record
@@ -397,6 +400,42 @@ def _paused() -> list[int]:
     return [pk for pk, (_, until) in list(_down.items()) if until > now]
 
 
+def _claimer() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def forward_orphans_release() -> int:
+    """Let the rows claimed by processes of this host that are gone (killed, crashed) be
+    claimed again now rather than when their lease runs out; return how many. A claimer on
+    another host, or whose pid has been reused, still waits for its lease."""
+    host = f"{socket.gethostname()}:"
+    claimers = (
+        ForwardItem.objects.filter(state=ForwardItem.SENDING, claimed_by__startswith=host)
+        .values_list("claimed_by", flat=True)
+        .distinct()
+    )
+    gone = [claimer for claimer in claimers if not _alive(claimer)]
+    if not gone:
+        return 0
+    # Expired, not pending: claimed again they count as repeats (they may have been sent).
+    with index_writer():
+        released = ForwardItem.objects.filter(
+            state=ForwardItem.SENDING, claimed_by__in=gone
+        ).update(lease_until=timezone.now())
+    if released:
+        logger.warning(
+            "Forwarding: %d row(s) claimed by stopped process(es) %s claimed again",
+            released,
+            ", ".join(gone),
+        )
+    return released
+
+
+def _alive(claimer: str) -> bool:
+    pid = claimer.rpartition(":")[2]
+    return pid.isdigit() and pid_alive(int(pid))
+
+
 def forward_claim(*, limit: int = BATCH, lease: float = LEASE) -> Batch | None:
     """Claim the oldest due row and the due rows after it of the same destination and study,
     up to `limit`; None when nothing is due. Two workers never hold the same row."""
@@ -429,7 +468,9 @@ def forward_claim(*, limit: int = BATCH, lease: float = LEASE) -> Batch | None:
         ids = tuple(pk for pk, _ in claimed)
         repeated = [pk for pk, state in claimed if state == ForwardItem.SENDING]
         until = now + dt.timedelta(seconds=lease)
-        ForwardItem.objects.filter(pk__in=ids).update(state=ForwardItem.SENDING, lease_until=until)
+        ForwardItem.objects.filter(pk__in=ids).update(
+            state=ForwardItem.SENDING, lease_until=until, claimed_by=_claimer()
+        )
         if repeated:
             ForwardItem.objects.filter(pk__in=repeated).update(repeats=F("repeats") + 1)
             _count(RemoteAE.objects.get(pk=head[0]).ae_title, {REPEAT: len(repeated)})
@@ -776,6 +817,10 @@ class ForwardingWorker:
     def _run(self) -> None:
         purged = 0.0
         try:
+            try:
+                forward_orphans_release()
+            except DatabaseError as exc:
+                logger.warning("Forwarding: index unavailable: %s", exc)
             while not self._stop.is_set():
                 close_old_connections()
                 busy = False

@@ -160,7 +160,8 @@ class ForwardItem(models.Model):
 
     Written in the transaction that indexes the instance (or claims its study as stable), so an
     acknowledged instance a rule selects is never missing from it. A row being sent holds a
-    lease; a worker that dies leaves it to be claimed again once the lease has expired.
+    lease; a worker that dies leaves it to be claimed again once the lease has expired, or as
+    soon as a forwarder starts on the same host and finds the claimer gone (`claimed_by`).
     """
 
     PENDING = "pending"
@@ -190,6 +191,7 @@ class ForwardItem(models.Model):
     repeats = models.PositiveIntegerField(default=0)
     next_attempt_at = models.DateTimeField(default=timezone.now)
     lease_until = models.DateTimeField(null=True, blank=True)
+    claimed_by = models.CharField(max_length=96, blank=True, help_text="host:pid of the claimer")
     queued_at = models.DateTimeField(default=timezone.now)
     sent_at = models.DateTimeField(null=True, blank=True)
     last_status = models.PositiveIntegerField(null=True, blank=True)

@@ -339,6 +339,31 @@ def test_a_batch_whose_worker_died_is_claimed_again_after_its_lease(
         dest.stop()
 
 
+def test_a_batch_whose_process_is_gone_is_claimed_again_when_a_forwarder_starts(
+    transactional_db, storage_dir
+):
+    import socket
+    import subprocess
+    import sys
+
+    instance = _indexed_instance(storage_dir)
+    remote = RemoteAE.objects.create(ae_title="DEST", host="127.0.0.1", port=9)
+    forwarding.forward_enqueue(instance_ids=[instance.pk], destination=remote, origin="test")
+    assert forward_claim() is not None  # by this process, which is alive: nothing to release
+    assert forwarding.forward_orphans_release() == 0
+    assert forward_claim() is None
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], text=True,
+                          capture_output=True, check=True).stdout.strip()  # fmt: skip
+    host = socket.gethostname()
+    ForwardItem.objects.update(claimed_by=f"{host}:{gone}")
+    assert forwarding.forward_orphans_release() == 1
+    again = forward_claim()
+    assert again is not None and again.repeats == 1  # it may have been sent: a repeat
+    # Another host's claimer cannot be checked from here: its lease decides.
+    ForwardItem.objects.update(claimed_by=f"elsewhere-{host}:{gone}")
+    assert forwarding.forward_orphans_release() == 0
+
+
 @pytest.mark.parametrize(
     ("rule", "message"),
     [
