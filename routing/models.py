@@ -191,7 +191,11 @@ class ForwardItem(models.Model):
     repeats = models.PositiveIntegerField(default=0)
     next_attempt_at = models.DateTimeField(default=timezone.now)
     lease_until = models.DateTimeField(null=True, blank=True)
-    claimed_by = models.CharField(max_length=96, blank=True, help_text="host:pid of the claimer")
+    # A default in the database: the queue INSERT of the ingest path (forwarding._QUEUE_INSERTS)
+    # names only the columns it sets.
+    claimed_by = models.CharField(
+        max_length=96, blank=True, db_default="", help_text="host:pid of the claimer"
+    )
     queued_at = models.DateTimeField(default=timezone.now)
     sent_at = models.DateTimeField(null=True, blank=True)
     last_status = models.PositiveIntegerField(null=True, blank=True)
