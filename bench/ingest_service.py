@@ -32,17 +32,6 @@ if str(ROOT) not in sys.path:
     sys.path.append(str(ROOT))
 
 
-def _fresh_postgres(url: str, name: str) -> str:
-    """`url` with its database replaced by a new, empty one called `name`."""
-    import psycopg
-
-    server = url.rsplit("/", 1)[0].replace("postgres://", "postgresql://", 1)
-    with psycopg.connect(f"{server}/postgres", autocommit=True) as db:
-        db.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        db.execute(f'CREATE DATABASE "{name}"')
-    return f"{url.rsplit('/', 1)[0]}/{name}"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--count", type=int, default=400)
@@ -85,6 +74,7 @@ def main() -> None:
     from archive import services
     from archive.services import IngestSettings, instance_store
     from archive.storage import Storage
+    from bench.run import fresh_postgres, postgres_drop
     from pacsproject.database import use_database_url, use_sqlite_index
     from receiver.association_audit import association_audit_write
 
@@ -107,8 +97,10 @@ def main() -> None:
     per_instance, cpu_per_instance, statements, audit_shares = [], [], [], []
     for repeat in range(args.repeat):
         run_dir = work / f"run{repeat}"
+        database = None
         if args.database_url:
-            use_database_url(_fresh_postgres(args.database_url, "pacs_bench_ingest"))
+            database = fresh_postgres(args.database_url, "pacs_bench_ingest")
+            use_database_url(database)
         else:
             use_sqlite_index(run_dir / "index.db")
         call_command("migrate", verbosity=0)
@@ -164,6 +156,8 @@ def main() -> None:
         audit_shares.append(audit_seconds / elapsed)
         storage.release()
         connections.close_all()
+        if database is not None:
+            postgres_drop(database)
     shutil.rmtree(work, ignore_errors=True)
     print(
         f"{args.count} instances in {args.series} series, {args.repeat} repeats: "

@@ -130,7 +130,7 @@ class Server:
             self.process.kill()
             self.process.wait()
         if self.database_url:
-            _postgres_drop(self.database_url)
+            postgres_drop(self.database_url)
 
 
 OURS_WORKERS: int | None = None  # None: runscp's own default
@@ -142,7 +142,7 @@ def _libpq_url(url: str) -> str:
     return url.replace("postgres://", "postgresql://", 1)
 
 
-def _fresh_postgres(url: str, name: str) -> str:
+def fresh_postgres(url: str, name: str) -> str:
     """A new empty database next to the one `url` names, private to this run (other runs may
     share the server); its URL. Dropped when its server stops."""
     server, _, _ = _libpq_url(url).rpartition("/")
@@ -153,7 +153,7 @@ def _fresh_postgres(url: str, name: str) -> str:
     return f"{server}/{name}"
 
 
-def _postgres_drop(url: str) -> None:
+def postgres_drop(url: str) -> None:
     server, _, name = _libpq_url(url).rpartition("/")
     with psycopg.connect(f"{server}/postgres", autocommit=True) as db:
         db.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
@@ -192,7 +192,7 @@ def start_ours(
     database_url = None
     postgres = postgres or OURS_DATABASE_URL
     if postgres:
-        database_url = env["DATABASE_URL"] = _fresh_postgres(postgres, "pacs_bench")
+        database_url = env["DATABASE_URL"] = fresh_postgres(postgres, "pacs_bench")
         where = []
     # Warnings and errors stay in the run's directory, for a run that went wrong.
     with (work / "server.log").open("wb") as log:
@@ -229,7 +229,7 @@ def start_ours_2nodes(work: Path) -> Server:
     (bench/nodes.py): the aggregate, next to ours-pg (one node, no balancer)."""
     assert PG_URL is not None
     port, store = free_port(), work / "store"
-    database_url = _fresh_postgres(PG_URL, "pacs_bench_nodes")
+    database_url = fresh_postgres(PG_URL, "pacs_bench_nodes")
     env = {
         **os.environ,
         "DATABASE_URL": database_url,
@@ -344,7 +344,7 @@ def start_orthanc(work: Path, *, name: str = "orthanc", postgres: str | None = N
     if postgres:
         # The index in PostgreSQL, the files on disk as with SQLite (the plugin's storage stays
         # off): the comparison for ours-pg.
-        database_url = _fresh_postgres(postgres, "orthanc_bench")
+        database_url = fresh_postgres(postgres, "orthanc_bench")
         url = urlparse(database_url)
         config["Plugins"] = [ORTHANC_PG_PLUGIN]
         config["PostgreSQL"] = {

@@ -241,14 +241,6 @@ def tables_sync(config: ReceiverConfig) -> None:
         connections.close_all()
 
 
-def retention_start(config: ReceiverConfig, ingest: IngestSettings) -> RetentionLoop:
-    """The retention loop of `storage.retention` (one per node), started."""
-    assert config.retention is not None
-    retention = RetentionLoop(storage=ingest.storage, policy=config.retention)
-    retention.start()
-    return retention
-
-
 def listen(config: ReceiverConfig) -> socket.socket:
     """The listening socket for worker processes (see receiver.workers)."""
     family = socket.AF_INET6 if ":" in config.bind else socket.AF_INET
@@ -285,8 +277,9 @@ def run(config: ReceiverConfig) -> None:
         # once they are forked, the parent never uses the storage.
         workers.serve(config, ingest, listener, config.workers, stop)
     else:
-        if config.retention is not None:
-            retention = retention_start(config, ingest)  # one pass at a time per node
+        if config.retention is not None:  # one pass at a time per node
+            retention = RetentionLoop(storage=ingest.storage, policy=config.retention)
+            retention.start()
         running = start(config, ingest)
         heap_freeze()
         logger.info("Storage SCP started: %s", config.describe())
