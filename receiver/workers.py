@@ -34,6 +34,8 @@ from routing.commitment import CommitmentDelivery
 
 logger = logging.getLogger(__name__)
 
+STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
+
 
 def _worker(
     config: ReceiverConfig,
@@ -45,9 +47,7 @@ def _worker(
 ) -> None:
     """A worker's life: serve the connections the parent hands over until SIGTERM, or until
     the parent (process `parent`) has gone."""
-    stopping = threading.Event()
-    signal.signal(signal.SIGTERM, lambda signum, frame: stopping.set())
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the parent, which passes it on
+    stopping = signals_own()
     connections.close_all()  # never share the parent's database connections
     slots = AssociationSlots(config.max_associations, shared=counts, cell=cell)
     live = LiveStatus(ae_title=config.ae_title, port=config.port, role=f"worker {cell + 1}")
@@ -100,6 +100,17 @@ def _worker(
     stop_loops()
     live.stop()
     os._exit(0)
+
+
+def signals_own() -> threading.Event:
+    """A new worker's own signal handling: SIGTERM sets the returned event, SIGINT is ignored
+    (Ctrl-C reaches the parent, which passes it on). Delivers the stop signals WorkerPool held
+    back across the fork."""
+    stopping = threading.Event()
+    signal.signal(signal.SIGTERM, lambda signum, frame: stopping.set())
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+    return stopping
 
 
 def loops_start(
@@ -193,7 +204,15 @@ class WorkerPool:
             self.counts[slot] = 0  # a dead predecessor's associations are gone with it
         connections.close_all()
         parent = os.getpid()
-        pid = os.fork()
+        # Until the worker has its own handlers, a SIGTERM would run the parent's (copied at
+        # fork), which sets the parent's stop flag in the child: the worker would miss its stop
+        # and the parent wait for it. Blocked, the signal waits for the worker's handler.
+        signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+        try:
+            pid = os.fork()
+        except OSError:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+            raise
         if pid == 0:
             parent_end.close()
             for inherited in self.inherited:
@@ -204,6 +223,7 @@ class WorkerPool:
                 _worker(self.config, self.ingest, child_end, self.counts, slot, parent)
             finally:
                 os._exit(1)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
         child_end.close()
         self.workers[slot] = (pid, parent_end)
         self.inherited.append(parent_end)

@@ -144,11 +144,25 @@ class Storage:
 
 
 def pid_alive(pid: int) -> bool:
-    """Whether a process of this host has that pid."""
+    """Whether a process of this host has that pid and is still running.
+
+    A zombie is not: a receiver's worker killed with its parent stays one until PID 1 reaps it,
+    and in a container PID 1 is often a process that never does.
+    """
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
+        pass
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            # "pid (comm) state ...": comm may hold spaces and parentheses, the state follows
+            # the last ")".
+            state = stat.read().rpartition(b")")[2].split()[:1]
+    except FileNotFoundError:
+        # Gone since kill(), or no /proc at all (not Linux): then kill() is all there is.
+        return not os.path.isdir("/proc/self")
+    except OSError:
         return True
-    return True
+    return state not in ([b"Z"], [b"X"])

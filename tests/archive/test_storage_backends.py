@@ -3,6 +3,8 @@
 reading back and verification behave the same on both."""
 
 import hashlib
+import os
+import socket
 import threading
 import time
 
@@ -17,7 +19,7 @@ from archive.deletion import index_delete
 from archive.exceptions import IndexFailure, StorageFailure
 from archive.models import Instance, Patient
 from archive.services import IngestSettings, instance_store, series_cache_clear
-from archive.storage import FilesystemStorage, S3Storage, Storage
+from archive.storage import FilesystemStorage, S3Storage, Storage, pid_alive
 from archive.verification import storage_verify
 from tests.archive.test_services import instance_inserts_fail
 from tests.conftest import free_port, sample_file
@@ -339,3 +341,25 @@ def test_a_resend_racing_the_upload_of_its_first_copy_is_settled_once(s3_environ
     assert sorted(map(str, outcomes)) == ["identical", "stored"]
     assert Instance.objects.count() == 1
     assert len(list(storage.names())) == 1
+
+
+def test_staging_files_of_a_zombie_process_are_removed(tmp_path):
+    """A worker killed with its parent stays a zombie where PID 1 reaps nothing (a container):
+    its pid answers kill(pid, 0), yet its staging files are stale."""
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0)
+    try:
+        deadline = time.monotonic() + 10
+        while pid_alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        os.kill(pid, 0)  # not reaped yet: still in the process table, as a zombie
+        assert not pid_alive(pid)
+        assert pid_alive(os.getpid())
+        dead = tmp_path / ".incoming" / f"{socket.gethostname()}.{pid}"
+        dead.mkdir(parents=True)
+        (dead / "1.part").write_bytes(b"half a dataset")
+        assert FilesystemStorage(tmp_path).prepare() == 1
+        assert not dead.exists()
+    finally:
+        os.waitpid(pid, 0)

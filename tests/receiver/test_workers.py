@@ -243,3 +243,35 @@ def test_commitment_reported_on_the_requesters_association_in_every_worker(tmp_p
     reports = [line for line in output.splitlines() if "reported to" in line]
     # Each worker reported the requests it received.
     assert len({re.search(r"\[(\d+)\]", line)[1] for line in reports}) == 2, output
+
+
+def test_a_stop_signal_reaching_a_worker_before_its_handlers_is_not_lost(monkeypatch):
+    """A worker copies the parent's signal handlers at fork: a SIGTERM arriving before it has
+    its own ran the parent's in the child, the worker never stopped and the parent waited for
+    it in vain (a CI failure: runscp stopped right after it started listening)."""
+    from receiver import workers as pool
+
+    report_read, report_write = os.pipe()
+
+    def slow_worker(config, ingest, channel, counts, cell, parent) -> None:
+        time.sleep(0.5)  # starting: the SIGTERM arrives now
+        stopping = pool.signals_own()
+        os.write(report_write, b"stopped" if stopping.wait(5) else b"missed")
+        os._exit(0)
+
+    parent_handled = []
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: parent_handled.append(signum))
+    monkeypatch.setattr(pool, "_worker", slow_worker)
+    try:
+        workers = pool.WorkerPool(config=None, ingest=None, count=1, inherited=[])
+        workers.start()
+        (pid, _) = workers.workers[0]
+        os.kill(pid, signal.SIGTERM)
+        assert os.read(report_read, 16) == b"stopped"
+        assert os.waitpid(pid, 0)[1] == 0
+        assert signal.SIGTERM not in signal.pthread_sigmask(signal.SIG_BLOCK, [])
+        assert not parent_handled
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        os.close(report_read)
+        os.close(report_write)
