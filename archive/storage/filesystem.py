@@ -38,6 +38,11 @@ def _failure(action: str, exc: OSError) -> StorageFailure:
     return StorageFailure(f"cannot {action}: {reason}")
 
 
+# (pid, storage directory) of every prepare() in this process: before the first, nothing in
+# the process's own staging folder is its own.
+_prepared: set[tuple[int, str]] = set()
+
+
 class FilesystemStorage(Storage):
     """The storage directory: staging, publishing and removing instance files."""
 
@@ -79,6 +84,13 @@ class FilesystemStorage(Storage):
             raise _failure(f"write to storage directory {self.root}", exc) from exc
         return self._remove_stale_staging()
 
+    def _first_prepare(self) -> bool:
+        """Whether this is this process's first prepare() of this directory (_prepared)."""
+        key = (os.getpid(), self._root_text)
+        first = key not in _prepared
+        _prepared.add(key)
+        return first
+
     def release(self) -> None:
         """Remove this process's staging folder when nothing is left in it (at shutdown)."""
         # Not empty or already gone: a later start-up clears it.
@@ -88,9 +100,22 @@ class FilesystemStorage(Storage):
     def _remove_stale_staging(self) -> int:
         removed = 0
         host = socket.gethostname()
+        first = self._first_prepare()
         for folder in (self.root / INCOMING).iterdir():
             name, _, pid = folder.name.rpartition(".")
-            if folder == self.incoming or name != host or not pid.isdigit() or pid_alive(int(pid)):
+            if name != host or not pid.isdigit():
+                continue
+            if folder == self.incoming:
+                if not first:
+                    continue
+                # Ours by name before this process staged anything: an earlier process's with
+                # the same pid (a container gives its receiver the same pids at every start).
+                stale = [entry for entry in folder.rglob("*") if entry.is_file()]
+                for entry in stale:
+                    entry.unlink(missing_ok=True)
+                removed += len(stale)
+                continue
+            if pid_alive(int(pid)):
                 continue
             removed += sum(1 for entry in folder.rglob("*") if entry.is_file())
             shutil.rmtree(folder, ignore_errors=True)

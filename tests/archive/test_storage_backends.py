@@ -363,3 +363,17 @@ def test_staging_files_of_a_zombie_process_are_removed(tmp_path):
         assert not dead.exists()
     finally:
         os.waitpid(pid, 0)
+
+
+def test_staging_files_under_this_process_id_from_an_earlier_start_are_removed(tmp_path):
+    """A container gives its receiver the same pid at every start: what a crashed one staged is
+    in the folder the next one takes as its own. Before its first prepare(), nothing there is
+    this process's; after it, the folder is (a later prepare() leaves it alone)."""
+    own = tmp_path / ".incoming" / f"{socket.gethostname()}.{os.getpid()}"
+    own.mkdir(parents=True)
+    (own / "1.part").write_bytes(b"half a dataset")
+    assert FilesystemStorage(tmp_path).prepare() == 1
+    assert list(own.iterdir()) == []
+    (own / "2.part").write_bytes(b"being written")
+    assert FilesystemStorage(tmp_path).prepare() == 0
+    assert [p.name for p in own.iterdir()] == ["2.part"]
