@@ -3,6 +3,7 @@ that also listens for the N-EVENT-REPORT."""
 
 import contextlib
 import queue
+import threading
 
 import pytest
 from pydicom import dcmread
@@ -207,7 +208,22 @@ def _request_keeping_the_association(port: int, references, uid: str, *, scp_rol
             received.append(reports.get(timeout=15 if scp_role else 3))
         return status.Status, received
     finally:
-        assoc.release()
+        _release_after_reports(assoc)
+
+
+def _release_after_reports(assoc) -> None:
+    """assoc.release() once pynetdicom's threads serving N-EVENT-REPORTs have ended.
+
+    pynetdicom 3.0 serves an N-EVENT-REPORT in a thread of its own, which marks the reactor
+    paused while it runs and not paused when it ends. Our handler hands the report over before
+    that thread ends; if it ends after the reactor paused for release(), release() waits
+    forever for a pause already taken (a hung CI run: the requester in release(), its reactor
+    paused, the connection long closed by the receiver).
+    """
+    for thread in threading.enumerate():
+        if thread.name.endswith("(_serve_request)"):
+            thread.join(10)
+    assoc.release()
 
 
 def test_report_on_the_same_association_when_the_requester_took_the_scp_role(scp):
