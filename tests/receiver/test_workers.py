@@ -265,13 +265,14 @@ def test_a_stop_signal_reaching_a_worker_before_its_handlers_is_not_lost(monkeyp
     try:
         workers = pool.WorkerPool(config=None, ingest=None, count=1, inherited=[])
         workers.start()
-        (pid, _) = workers.workers[0]
+        os.close(report_write)  # the worker's copy only: a worker that dies reads as b""
+        (pid, channel) = workers.workers[0]
         os.kill(pid, signal.SIGTERM)
         assert os.read(report_read, 16) == b"stopped"
         assert os.waitpid(pid, 0)[1] == 0
         assert signal.SIGTERM not in signal.pthread_sigmask(signal.SIG_BLOCK, [])
         assert not parent_handled
+        channel.close()
     finally:
         signal.signal(signal.SIGTERM, previous)
         os.close(report_read)
-        os.close(report_write)
