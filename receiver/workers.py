@@ -207,11 +207,11 @@ class WorkerPool:
         # Until the worker has its own handlers, a SIGTERM would run the parent's (copied at
         # fork), which sets the parent's stop flag in the child: the worker would miss its stop
         # and the parent wait for it. Blocked, the signal waits for the worker's handler.
-        signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+        held = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
         try:
             pid = os.fork()
         except OSError:
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+            signal.pthread_sigmask(signal.SIG_SETMASK, held)
             raise
         if pid == 0:
             parent_end.close()
@@ -223,7 +223,7 @@ class WorkerPool:
                 _worker(self.config, self.ingest, child_end, self.counts, slot, parent)
             finally:
                 os._exit(1)
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
         child_end.close()
         self.workers[slot] = (pid, parent_end)
         self.inherited.append(parent_end)
@@ -282,7 +282,7 @@ class WorkerPool:
             channel.close()
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
-        # The grace period, then the first worker's loops: a Storage Commitment round may be
+        # The grace period, then the workers' loops: a Storage Commitment round may be
         # sending a report (routing.commitment: stop() waits up to 35 s).
         deadline = time.monotonic() + self.config.shutdown_grace + 40
         for pid, _ in self.workers.values():

@@ -143,7 +143,7 @@ def test_runscp_names_a_missing_bucket_in_one_line(moto_server, tmp_path):
 
 def test_workers_on_a_bucket_commit_and_serve_after_being_replaced(moto_server, tmp_path):
     """The parent of workers never uses the bucket (obstore's runtime does not survive a fork):
-    Storage Commitment, which reads the bucket, is delivered by the first worker, and workers
+    Storage Commitment, which reads the bucket, is delivered by the workers, and workers
     forked again after it did still store."""
     from tests.e2e.test_storage_commitment import Requester, stored_at
     from tests.receiver.test_workers import _child_pids
