@@ -13,7 +13,7 @@ from typing import Any
 
 from pynetdicom.transport import AssociationSocket
 
-from archive.dicom_bytes import P_DATA_TF, PDU_HEADER, a_abort
+from archive.dicom_bytes import P_DATA_TF, PDU_HEADER, PDU_TYPES, a_abort
 
 logger = logging.getLogger(__name__)
 
@@ -39,8 +39,10 @@ def install() -> None:
         # pynetdicom reads a PDU as its 6-byte header, then its body: only the former is checked.
         if self.__dict__.pop("_pdu_body_next", False) or nr_bytes != 6 or len(data) != 6:
             return data
-        self._pdu_body_next = True
         pdu_type, _, length = PDU_HEADER.unpack(data)
+        # After a header of unknown type pynetdicom reads no body: the next 6 bytes it asks
+        # for are a header again, and must be checked as one.
+        self._pdu_body_next = pdu_type in PDU_TYPES
         pdu_check(self, pdu_type, length)
         return data
 

@@ -1,5 +1,6 @@
 """Access control and limits over real associations (pynetdicom SCU, DCMTK tools)."""
 
+import contextlib
 import socket
 import struct
 import threading
@@ -206,6 +207,25 @@ def test_over_long_pdu_is_aborted_from_its_header(start_scp, pdu_type, length):
     while not assoc.is_aborted and time.monotonic() < deadline:
         time.sleep(0.05)
     assert assoc.is_aborted
+    assert echo_ok(server.port)
+
+
+def test_over_long_pdu_after_one_of_unknown_type_is_still_refused_from_its_header(
+    start_scp, caplog
+):
+    """pynetdicom reads no body after a header of unknown type: the next header must be
+    checked like any other, not taken for that body and let through unchecked. (The first
+    unknown header aborts the association; pynetdicom reads the second while it waits for
+    the connection to close.)"""
+    server = start_scp(max_pdu=4096)
+    assoc = associate(server.port, contexts=[CTImageStorage])
+    assert assoc.is_established
+    raw = assoc.dul.socket.socket
+    unknown = struct.pack(">BBL", 0xFF, 0, 0)
+    raw.sendall(unknown + unknown + struct.pack(">BBL", 0x04, 0, 2**31))
+    with contextlib.suppress(OSError):
+        raw.sendall(bytes(2**20))  # what an unchecked reader would buffer
+    assert eventually(lambda: "PDU of type 0x04 announces 2147483648 bytes" in caplog.text)
     assert echo_ok(server.port)
 
 
