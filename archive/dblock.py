@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from django.db import DEFAULT_DB_ALIAS, connections, transaction
 
@@ -87,24 +88,55 @@ def bare_transaction() -> Iterator[None]:
     (savepoint and on_commit bookkeeping, autocommit switching: bench/run.py, py-spy); here the
     transaction is begun and committed on the DB-API connection itself. Django does not know it
     is open, so the block must not open an atomic block of its own (no get_or_create()).
-    Errors are Django's database exceptions, as from the ORM. Other databases get atomic().
+    Errors are Django's database exceptions, as from the ORM.
+
+    On PostgreSQL each statement is a round trip to the server, and atomic() makes three of an
+    instance's INSERT (BEGIN, INSERT, COMMIT). Here BEGIN travels with the block's first
+    statement, in one query string (Django's client-side binding cursors allow that): two.
+    Other databases, or PostgreSQL with server-side binding, get atomic().
     """
     connection = connections[DEFAULT_DB_ALIAS]
-    if connection.vendor != "sqlite" or connection.in_atomic_block:
+    vendor = connection.vendor
+    if (
+        connection.in_atomic_block
+        or vendor not in ("sqlite", "postgresql")
+        or connection.settings_dict.get("OPTIONS", {}).get("server_side_binding")
+    ):
         with transaction.atomic():
             yield
         return
     connection.ensure_connection()
     raw = connection.connection
-    with connection.wrap_database_errors:
-        raw.execute("BEGIN")
-    try:
-        yield
+    begun = vendor == "sqlite"
+    if begun:
         with connection.wrap_database_errors:
-            raw.execute("COMMIT")
+            raw.execute("BEGIN")
+
+    def begin_with_first(execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
+        nonlocal begun
+        if begun or many:
+            if not begun:
+                raw.execute("BEGIN")
+                begun = True
+            return execute(sql, params, many, context)
+        begun = True
+        result = execute(f"BEGIN; {sql}", params, many, context)
+        context["cursor"].nextset()  # the first statement's results, not BEGIN's
+        return result
+
+    try:
+        if vendor == "sqlite":
+            yield
+        else:
+            with connection.execute_wrapper(begin_with_first):
+                yield
+        if begun:
+            with connection.wrap_database_errors:
+                raw.execute("COMMIT")
     except BaseException:
-        with contextlib.suppress(Exception):
-            raw.execute("ROLLBACK")  # also after a failed COMMIT, which leaves it open
+        if begun:
+            with contextlib.suppress(Exception):
+                raw.execute("ROLLBACK")  # also after a failed COMMIT, which leaves it open
         raise
 
 

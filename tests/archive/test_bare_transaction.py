@@ -1,0 +1,62 @@
+"""archive.dblock.bare_transaction against the real index database (SQLite or PostgreSQL)."""
+
+import pytest
+from django.db import IntegrityError, connection, transaction
+
+from archive.dblock import bare_transaction
+from archive.models import Patient
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def _insert_patient(patient_id: str) -> int:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "INSERT INTO archive_patient (patient_id, issuer_of_patient_id, name, name_fold, "
+            "birth_date, sex) VALUES (%s, '', '', '', NULL, '') RETURNING id",
+            [patient_id],
+        )
+        return cursor.fetchone()[0]
+
+
+def test_statements_commit_together_and_the_first_returns_its_own_rows():
+    with bare_transaction():
+        first = _insert_patient("P1")
+        second = _insert_patient("P2")
+    assert Patient.objects.get(pk=first).patient_id == "P1"
+    assert Patient.objects.get(pk=second).patient_id == "P2"
+    assert connection.get_autocommit() and not connection.in_atomic_block
+
+
+def test_an_error_after_the_first_statement_rolls_all_of_it_back():
+    class Refused(Exception):
+        pass
+
+    with pytest.raises(Refused), bare_transaction():
+        _insert_patient("P1")
+        raise Refused
+    with pytest.raises(IntegrityError), bare_transaction():
+        _insert_patient("P2")
+        _insert_patient("P2")  # the unique key
+    assert not Patient.objects.exists()
+    # The connection is left in autocommit, outside any transaction, and still works.
+    with bare_transaction():
+        _insert_patient("P3")
+    assert list(Patient.objects.values_list("patient_id", flat=True)) == ["P3"]
+
+
+def test_a_failing_first_statement_leaves_no_transaction_open():
+    Patient.objects.create(patient_id="P1")
+    with pytest.raises(IntegrityError), bare_transaction():
+        _insert_patient("P1")
+    with transaction.atomic():  # would fail if a transaction were still open on the server
+        Patient.objects.create(patient_id="P2")
+    assert Patient.objects.count() == 2
+
+
+def test_inside_an_atomic_block_it_is_part_of_that_block():
+    with pytest.raises(RuntimeError), transaction.atomic():
+        with bare_transaction():
+            _insert_patient("P1")
+        raise RuntimeError
+    assert not Patient.objects.exists()
