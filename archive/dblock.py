@@ -115,8 +115,9 @@ def bare_transaction() -> Iterator[None]:
     def begin_with_first(execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
         nonlocal begun
         if begun or many:
-            if not begun:
-                raw.execute("BEGIN")
+            if not begun:  # executemany() runs its statement once per row: BEGIN on its own
+                with connection.wrap_database_errors:
+                    raw.execute("BEGIN")
                 begun = True
             return execute(sql, params, many, context)
         begun = True

@@ -60,3 +60,15 @@ def test_inside_an_atomic_block_it_is_part_of_that_block():
             _insert_patient("P1")
         raise RuntimeError
     assert not Patient.objects.exists()
+
+
+def test_executemany_as_the_first_statement_is_inside_the_transaction():
+    with pytest.raises(RuntimeError), bare_transaction():
+        with connection.cursor() as cursor:
+            cursor.executemany(
+                "INSERT INTO archive_patient (patient_id, issuer_of_patient_id, name, "
+                "name_fold, birth_date, sex) VALUES (%s, '', '', '', NULL, '')",
+                [["P1"], ["P2"]],
+            )
+        raise RuntimeError
+    assert not Patient.objects.exists()
