@@ -136,8 +136,13 @@ def bare_transaction() -> Iterator[None]:
                 raw.execute("COMMIT")
     except BaseException:
         if begun:
-            with contextlib.suppress(Exception):
+            try:
                 raw.execute("ROLLBACK")  # also after a failed COMMIT, which leaves it open
+            except Exception:
+                # A connection that cannot even roll back is gone (the server restarted): as
+                # atomic() does, it is closed, and the next statement opens a new one.
+                with contextlib.suppress(Exception):
+                    connection.close()
         raise
 
 
