@@ -40,10 +40,10 @@ def install() -> None:
         if self.__dict__.pop("_pdu_body_next", False) or nr_bytes != 6 or len(data) != 6:
             return data
         pdu_type, _, length = PDU_HEADER.unpack(data)
-        # After a header of unknown type pynetdicom reads no body: the next 6 bytes it asks
-        # for are a header again, and must be checked as one.
-        self._pdu_body_next = pdu_type in PDU_TYPES
         pdu_check(self, pdu_type, length)
+        # After a header of unknown type (or a refused one) pynetdicom reads no body: the next
+        # 6 bytes it asks for are a header again, and must be checked as one.
+        self._pdu_body_next = pdu_type in PDU_TYPES
         return data
 
     recv.pdu_guard = True  # type: ignore[attr-defined]
