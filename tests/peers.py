@@ -6,7 +6,8 @@ import shutil
 import struct
 import subprocess
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -83,6 +84,20 @@ def send_dataset(
         assoc.release()
 
 
+@contextmanager
+def reactor_paused(assoc) -> Iterator[None]:
+    """Pause an SCU association's reactor, as pynetdicom's own send_c_*() do: what the peer
+    sends meanwhile (a response, an A-ABORT) stays for us to read, not for the reactor to
+    take as unexpected (and, for an A-ABORT, to close the connection on)."""
+    assoc._reactor_checkpoint.clear()
+    while not assoc._is_paused:
+        time.sleep(0.0001)
+    try:
+        yield
+    finally:
+        assoc._reactor_checkpoint.set()
+
+
 def send_raw(
     port: int,
     *,
@@ -100,16 +115,9 @@ def send_raw(
     try:
         context = next(cx for cx in assoc.accepted_contexts if cx.abstract_syntax == sop_class_uid)
         request = _store_request(sop_class_uid, sop_instance_uid, payload)
-        # Pause the association's reactor as pynetdicom's own send_c_echo() does, so the
-        # response comes to us and not to the reactor.
-        assoc._reactor_checkpoint.clear()
-        while not assoc._is_paused:
-            time.sleep(0.0001)
-        try:
+        with reactor_paused(assoc):
             assoc.dimse.send_msg(request, context.context_id)
             _, response = assoc.dimse.get_msg(block=True)
-        finally:
-            assoc._reactor_checkpoint.set()
         if response is None:
             return -1  # the association ended without a response
         return response.Status

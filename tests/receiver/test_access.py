@@ -18,7 +18,14 @@ from receiver.config import AllowedPeer
 from receiver.models import AllowedAE, SOPClassRule
 from tests.conftest import sample_file
 from tests.e2e.test_storescu import SAMPLE_STUDY
-from tests.peers import _store_request, dataset_bytes, eventually, run_dcmtk, scu
+from tests.peers import (
+    _store_request,
+    dataset_bytes,
+    eventually,
+    reactor_paused,
+    run_dcmtk,
+    scu,
+)
 
 
 def associate(port: int, calling: str = "TEST_SCU", called: str = "TEST_SCP", contexts=None):
@@ -222,16 +229,13 @@ def test_over_long_pdu_after_one_of_unknown_type_is_still_refused_from_its_heade
     assert assoc.is_established
     # Our side's reactor paused: it must not read the receiver's A-ABORT and close the
     # connection before the receiver has read what follows.
-    assoc._reactor_checkpoint.clear()
-    while not assoc._is_paused:
-        time.sleep(0.0001)
-    raw = assoc.dul.socket.socket
-    unknown = struct.pack(">BBL", 0xFF, 0, 0)
-    raw.sendall(unknown + unknown + struct.pack(">BBL", 0x04, 0, 2**31))
-    with contextlib.suppress(OSError):
-        raw.sendall(bytes(2**20))  # what an unchecked reader would buffer
-    assert eventually(lambda: "PDU of type 0x04 announces 2147483648 bytes" in caplog.text)
-    assoc._reactor_checkpoint.set()
+    with reactor_paused(assoc):
+        raw = assoc.dul.socket.socket
+        unknown = struct.pack(">BBL", 0xFF, 0, 0)
+        raw.sendall(unknown + unknown + struct.pack(">BBL", 0x04, 0, 2**31))
+        with contextlib.suppress(OSError):
+            raw.sendall(bytes(2**20))  # what an unchecked reader would buffer
+        assert eventually(lambda: "PDU of type 0x04 announces 2147483648 bytes" in caplog.text)
     assert echo_ok(server.port)
 
 

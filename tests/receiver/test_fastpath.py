@@ -16,7 +16,7 @@ from pynetdicom.sop_class import CTImageStorage, MRImageStorage, Verification
 from archive.models import Instance
 from receiver.transport import fastpath
 from tests.conftest import sample_file, staging_files, stored_files
-from tests.peers import _store_request, dataset_bytes, eventually, scu
+from tests.peers import _store_request, dataset_bytes, eventually, reactor_paused, scu
 
 CT = sample_file("CT_small.dcm")
 
@@ -64,10 +64,7 @@ def _exchange(assoc, groups: list[list], timeout: float = 10):
     if the association ended first. The association's reactor is paused before sending, as
     pynetdicom's own send_c_*() do: a reply arriving before the pause would be taken by the
     reactor as unexpected and dropped."""
-    assoc._reactor_checkpoint.clear()
-    while not assoc._is_paused:
-        time.sleep(0.0001)
-    try:
+    with reactor_paused(assoc):
         _send(assoc, groups)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and not assoc.is_aborted:
@@ -76,8 +73,6 @@ def _exchange(assoc, groups: list[list], timeout: float = 10):
                 return message
             time.sleep(0.001)
         return None
-    finally:
-        assoc._reactor_checkpoint.set()
 
 
 def _server_receiver(server):
