@@ -80,8 +80,12 @@ def index_writer(using: str = DEFAULT_DB_ALIAS) -> Iterator[None]:
         _thread_lock.release()
 
 
+_BEGIN = ("BEGIN",)
+_BEGIN_NO_FLUSH = ("BEGIN", "SET LOCAL synchronous_commit TO off")
+
+
 @contextmanager
-def bare_transaction() -> Iterator[None]:
+def bare_transaction(*, flush: bool = True) -> Iterator[None]:
     """A write transaction without Django's bookkeeping, for statements that need none of it.
 
     On SQLite, `transaction.atomic()` costs as much CPU as the INSERT of an instance it wraps
@@ -93,7 +97,13 @@ def bare_transaction() -> Iterator[None]:
     On PostgreSQL each statement is a round trip to the server, and atomic() makes three of an
     instance's INSERT (BEGIN, INSERT, COMMIT). Here BEGIN travels with the block's first
     statement, in one query string (Django's client-side binding cursors allow that): two.
-    Other databases, or PostgreSQL with server-side binding, get atomic().
+    Other databases, or PostgreSQL with server-side binding, get atomic() (which flushes).
+
+    With `flush=False`, PostgreSQL commits it without waiting for its WAL to reach the disk
+    (`SET LOCAL synchronous_commit TO off`, sent with BEGIN): for rows that can be rebuilt
+    from files already durable, as SQLite's synchronous=NORMAL treats every commit. A crash of
+    the database server may then undo the last commits, never leave them half done. SQLite's
+    mode is the connection's (pacsproject.database), whatever `flush` says.
     """
     connection = connections[DEFAULT_DB_ALIAS]
     vendor = connection.vendor
@@ -111,18 +121,20 @@ def bare_transaction() -> Iterator[None]:
     if begun:
         with connection.wrap_database_errors:
             raw.execute("BEGIN")
+    begin = _BEGIN if flush else _BEGIN_NO_FLUSH
 
     def begin_with_first(execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
         nonlocal begun
         if begun or many:
             if not begun:  # executemany() runs its statement once per row: BEGIN on its own
                 with connection.wrap_database_errors:
-                    raw.execute("BEGIN")
+                    raw.execute("; ".join(begin))
                 begun = True
             return execute(sql, params, many, context)
         begun = True
-        result = execute(f"BEGIN; {sql}", params, many, context)
-        context["cursor"].nextset()  # the first statement's results, not BEGIN's
+        result = execute("; ".join((*begin, sql)), params, many, context)
+        for _ in begin:  # the first statement's results, not those of what went before it
+            context["cursor"].nextset()
         return result
 
     try:

@@ -69,6 +69,10 @@ class IngestSettings:
     strict_uids: bool = False
     # storage.retention in refuse mode: StorageFailure (0xA700) once the archive is full.
     quota: "Quota | None" = None
+    # False (`database.synchronous: normal`): on PostgreSQL, the transaction of a new instance
+    # commits without waiting for the WAL flush, unless an ingest hook (forwarding) writes in
+    # it; see _index_rows.
+    index_flush: bool = True
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "naming", naming_scheme(self.naming))
@@ -189,7 +193,7 @@ def _instance_write(
     staged = storage.stage(itertools.chain((meta,), _chunks(dataset)))
     try:
         try:
-            return _index_new(arrival, staged, storage)
+            return _index_new(arrival, staged, storage, flush=settings.index_flush)
         except IntegrityError:
             existing = _existing(sop_instance_uid)
         if existing is None:
@@ -199,7 +203,7 @@ def _instance_write(
             storage.discard(staged)
             staged = storage.stage(itertools.chain((meta,), _chunks(dataset)))
             try:
-                return _index_new(arrival, staged, storage)
+                return _index_new(arrival, staged, storage, flush=settings.index_flush)
             except IntegrityError as exc:
                 raise IndexFailure(f"index constraint failed: {exc}") from None
         result = _resend_settle(existing, arrival, dataset, settings)
@@ -316,9 +320,11 @@ def _who(arrival: _Arrival) -> tuple[str, str]:
     return arrival.header.patient_id, arrival.header.study_instance_uid
 
 
-def _index_new(arrival: _Arrival, staged: StagedFile, storage: Storage) -> StoreResult:
+def _index_new(
+    arrival: _Arrival, staged: StagedFile, storage: Storage, *, flush: bool
+) -> StoreResult:
     if not (storage.uploads and writers_serialised()):
-        return _index_rows(arrival, staged, storage, publish=True)
+        return _index_rows(arrival, staged, storage, publish=True, flush=flush)
     # An upload takes network time, for which SQLite's one writer would make every other
     # association wait. So the object goes up first, under this instance's own lock (no two
     # writers of it at once, and a resend is told before its upload could replace the stored
@@ -334,11 +340,11 @@ def _index_new(arrival: _Arrival, staged: StagedFile, storage: Storage) -> Store
         if indexed:
             raise IntegrityError(f"instance {uid} is indexed already")  # settled as a resend
         storage.publish(staged, arrival.path)
-        return _index_rows(arrival, staged, storage, publish=False)
+        return _index_rows(arrival, staged, storage, publish=False, flush=flush)
 
 
 def _index_rows(
-    arrival: _Arrival, staged: StagedFile, storage: Storage, *, publish: bool
+    arrival: _Arrival, staged: StagedFile, storage: Storage, *, publish: bool, flush: bool
 ) -> StoreResult:
     """Write the rows of a new instance; with `publish`, publish its file in the same
     transaction (a rename: it holds the instance's unique key while it does)."""
@@ -346,8 +352,15 @@ def _index_rows(
     hooked = bool(instance_stored_in_transaction.receivers)
     hooks = ingest_hooks.hooks
     # An instance of a series seen before is one INSERT, which needs no ORM transaction (unless
-    # an app's receiver writes in it; archive.ingest_hooks write without one).
-    writing = bare_transaction() if series_id is not None and not hooked else transaction.atomic()
+    # an app's receiver writes in it; archive.ingest_hooks write without one). Without `flush`
+    # its commit need not wait for the database's WAL flush: its file is durable already, so
+    # `verifystorage --repair` rebuilds the row if a database crash undoes the commit. A hook's
+    # rows (forwarding's queue) cannot be rebuilt from the file: with hooks, it waits.
+    writing = (
+        bare_transaction(flush=flush or bool(hooks))
+        if series_id is not None and not hooked
+        else transaction.atomic()
+    )
     touched = None
     try:
         with index_writer(), writing:

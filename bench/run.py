@@ -180,6 +180,7 @@ def start_ours(
     postgres: str | None = None,
     storage: str | None = None,
     extra_env: dict[str, str] | None = None,
+    config: str | None = None,
 ) -> Server:
     port = free_port()
     store, index = work / "store", work / "index.db"
@@ -194,6 +195,9 @@ def start_ours(
     if postgres:
         database_url = env["DATABASE_URL"] = fresh_postgres(postgres, "pacs_bench")
         where = []
+    if config is not None:  # settings with no command-line option
+        (work / "bench.yaml").write_text(config)
+        where += ["--config", str(work / "bench.yaml")]
     # Warnings and errors stay in the run's directory, for a run that went wrong.
     with (work / "server.log").open("wb") as log:
         process = subprocess.Popen(
@@ -222,6 +226,14 @@ def start_ours_pg(work: Path) -> Server:
     """Ours with its index in PostgreSQL (--pg-url), next to Orthanc's PostgreSQL plugin."""
     assert PG_URL is not None
     return start_ours(work, name="ours-pg", postgres=PG_URL)
+
+
+def start_ours_pg_full(work: Path) -> Server:
+    """ours-pg with `database.synchronous: full`: new instances wait for PostgreSQL's WAL flush
+    too (the default, normal, lets them commit without: README, Durability)."""
+    assert PG_URL is not None
+    config = "database:\n  synchronous: full\n"
+    return start_ours(work, name="ours-pg-full", postgres=PG_URL, config=config)
 
 
 def start_ours_2nodes(work: Path) -> Server:
@@ -383,6 +395,7 @@ PEERS = {
     "orthanc": start_orthanc,
     "ours-forwarding": start_ours_forwarding,
     "ours-pg": start_ours_pg,
+    "ours-pg-full": start_ours_pg_full,
     "ours-2nodes": start_ours_2nodes,
     "ours-s3": start_ours_s3,
     "orthanc-pg": start_orthanc_pg,
@@ -391,7 +404,7 @@ PEERS = {
 
 def available(peer: str) -> bool:
     """Whether a peer can run here; the reason it cannot, printed, otherwise."""
-    needs_postgres = peer in ("ours-pg", "orthanc-pg", "ours-2nodes")
+    needs_postgres = peer in ("ours-pg", "ours-pg-full", "orthanc-pg", "ours-2nodes")
     if needs_postgres and not (PG_URL and _postgres_reachable(PG_URL)):
         return False
     if peer == "ours-s3" and S3_ENDPOINT is None:
@@ -696,6 +709,12 @@ def _run(args: argparse.Namespace, base: Path) -> None:
             print(
                 f"ours-pg ÷ orthanc-pg at {associations} association(s): "
                 f"{ours_pg.rate / orthanc_pg.rate:.2f}"
+            )
+        full = results.get(("ours-pg-full", associations))
+        if ours_pg and full:
+            print(
+                f"ours-pg-full ÷ ours-pg at {associations} association(s): "
+                f"{full.rate / ours_pg.rate:.2f}"
             )
     for associations in args.associations:
         ours, forwarding = (

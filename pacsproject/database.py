@@ -14,7 +14,8 @@ URL_SCHEMES = ("sqlite", "postgres", "postgresql", "pgsql")
 # transaction. synchronous=NORMAL in WAL mode: a commit survives any crash of the process, and
 # only a power cut or OS crash may undo the last commits; the instance files themselves are
 # always fsync'd before success, so such a loss leaves files that a re-index finds. FULL adds an
-# fsync per commit (`database.synchronous: full`).
+# fsync per commit (`database.synchronous: full`). On PostgreSQL the same setting decides
+# whether a new instance's transaction waits for the WAL flush (archive.services._index_rows).
 SYNCHRONOUS = ("normal", "full")
 
 

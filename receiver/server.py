@@ -132,6 +132,7 @@ def ingest_settings(config: ReceiverConfig) -> IngestSettings:
         duplicates=config.duplicates,
         strict_uids=config.strict_uids,
         quota=quota_for(config.retention),
+        index_flush=config.synchronous == "full",
     )
 
 

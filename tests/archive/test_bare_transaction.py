@@ -72,3 +72,33 @@ def test_executemany_as_the_first_statement_is_inside_the_transaction():
             )
         raise RuntimeError
     assert not Patient.objects.exists()
+
+
+def _synchronous_commit() -> str:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT current_setting('synchronous_commit')")
+        return cursor.fetchone()[0]
+
+
+@pytest.mark.parametrize("first", ["execute", "executemany"])
+def test_without_flush_postgresql_commits_without_waiting_for_the_wal_and_only_this_once(first):
+    if connection.vendor != "postgresql":
+        pytest.skip("synchronous_commit is PostgreSQL's (SQLite's mode is the connection's)")
+    with bare_transaction(flush=False):
+        if first == "execute":
+            _insert_patient("P1")
+        else:
+            with connection.cursor() as cursor:
+                cursor.executemany(
+                    "INSERT INTO archive_patient (patient_id, issuer_of_patient_id, name, "
+                    "name_fold, birth_date, sex) VALUES (%s, '', '', '', NULL, '')",
+                    [["P1"], ["P2"]],
+                )
+        inside = _synchronous_commit()
+    assert inside == "off"
+    assert Patient.objects.filter(patient_id="P1").exists()
+    # SET LOCAL: the next transaction, with or without bare_transaction, waits again.
+    with bare_transaction():
+        _insert_patient("P3")
+        assert _synchronous_commit() == "on"
+    assert _synchronous_commit() == "on"

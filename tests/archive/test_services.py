@@ -7,11 +7,14 @@ from contextlib import contextmanager
 import pytest
 from django.db import connection, connections
 from pydicom import dcmread
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_dataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from archive.exceptions import IndexFailure, StorageFailure
+from archive.ingest_hooks import hook_add, hook_remove
 from archive.models import Instance, Patient
-from archive.services import IngestSettings, instance_store
+from archive.services import IngestSettings, instance_store, series_cache_clear
 from archive.storage import Storage
 from tests.conftest import sample_file, staging_files, stored_files
 from tests.peers import dataset_bytes, scu, send_files
@@ -179,3 +182,60 @@ def test_database_connection_lost_mid_association_recovers_on_the_next_store(scp
     assert Instance.objects.count() == 1 + (first == 0x0000) + 1
     assert len(stored_files(storage_dir)) == Instance.objects.count()
     assert staging_files(storage_dir) == []
+
+
+def _wal_syncs() -> int:
+    """PostgreSQL's count of WAL flushes to disk, this session's own included."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_stat_force_next_flush()")  # when it is next idle: now
+        cursor.execute("SELECT wal_sync FROM pg_stat_wal")
+        return cursor.fetchone()[0]
+
+
+def _ct_instance() -> tuple[str, bytes]:
+    ds = dcmread(sample_file("CT_small.dcm"))
+    ds.SOPInstanceUID = generate_uid()
+    encoded = DicomBytesIO()
+    encoded.is_little_endian, encoded.is_implicit_VR = True, False
+    write_dataset(encoded, ds)
+    return ds.SOPInstanceUID, encoded.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("index_flush", "hooked", "waits"),
+    [(False, False, False), (True, False, True), (False, True, True)],
+    ids=["normal", "full", "normal-with-forwarding-hook"],
+)
+def test_on_postgresql_only_rows_a_repair_can_rebuild_skip_the_wal_flush(
+    storage_dir, index_flush, hooked, waits
+):
+    if connection.vendor != "postgresql":
+        pytest.skip("synchronous_commit is PostgreSQL's")
+    series_cache_clear()  # series rows an earlier test remembered are gone
+    storage = Storage(storage_dir)
+    storage.prepare()
+    settings = IngestSettings(storage=storage, index_flush=index_flush)
+    count = 40
+    instances = [_ct_instance() for _ in range(count + 1)]
+
+    def store(uid: str, dataset: bytes) -> None:
+        _store(storage_dir, sop_instance_uid=uid, dataset=dataset, settings=settings)
+
+    store(*instances[0])  # the series' rows: an atomic block, flushed as any other
+    forwarding = lambda stored: None  # noqa: E731 - an ingest hook that writes nothing
+    if hooked:
+        hook_add(forwarding)
+    try:
+        before = _wal_syncs()
+        for uid, dataset in instances[1:]:
+            store(uid, dataset)
+        syncs = _wal_syncs() - before
+    finally:
+        hook_remove(forwarding)
+    assert Instance.objects.count() == count + 1
+    # Waiting, each commit flushes the WAL itself; not waiting, PostgreSQL's WAL writer
+    # flushes them together, every 200 ms at most.
+    if waits:
+        assert syncs >= count
+    else:
+        assert syncs < count // 2

@@ -34,8 +34,8 @@ def test_benchmark_smoke_run_stores_everything_and_prints_the_table(tmp_path):
 
 
 def test_postgresql_pair_smoke_run_stores_everything(tmp_path):
-    """ours-pg against Orthanc's PostgreSQL index plugin, and two nodes of ours behind HAProxy,
-    on the suite's PostgreSQL run."""
+    """ours-pg against Orthanc's PostgreSQL index plugin and against itself with every commit
+    flushed, and two nodes of ours behind HAProxy, on the suite's PostgreSQL run."""
     database_url = os.environ.get("DATABASE_URL", "")
     if not database_url.startswith(("postgres://", "postgresql://")):
         pytest.skip("runs with the suite on PostgreSQL (DATABASE_URL=postgres://...)")
@@ -48,7 +48,8 @@ def test_postgresql_pair_smoke_run_stores_everything(tmp_path):
     system_tool("haproxy", "haproxy")
     result = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "run.py"), "--count", "24", "--repeat", "1",
-         "--associations", "1", "--peers", "ours-pg", "orthanc-pg", "ours-2nodes",
+         "--associations", "1", "--peers", "ours-pg", "ours-pg-full", "orthanc-pg",
+         "ours-2nodes",
          "--pg-url", database_url,
          "--latency-count", "0", "--out", str(tmp_path)],
         capture_output=True, text=True, timeout=300,
@@ -59,9 +60,10 @@ def test_postgresql_pair_smoke_run_stores_everything(tmp_path):
         for line in result.stdout.splitlines()
         if line.startswith(("| ours-pg", "| orthanc-pg", "| ours-2nodes"))
     ]
-    assert len(rows) == 3, result.stdout
+    assert len(rows) == 4, result.stdout
     assert all("| 24/24 |" in line for line in rows), rows
     assert "ours-pg ÷ orthanc-pg at 1 association(s)" in result.stdout
+    assert "ours-pg-full ÷ ours-pg at 1 association(s)" in result.stdout
     assert "ours-2nodes (HAProxy, 2 nodes) ÷ ours-pg (1 node) at 1" in result.stdout
 
 

@@ -141,6 +141,15 @@ def test_strict_uids_is_off_by_default_and_set_by_file_or_command_line(tmp_path)
     assert resolve({"strict_uids": True}).sources["strict_uids"] == "command line"
 
 
+def test_database_synchronous_sets_whether_new_instances_wait_for_the_index_flush(tmp_path):
+    from receiver.server import ingest_settings
+
+    assert resolve({}).synchronous == "normal"
+    assert ingest_settings(resolve({})).index_flush is False
+    path = write(tmp_path, "database: {synchronous: full}\n")
+    assert ingest_settings(resolve({}, path)).index_flush is True
+
+
 def test_workers_default_to_one_per_core_up_to_four(tmp_path):
     import os
 
