@@ -86,7 +86,8 @@ def test_without_flush_postgresql_commits_without_waiting_for_the_wal_and_only_t
         pytest.skip("synchronous_commit is PostgreSQL's (SQLite's mode is the connection's)")
     with bare_transaction(flush=False):
         if first == "execute":
-            _insert_patient("P1")
+            # Its own RETURNING row, not that of a statement sent before it.
+            assert Patient.objects.get(pk=_insert_patient("P1")).patient_id == "P1"
         else:
             with connection.cursor() as cursor:
                 cursor.executemany(
