@@ -16,17 +16,18 @@ import datetime as dt
 import hashlib
 import itertools
 import logging
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Literal
 
-from django.db import DatabaseError, IntegrityError, models, transaction
+from django.db import DatabaseError, IntegrityError, connection, models, transaction
 from django.utils import timezone
 from pydicom.dataset import Dataset
 from pydicom.filereader import _read_file_meta_info
 
-from archive import ingest_hooks
+from archive import ingest_hooks, unflushed
 from archive.dblock import bare_transaction, index_writer, instance_writer, writers_serialised
 from archive.events import instance_stored_enqueue
 from archive.exceptions import (
@@ -354,13 +355,12 @@ def _index_rows(
     # An instance of a series seen before is one INSERT, which needs no ORM transaction (unless
     # an app's receiver writes in it; archive.ingest_hooks write without one). Without `flush`
     # its commit need not wait for the database's WAL flush: its file is durable already, so
-    # `verifystorage --repair` rebuilds the row if a database crash undoes the commit. A hook's
-    # rows (forwarding's queue) cannot be rebuilt from the file: with hooks, it waits.
-    writing = (
-        bare_transaction(flush=flush or bool(hooks))
-        if series_id is not None and not hooked
-        else transaction.atomic()
-    )
+    # the row can be rebuilt if a database crash undoes the commit (archive.unflushed, else
+    # `verifystorage --repair`). A hook's rows (forwarding's queue) cannot be rebuilt from the
+    # file: with hooks, it waits.
+    bare = series_id is not None and not hooked
+    flush = flush or bool(hooks)
+    writing = bare_transaction(flush=flush) if bare else transaction.atomic()
     touched = None
     try:
         with index_writer(), writing:
@@ -384,6 +384,8 @@ def _index_rows(
         if isinstance(exc, DatabaseError) and not isinstance(exc, IntegrityError):
             raise IndexFailure(f"index not written: {exc}") from exc
         raise
+    if bare and not flush and connection.vendor == "postgresql":
+        unflushed.remember(arrival.header.sop_instance_uid, arrival.path)
     # The directory fsync comes after the commit, outside the write lock, so that concurrent
     # associations share the lock for the insert only; success is reported only after it.
     if touched is not None:
@@ -611,3 +613,68 @@ def instance_index_file(*, relative: str, storage: Storage) -> StoreResult:
         # A repaired instance changes its study as a late one would: announced again.
         series_touch(series_id=instance.series_id, received_at=timezone.now())
     return StoreResult(outcome="stored", instance_id=instance.pk, path=relative)
+
+
+def unflushed_repair(storage: Storage) -> int:
+    """In a receiver process on PostgreSQL, now and then (its heartbeat): forget the new
+    instances committed without waiting for the WAL flush that are durable by now; after a
+    sign that the database server crashed, index again from its file each of them that the
+    index lost (archive.unflushed). Returns how many were indexed again.
+
+    Raises DatabaseError when the database cannot be asked (the instances stay remembered).
+    """
+    if connection.vendor != "postgresql":
+        return 0
+    now = time.monotonic()
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT pg_postmaster_start_time(), "
+                "(SELECT setting::int FROM pg_settings WHERE name = 'wal_writer_delay')"
+            )
+            started, delay_ms = cursor.fetchone()
+        if not unflushed.server_seen(started):
+            unflushed.forget_older_than(now - 3 * delay_ms / 1000 - unflushed.MARGIN)
+            return 0
+        checked = unflushed.remembered()
+        uids = [entry.sop_instance_uid for entry in checked]
+        indexed: set[str] = set()
+        for start in range(0, len(uids), 500):
+            indexed.update(
+                Instance.objects.filter(sop_instance_uid__in=uids[start : start + 500])
+                .values_list("sop_instance_uid", flat=True)
+            )  # fmt: skip
+        restored = missing = 0
+        for entry in checked:
+            if entry.sop_instance_uid in indexed:
+                continue
+            missing += 1
+            try:
+                instance_index_file(relative=entry.path, storage=storage)
+                restored += 1
+            except IntegrityError:
+                pass  # indexed again meanwhile: a resend
+            except (DatasetUnreadable, StorageFailure) as exc:  # deleted meanwhile
+                logger.error(
+                    "Instance %s not indexed again from its file: %s", entry.sop_instance_uid, exc
+                )
+    except DatabaseError:
+        unflushed.connection_lost()  # look again, at all of them, next time
+        raise
+    unflushed.forget_first(len(checked))
+    if missing:
+        logger.warning(
+            "The index database restarted or its connection was lost: of the %d new instances "
+            "committed here without waiting for its WAL flush, %d were missing and %d were "
+            "indexed again from their files",
+            len(checked),
+            missing,
+            restored,
+        )
+    elif checked:
+        logger.info(
+            "The index database restarted or its connection was lost: the %d new instances "
+            "committed here without waiting for its WAL flush are all indexed",
+            len(checked),
+        )
+    return restored

@@ -9,6 +9,7 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Callable
 from typing import Protocol
 
 from django.db import DatabaseError, connection
@@ -34,10 +35,13 @@ class Progress(Protocol):
 
 
 class LiveStatus:
-    def __init__(self, *, ae_title: str, port: int, role: str) -> None:
+    def __init__(
+        self, *, ae_title: str, port: int, role: str, on_beat: Callable[[], object] | None = None
+    ) -> None:
         self.ae_title = ae_title
         self.port = port
         self.role = role
+        self.on_beat = on_beat  # runs first at each beat, on the heartbeat's connection
         self.process_id: int | None = None
         self._tracked: dict[int, tuple[Progress, float, int]] = {}  # log id: (tally, t, count)
         self._lock = threading.Lock()
@@ -99,6 +103,12 @@ class LiveStatus:
 
     def beat(self) -> None:
         """Refresh the process row and the progress of each association in progress."""
+        if self.on_beat is not None:
+            try:
+                self.on_beat()
+            except DatabaseError as exc:
+                logger.warning("Index check not done: %s", exc)
+                connection.close()
         now = timezone.now()
         clock = time.monotonic()
         with self._lock:

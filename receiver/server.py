@@ -1,6 +1,7 @@
 """Start-up, serving and graceful shutdown of the Storage SCP process."""
 
 import errno
+import functools
 import logging
 import signal
 import socket
@@ -19,7 +20,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from archive.exceptions import StorageFailure, StorageMismatch
 from archive.retention import RetentionLoop, quota_for
-from archive.services import IngestSettings
+from archive.services import IngestSettings, unflushed_repair
 from archive.storage import Storage
 from archive.storage_identity import storage_identity_bind
 from pacsproject.database import use_database_url, use_sqlite_index
@@ -180,7 +181,12 @@ def start(config: ReceiverConfig, ingest: IngestSettings) -> RunningServer:
     """
     descriptor_limit_raise()
     ThreadedAssociationServer.request_queue_size = LISTEN_BACKLOG
-    live = LiveStatus(ae_title=config.ae_title, port=config.port, role="single process")
+    live = LiveStatus(
+        ae_title=config.ae_title,
+        port=config.port,
+        role="single process",
+        on_beat=functools.partial(unflushed_repair, ingest.storage),
+    )
     commitment = commitment_start(config, ingest)
     ae, event_handlers = build_ae(config, ingest, live=live, commitment_wake=commitment.wake)
     ssl_context = _check_tls(config)

@@ -9,6 +9,7 @@ finishes its associations within the grace period and exits; the parent exits 0 
 """
 
 import contextlib
+import functools
 import logging
 import multiprocessing
 import os
@@ -22,7 +23,7 @@ from typing import Any
 from django.db import connections
 
 from archive.retention import RetentionLoop
-from archive.services import IngestSettings
+from archive.services import IngestSettings, unflushed_repair
 from receiver import announcements
 from receiver.config import ReceiverConfig
 from receiver.connections import lobby_build
@@ -50,7 +51,12 @@ def _worker(
     stopping = signals_own()
     connections.close_all()  # never share the parent's database connections
     slots = AssociationSlots(config.max_associations, shared=counts, cell=cell)
-    live = LiveStatus(ae_title=config.ae_title, port=config.port, role=f"worker {cell + 1}")
+    live = LiveStatus(
+        ae_title=config.ae_title,
+        port=config.port,
+        role=f"worker {cell + 1}",
+        on_beat=functools.partial(unflushed_repair, ingest.storage),
+    )
     commitment, stop_loops = loops_start(config, ingest, retention=cell == 0)
     ae, event_handlers = build_ae(
         config, ingest, slots=slots, live=live, commitment_wake=commitment.wake

@@ -6,6 +6,7 @@ import pytest
 from django.db import connections
 from pydicom.data import get_charset_files, get_testdata_file
 
+from archive import unflushed
 from archive.services import series_cache_clear
 from receiver.config import resolve
 from receiver.server import RunningServer, ingest_settings, start
@@ -35,6 +36,7 @@ def start_scp(transactional_db, storage_dir: Path) -> Iterator[Callable[..., Run
     servers: list[RunningServer] = []
 
     series_cache_clear()  # rows remembered by an earlier test's server are gone
+    unflushed.reset()  # nor may its heartbeat's checks see an earlier test's instances
 
     def _start(**options) -> RunningServer:
         config = resolve(
@@ -55,6 +57,7 @@ def start_scp(transactional_db, storage_dir: Path) -> Iterator[Callable[..., Run
     yield _start
     for server in servers:
         server.stop(grace=5)
+    unflushed.reset()
     connections.close_all()
 
 

@@ -2,6 +2,7 @@
 
 import fcntl
 import os
+import time
 from contextlib import contextmanager
 
 import pytest
@@ -11,10 +12,16 @@ from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
+from archive import unflushed
 from archive.exceptions import IndexFailure, StorageFailure
 from archive.ingest_hooks import hook_add, hook_remove
 from archive.models import Instance, Patient
-from archive.services import IngestSettings, instance_store, series_cache_clear
+from archive.services import (
+    IngestSettings,
+    instance_store,
+    series_cache_clear,
+    unflushed_repair,
+)
 from archive.storage import Storage
 from tests.conftest import sample_file, staging_files, stored_files
 from tests.peers import dataset_bytes, scu, send_files
@@ -211,6 +218,15 @@ def test_on_postgresql_only_rows_a_repair_can_rebuild_skip_the_wal_flush(
 ):
     if connection.vendor != "postgresql":
         pytest.skip("synchronous_commit is PostgreSQL's")
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT current_setting('fsync'), current_setting('wal_sync_method'), "
+            "current_setting('server_version_num')::int"
+        )
+        fsync, method, version = cursor.fetchone()
+    if fsync != "on" or method not in ("fdatasync", "fsync") or not 150000 <= version < 180000:
+        # pg_stat_wal.wal_sync counts these methods' flushes, from PostgreSQL 15 to 17.
+        pytest.skip(f"this server cannot count WAL flushes ({fsync=}, {method=}, {version=})")
     series_cache_clear()  # series rows an earlier test remembered are gone
     storage = Storage(storage_dir)
     storage.prepare()
@@ -239,3 +255,47 @@ def test_on_postgresql_only_rows_a_repair_can_rebuild_skip_the_wal_flush(
         assert syncs >= count
     else:
         assert syncs < count // 2
+
+
+def test_on_postgresql_unflushed_instances_are_forgotten_once_durable_or_indexed_again(
+    storage_dir,
+):
+    if connection.vendor != "postgresql":
+        pytest.skip("only PostgreSQL commits without waiting for the flush")
+    series_cache_clear()
+    unflushed.reset()
+    storage = Storage(storage_dir)
+    storage.prepare()
+    settings = IngestSettings(storage=storage, index_flush=False)
+    instances = [_ct_instance() for _ in range(3)]
+    for uid, dataset in instances:
+        _store(storage_dir, sop_instance_uid=uid, dataset=dataset, settings=settings)
+    # The first made the series' rows, in a flushed transaction; the others did not wait.
+    assert [entry.sop_instance_uid for entry in unflushed.remembered()] == [
+        uid for uid, _ in instances[1:]
+    ]
+    assert unflushed_repair(storage) == 0  # no sign of a crash: recent ones stay remembered
+    assert len(unflushed.remembered()) == 2
+
+    # A crash undoes the last commit; the next check after the connection was lost finds it.
+    lost = instances[2][0]
+    with connection.cursor() as cursor:
+        cursor.execute("DELETE FROM archive_instance WHERE sop_instance_uid = %s", [lost])
+    unflushed.connection_lost()
+    assert unflushed_repair(storage) == 1
+    restored = Instance.objects.get(sop_instance_uid=lost)
+    assert storage.open(restored.path).read()[128:132] == b"DICM"
+    assert unflushed.remembered() == []
+
+    # Without a crash, an instance is forgotten once PostgreSQL has flushed it for sure:
+    # 3 x wal_writer_delay plus the margin.
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT setting::int FROM pg_settings WHERE name = 'wal_writer_delay'")
+        delay = cursor.fetchone()[0] / 1000
+    uid, dataset = _ct_instance()
+    _store(storage_dir, sop_instance_uid=uid, dataset=dataset, settings=settings)
+    assert len(unflushed.remembered()) == 1
+    time.sleep(3 * delay + unflushed.MARGIN + 0.2)
+    assert unflushed_repair(storage) == 0
+    assert unflushed.remembered() == []
+    unflushed.reset()
