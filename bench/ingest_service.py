@@ -114,7 +114,8 @@ def main() -> None:
             forwarding_rules_load()
         storage = Storage(run_dir / "received")
         storage.prepare()
-        settings = IngestSettings(storage=storage)
+        # As the receiver's default (database.synchronous: normal) configures it.
+        settings = IngestSettings(storage=storage, index_flush=False)
         items = corpus()
         executed = [0]
 
