@@ -664,17 +664,17 @@ def unflushed_repair(storage: Storage) -> int:
     unflushed.forget_first(len(checked))
     if missing:
         logger.warning(
-            "The index database restarted or its connection was lost: of the %d new instances "
-            "committed here without waiting for its WAL flush, %d were missing and %d were "
+            "The index database lost %d of the %d new instances committed here without waiting "
+            "for its WAL flush (it restarted, or the connection to it was lost); %d were "
             "indexed again from their files",
-            len(checked),
             missing,
+            len(checked),
             restored,
         )
     elif checked:
         logger.info(
-            "The index database restarted or its connection was lost: the %d new instances "
-            "committed here without waiting for its WAL flush are all indexed",
+            "Checked the %d new instances committed here without waiting for the index "
+            "database's WAL flush: all are indexed",
             len(checked),
         )
     return restored

@@ -4,8 +4,9 @@ until a crash of the database server can no longer undo them.
 
 PostgreSQL flushes such a commit within three times its `wal_writer_delay`. An instance
 remembered for longer than that (plus a margin), with no sign of a crash since, is durable and
-forgotten. A sign of a crash, the server's start time changed or the connection lost, makes
-archive.services.unflushed_repair look up every instance still remembered and index again,
+forgotten. A sign of a crash (the server's start time changed, the connection lost, or the
+first look at the server) makes archive.services.unflushed_repair look up every instance
+still remembered and index again,
 from its file, each one the index lost: what `verifystorage --repair` would do, for these
 instances only, without waiting for an administrator. A crash of this process with the
 server's machine (a power cut) loses the memory too; `verifystorage --repair` is then the way.
@@ -67,9 +68,10 @@ def forget_first(count: int) -> None:
 
 def server_seen(started: object) -> bool:
     """Record the server's start time; True when it may have crashed since it was last seen
-    (another start time, or a lost connection noted by `connection_lost`)."""
+    (another start time, or a lost connection noted by `connection_lost`), or when it is seen
+    for the first time: a crash may have come before."""
     with _state_lock:
-        crashed = server.suspect or (server.started is not None and started != server.started)
+        crashed = server.suspect or started != server.started
         server.started, server.suspect = started, False
         return crashed
 

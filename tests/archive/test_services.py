@@ -274,11 +274,17 @@ def test_on_postgresql_unflushed_instances_are_forgotten_once_durable_or_indexed
     assert [entry.sop_instance_uid for entry in unflushed.remembered()] == [
         uid for uid, _ in instances[1:]
     ]
+    # The first look at the server checks them all (a crash may have come before it).
+    assert unflushed_repair(storage) == 0
+    assert unflushed.remembered() == []
+    more = [_ct_instance() for _ in range(2)]
+    for uid, dataset in more:
+        _store(storage_dir, sop_instance_uid=uid, dataset=dataset, settings=settings)
     assert unflushed_repair(storage) == 0  # no sign of a crash: recent ones stay remembered
     assert len(unflushed.remembered()) == 2
 
     # A crash undoes the last commit; the next check after the connection was lost finds it.
-    lost = instances[2][0]
+    lost = more[1][0]
     with connection.cursor() as cursor:
         cursor.execute("DELETE FROM archive_instance WHERE sop_instance_uid = %s", [lost])
     unflushed.connection_lost()

@@ -171,9 +171,10 @@ def test_every_acknowledged_instance_is_indexed_after_the_database_crashes_mid_s
     assert code == 0, output
     restored = [
         (int(checked), int(missing), int(again))
-        for checked, missing, again in re.findall(
-            r"of the (\d+) new instances committed here without waiting for its WAL flush, "
-            r"(\d+) were missing and (\d+) were indexed again",
+        for missing, checked, again in re.findall(
+            r"The index database lost (\d+) of the (\d+) new instances committed here without "
+            r"waiting for its WAL flush \(it restarted, or the connection to it was lost\); "
+            r"(\d+) were indexed again",
             output,
         )
     ]
