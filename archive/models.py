@@ -340,3 +340,16 @@ class RecycledStudy(models.Model):
 
     def __str__(self) -> str:
         return self.study_instance_uid
+
+
+class CrashMarker(models.Model):
+    """A row per receiver process that commits instances without waiting for PostgreSQL's WAL
+    flush, in a table that is UNLOGGED on PostgreSQL: its crash recovery empties such a table,
+    so a row gone means that the server crashed since it was written, and that it may have
+    undone those commits (archive.unflushed). Unused on SQLite."""
+
+    token = models.CharField(max_length=32, unique=True)
+    written_at = models.DateTimeField(default=timezone.now)
+
+    def __str__(self) -> str:
+        return self.token

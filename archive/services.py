@@ -615,66 +615,81 @@ def instance_index_file(*, relative: str, storage: Storage) -> StoreResult:
     return StoreResult(outcome="stored", instance_id=instance.pk, path=relative)
 
 
+def unflushed_watch_start() -> None:
+    """Before a receiver process serves: mark the database server, whose crash the heartbeat
+    then watches for (archive.unflushed). A failure is logged: the first look then checks."""
+    try:
+        unflushed.watch_start()
+    except DatabaseError as exc:
+        logger.error("Index database not marked: %s", exc)
+    finally:
+        connection.close()
+
+
 def unflushed_repair(storage: Storage) -> int:
     """In a receiver process on PostgreSQL, now and then (its heartbeat): forget the new
-    instances committed without waiting for the WAL flush that are durable by now; after a
-    sign that the database server crashed, index again from its file each of them that the
-    index lost (archive.unflushed). Returns how many were indexed again.
+    instances committed without waiting for the WAL flush that are flushed by now; after a
+    crash of the database server, index again from its file each of them that the index lost
+    (archive.unflushed). Returns how many were indexed again.
 
-    Raises DatabaseError when the database cannot be asked (the instances stay remembered).
+    Raises DatabaseError when the database cannot be asked (everything stays remembered).
     """
     if connection.vendor != "postgresql":
         return 0
-    now = time.monotonic()
-    try:
-        with connection.cursor() as cursor:
-            cursor.execute(
-                "SELECT pg_postmaster_start_time(), "
-                "(SELECT setting::int FROM pg_settings WHERE name = 'wal_writer_delay')"
+    before = time.monotonic()
+    unflushed.overflow_report()
+    with connection.cursor() as cursor:
+        cursor.execute(*unflushed.look_sql())
+        inserted, flushed_to, marked = cursor.fetchone()
+    if marked:
+        unflushed.flushed(before, inserted, flushed_to)
+        return 0
+    # The marker row is gone (crash recovery empties its table), or was never written.
+    unflushed.crashed()
+    checked = unflushed.remembered()
+    uids = [entry.sop_instance_uid for entry in checked]
+    indexed: set[str] = set()
+    for start in range(0, len(uids), 500):
+        indexed.update(
+            Instance.objects.filter(sop_instance_uid__in=uids[start : start + 500])
+            .values_list("sop_instance_uid", flat=True)
+        )  # fmt: skip
+    restored = missing = 0
+    complete = True
+    for entry in checked:
+        if entry.sop_instance_uid in indexed:
+            continue
+        missing += 1
+        try:
+            instance_index_file(relative=entry.path, storage=storage)
+            restored += 1
+        except IntegrityError:
+            pass  # indexed again meanwhile: a resend
+        except DatasetUnreadable as exc:  # its file deleted meanwhile
+            logger.error(
+                "Instance %s not indexed again from its file: %s", entry.sop_instance_uid, exc
             )
-            started, delay_ms = cursor.fetchone()
-        if not unflushed.server_seen(started):
-            unflushed.forget_older_than(now - 3 * delay_ms / 1000 - unflushed.MARGIN)
-            return 0
-        checked = unflushed.remembered()
-        uids = [entry.sop_instance_uid for entry in checked]
-        indexed: set[str] = set()
-        for start in range(0, len(uids), 500):
-            indexed.update(
-                Instance.objects.filter(sop_instance_uid__in=uids[start : start + 500])
-                .values_list("sop_instance_uid", flat=True)
-            )  # fmt: skip
-        restored = missing = 0
-        for entry in checked:
-            if entry.sop_instance_uid in indexed:
-                continue
-            missing += 1
-            try:
-                instance_index_file(relative=entry.path, storage=storage)
-                restored += 1
-            except IntegrityError:
-                pass  # indexed again meanwhile: a resend
-            except (DatasetUnreadable, StorageFailure) as exc:  # deleted meanwhile
-                logger.error(
-                    "Instance %s not indexed again from its file: %s", entry.sop_instance_uid, exc
-                )
-    except DatabaseError:
-        unflushed.connection_lost()  # look again, at all of them, next time
-        raise
-    unflushed.forget_first(len(checked))
+        except StorageFailure as exc:  # perhaps passing: look again next time
+            complete = False
+            logger.error(
+                "Instance %s not indexed again from its file yet: %s", entry.sop_instance_uid, exc
+            )
     if missing:
         logger.warning(
-            "The index database lost %d of the %d new instances committed here without waiting "
-            "for its WAL flush (it restarted, or the connection to it was lost); %d were "
-            "indexed again from their files",
+            "The index database crashed and lost %d of the %d new instances committed here "
+            "without waiting for its WAL flush; %d were indexed again from their files",
             missing,
             len(checked),
             restored,
         )
     elif checked:
         logger.info(
-            "Checked the %d new instances committed here without waiting for the index "
-            "database's WAL flush: all are indexed",
+            "The index database crashed (or this process had not marked it): the %d new "
+            "instances committed here without waiting for its WAL flush are all indexed",
             len(checked),
         )
+    if complete:
+        unflushed.marker_write()
+        # All of them are indexed now, not yet flushed: remembered until they are.
+        unflushed.flushed(before, inserted, flushed_to)
     return restored

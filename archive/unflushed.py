@@ -2,26 +2,38 @@
 (`database.synchronous: normal`, archive.services._index_rows), remembered by this process
 until a crash of the database server can no longer undo them.
 
-PostgreSQL flushes such a commit within three times its `wal_writer_delay`. An instance
-remembered for longer than that (plus a margin), with no sign of a crash since, is durable and
-forgotten. A sign of a crash (the server's start time changed, the connection lost, or the
-first look at the server) makes archive.services.unflushed_repair look up every instance
-still remembered and index again,
-from its file, each one the index lost: what `verifystorage --repair` would do, for these
-instances only, without waiting for an administrator. A crash of this process with the
-server's machine (a power cut) loses the memory too; `verifystorage --repair` is then the way.
+Two things tell, at each look (archive.services.unflushed_repair, from the heartbeat):
+- Whether the commits are flushed. Each look notes the server's WAL insert position; once a
+  later look finds the flush position past it, every instance remembered before that look is
+  durable and forgotten. No timing assumption: a slow disk only keeps them longer.
+- Whether the server crashed. This process keeps a row of its own in a table that is UNLOGGED
+  on PostgreSQL (archive.models.CrashMarker), written before it serves; crash recovery empties
+  such a table (a backend's crash too, and a standby promoted). A row gone makes the look
+  check every instance remembered and index again, from its file, each one the index lost:
+  what `verifystorage --repair` would do, for these instances only.
+A crash that takes this process's memory too (a power cut of a machine running both) leaves
+it to `verifystorage --repair`.
 """
 
+import logging
 import threading
 import time
+import uuid
 from collections import deque
 from dataclasses import dataclass
+from datetime import timedelta
+from decimal import Decimal
 
-# Past this many, the oldest are dropped (about 300 bytes each): at 1000 instances a second and
-# the defaults, a process remembers a few thousand.
+from django.db import connection
+from django.utils import timezone
+
+from archive.models import CrashMarker
+
+logger = logging.getLogger(__name__)
+
+# Past this many, the oldest are dropped unchecked (about 400 bytes each); at 1000 instances a
+# second a process remembers a few thousand, the commits of a second or two.
 LIMIT = 100_000
-# Added to three times wal_writer_delay: clocks and the time a commit takes to return.
-MARGIN = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,20 +44,24 @@ class Unflushed:
 
 
 _remembered: deque[Unflushed] = deque(maxlen=LIMIT)
-_state_lock = threading.Lock()
+# (time.monotonic() before a look, the WAL insert position it found), oldest first.
+_looks: deque[tuple[float, Decimal]] = deque()
+_lock = threading.Lock()
 
 
 @dataclass(slots=True)
-class _ServerState:
-    started: object = None  # pg_postmaster_start_time() when last seen
-    suspect: bool = False  # the connection was lost since: the server may have crashed
+class _State:
+    token: str | None = None  # this process's CrashMarker row
+    overflowed: bool = False  # LIMIT reached: some were dropped unchecked
 
 
-server = _ServerState()
+state = _State()
 
 
 def remember(sop_instance_uid: str, path: str) -> None:
     """Note a new instance whose commit returned before the WAL flush (any thread)."""
+    if len(_remembered) == LIMIT:
+        state.overflowed = True
     _remembered.append(Unflushed(time.monotonic(), sop_instance_uid, path))
 
 
@@ -54,35 +70,63 @@ def remembered() -> list[Unflushed]:
     return list(_remembered)
 
 
-def forget_older_than(moment: float) -> None:
-    """Forget the instances committed before `moment` (time.monotonic())."""
-    while _remembered and _remembered[0].at < moment:
-        _remembered.popleft()
+def watch_start() -> None:
+    """Write this process's marker row, before it serves (on PostgreSQL)."""
+    if connection.vendor != "postgresql":
+        return
+    # Rows of processes long gone; a live process's row is rewritten only after a crash.
+    CrashMarker.objects.filter(written_at__lt=timezone.now() - timedelta(days=30)).delete()
+    marker_write()
 
 
-def forget_first(count: int) -> None:
-    """Forget the `count` oldest (those just checked; newer ones may have come meanwhile)."""
-    for _ in range(min(count, len(_remembered))):
-        _remembered.popleft()
+def marker_write() -> None:
+    token = uuid.uuid4().hex
+    CrashMarker.objects.create(token=token)
+    state.token = token
 
 
-def server_seen(started: object) -> bool:
-    """Record the server's start time; True when it may have crashed since it was last seen
-    (another start time, or a lost connection noted by `connection_lost`), or when it is seen
-    for the first time: a crash may have come before."""
-    with _state_lock:
-        crashed = server.suspect or started != server.started
-        server.started, server.suspect = started, False
-        return crashed
+def look_sql() -> tuple[str, list[str | None]]:
+    """One query for a look: WAL insert and flush positions, and whether our row is there."""
+    return (
+        "SELECT pg_current_wal_insert_lsn() - '0/0', pg_current_wal_flush_lsn() - '0/0', "
+        "EXISTS (SELECT 1 FROM archive_crashmarker WHERE token = %s)",
+        [state.token],
+    )
 
 
-def connection_lost() -> None:
-    with _state_lock:
-        server.suspect = True
+def flushed(before: float, inserted: Decimal, flushed_to: Decimal) -> None:
+    """After a look begun at `before` that found no crash: forget the instances remembered
+    before any earlier look whose insert position the flush has reached, and note this one."""
+    with _lock:
+        durable_before = None
+        while _looks and _looks[0][1] <= flushed_to:
+            durable_before = _looks.popleft()[0]
+        if durable_before is not None:
+            while _remembered and _remembered[0].at < durable_before:
+                _remembered.popleft()
+        _looks.append((before, inserted))
+
+
+def crashed() -> None:
+    """The server crashed: positions noted before mean nothing in its new WAL."""
+    with _lock:
+        _looks.clear()
+
+
+def overflow_report() -> None:
+    if state.overflowed:
+        state.overflowed = False
+        logger.warning(
+            "More than %d new instances were committed without waiting for the index "
+            "database's WAL flush before it was flushed; the oldest are no longer watched (after "
+            "a crash of the database server, run verifystorage --repair)",
+            LIMIT,
+        )
 
 
 def reset() -> None:
-    """Forget everything (tests; a process that changes database)."""
+    """Forget everything (tests)."""
     _remembered.clear()
-    with _state_lock:
-        server.started, server.suspect = None, False
+    with _lock:
+        _looks.clear()
+    state.token, state.overflowed = None, False

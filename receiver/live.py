@@ -109,6 +109,8 @@ class LiveStatus:
             except DatabaseError as exc:
                 logger.warning("Index check not done: %s", exc)
                 connection.close()
+            except Exception:  # the heartbeat goes on whatever the check met
+                logger.exception("Index check failed")
         now = timezone.now()
         clock = time.monotonic()
         with self._lock:

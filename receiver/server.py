@@ -20,7 +20,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from archive.exceptions import StorageFailure, StorageMismatch
 from archive.retention import RetentionLoop, quota_for
-from archive.services import IngestSettings, unflushed_repair
+from archive.services import IngestSettings, unflushed_repair, unflushed_watch_start
 from archive.storage import Storage
 from archive.storage_identity import storage_identity_bind
 from pacsproject.database import use_database_url, use_sqlite_index
@@ -190,6 +190,7 @@ def start(config: ReceiverConfig, ingest: IngestSettings) -> RunningServer:
     commitment = commitment_start(config, ingest)
     ae, event_handlers = build_ae(config, ingest, live=live, commitment_wake=commitment.wake)
     ssl_context = _check_tls(config)
+    unflushed_watch_start()
     live.start()  # before the first association, which records the process it runs in
     try:
         # Not in ae._servers and never serve_forever()'d: the lobby accepts (TLS included).

@@ -23,7 +23,7 @@ from typing import Any
 from django.db import connections
 
 from archive.retention import RetentionLoop
-from archive.services import IngestSettings, unflushed_repair
+from archive.services import IngestSettings, unflushed_repair, unflushed_watch_start
 from receiver import announcements
 from receiver.config import ReceiverConfig
 from receiver.connections import lobby_build
@@ -71,6 +71,7 @@ def _worker(
     if ssl_context is not None:
         lobby = lobby_build(config, deliver=server.process_request, tls=ssl_context, proxy=False)
         lobby.start(name="lobby:tls")
+    unflushed_watch_start()
     live.start()
     stop_announcements = announcements.announcements_start(config, storage=ingest.storage)
     heap_freeze()

@@ -2,11 +2,10 @@
 
 import fcntl
 import os
-import time
 from contextlib import contextmanager
 
 import pytest
-from django.db import connection, connections
+from django.db import connection, connections, transaction
 from pydicom import dcmread
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset
@@ -21,6 +20,7 @@ from archive.services import (
     instance_store,
     series_cache_clear,
     unflushed_repair,
+    unflushed_watch_start,
 )
 from archive.storage import Storage
 from tests.conftest import sample_file, staging_files, stored_files
@@ -257,7 +257,7 @@ def test_on_postgresql_only_rows_a_repair_can_rebuild_skip_the_wal_flush(
         assert syncs < count // 2
 
 
-def test_on_postgresql_unflushed_instances_are_forgotten_once_durable_or_indexed_again(
+def test_on_postgresql_unflushed_instances_are_forgotten_once_flushed_or_indexed_again(
     storage_dir,
 ):
     if connection.vendor != "postgresql":
@@ -267,41 +267,39 @@ def test_on_postgresql_unflushed_instances_are_forgotten_once_durable_or_indexed
     storage = Storage(storage_dir)
     storage.prepare()
     settings = IngestSettings(storage=storage, index_flush=False)
-    instances = [_ct_instance() for _ in range(3)]
-    for uid, dataset in instances:
-        _store(storage_dir, sop_instance_uid=uid, dataset=dataset, settings=settings)
-    # The first made the series' rows, in a flushed transaction; the others did not wait.
-    assert [entry.sop_instance_uid for entry in unflushed.remembered()] == [
-        uid for uid, _ in instances[1:]
-    ]
-    # The first look at the server checks them all (a crash may have come before it).
-    assert unflushed_repair(storage) == 0
-    assert unflushed.remembered() == []
-    more = [_ct_instance() for _ in range(2)]
-    for uid, dataset in more:
-        _store(storage_dir, sop_instance_uid=uid, dataset=dataset, settings=settings)
-    assert unflushed_repair(storage) == 0  # no sign of a crash: recent ones stay remembered
-    assert len(unflushed.remembered()) == 2
 
-    # A crash undoes the last commit; the next check after the connection was lost finds it.
-    lost = more[1][0]
+    def store(count: int) -> list[str]:
+        uids = []
+        for uid, dataset in (_ct_instance() for _ in range(count)):
+            _store(storage_dir, sop_instance_uid=uid, dataset=dataset, settings=settings)
+            uids.append(uid)
+        return uids
+
+    def remembered() -> list[str]:
+        return [entry.sop_instance_uid for entry in unflushed.remembered()]
+
+    unflushed_watch_start()
+    uids = store(3)
+    # The first made the series' rows, in a flushed transaction; the others did not wait.
+    assert remembered() == uids[1:]
+    assert unflushed_repair(storage) == 0  # no crash; not known to be flushed yet
+    assert remembered() == uids[1:]
+    # A commit that waits flushes the WAL past the first look: both are durable now.
+    with transaction.atomic():
+        Patient.objects.create(patient_id="FLUSH")
+    assert unflushed_repair(storage) == 0
+    assert remembered() == []
+
+    # A crash undoes the last commit and, as its recovery does, empties the marker table.
+    more = store(2)
+    lost = more[1]
     with connection.cursor() as cursor:
         cursor.execute("DELETE FROM archive_instance WHERE sop_instance_uid = %s", [lost])
-    unflushed.connection_lost()
+        cursor.execute("DELETE FROM archive_crashmarker")
     assert unflushed_repair(storage) == 1
     restored = Instance.objects.get(sop_instance_uid=lost)
     assert storage.open(restored.path).read()[128:132] == b"DICM"
-    assert unflushed.remembered() == []
-
-    # Without a crash, an instance is forgotten once PostgreSQL has flushed it for sure:
-    # 3 x wal_writer_delay plus the margin.
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT setting::int FROM pg_settings WHERE name = 'wal_writer_delay'")
-        delay = cursor.fetchone()[0] / 1000
-    uid, dataset = _ct_instance()
-    _store(storage_dir, sop_instance_uid=uid, dataset=dataset, settings=settings)
-    assert len(unflushed.remembered()) == 1
-    time.sleep(3 * delay + unflushed.MARGIN + 0.2)
+    # Indexed again, not yet flushed: still remembered, and the marker is back.
+    assert remembered() == more
     assert unflushed_repair(storage) == 0
-    assert unflushed.remembered() == []
     unflushed.reset()
