@@ -16,7 +16,6 @@ import datetime as dt
 import hashlib
 import itertools
 import logging
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -573,7 +572,8 @@ def _fitted(model: type[models.Model], **values: Any) -> dict[str, Any]:
 def instance_index_file(*, relative: str, storage: Storage) -> StoreResult:
     """Index a Part 10 file already under the storage directory, where it stays (used to repair
     an index that lost rows). Raises DatasetUnreadable for anything that is not a Part 10 file
-    with the required UIDs, and IntegrityError if its SOP Instance UID is indexed already."""
+    with the required UIDs (a missing file included), StorageFailure when the storage cannot be
+    read, and IntegrityError if its SOP Instance UID is indexed already."""
     try:
         with storage.open(relative) as fh:
             meta = _skip_file_meta(fh)
@@ -587,9 +587,11 @@ def instance_index_file(*, relative: str, storage: Storage) -> StoreResult:
                 file_digest.update(chunk)
             size = fh.tell()
         received_at = storage.modified(relative)
-    except OSError as exc:
-        raise DatasetUnreadable(f"cannot read {relative}: {exc.strerror or exc}") from exc
-    except DatasetUnreadable:
+    except FileNotFoundError:
+        raise DatasetUnreadable(f"cannot read {relative}: no such file") from None
+    except OSError as exc:  # the storage failing, not the file: perhaps passing
+        raise StorageFailure(f"cannot read {relative}: {exc.strerror or exc}") from exc
+    except (DatasetUnreadable, StorageFailure):
         raise
     except Exception as exc:  # pydicom's many errors on a damaged meta group
         raise DatasetUnreadable(f"file meta group unreadable: {exc}") from exc
@@ -628,7 +630,7 @@ def unflushed_watch_start() -> None:
 
 def unflushed_repair(storage: Storage) -> int:
     """In a receiver process on PostgreSQL, now and then (its heartbeat): forget the new
-    instances committed without waiting for the WAL flush that are flushed by now; after a
+    instances committed without waiting for the WAL flush that are durable by now; after a
     crash of the database server, index again from its file each of them that the index lost
     (archive.unflushed). Returns how many were indexed again.
 
@@ -636,17 +638,35 @@ def unflushed_repair(storage: Storage) -> int:
     """
     if connection.vendor != "postgresql":
         return 0
-    before = time.monotonic()
     unflushed.overflow_report()
+    before = unflushed.now()
     with connection.cursor() as cursor:
-        cursor.execute(*unflushed.look_sql())
-        inserted, flushed_to, marked = cursor.fetchone()
-    if marked:
-        unflushed.flushed(before, inserted, flushed_to)
-        return 0
-    # The marker row is gone (crash recovery empties its table), or was never written.
-    unflushed.crashed()
+        cursor.execute(*unflushed.marker_sql())
+        if cursor.fetchone() is not None:
+            if unflushed.remembered_before(before):
+                # A commit that waits, as the server's synchronous_commit says (for its flush,
+                # and a synchronous standby's): once it returns, so is everything before it.
+                cursor.execute("SELECT txid_current()")
+                unflushed.forget_before(before)
+            return 0
+    # The marker row is gone (crash recovery empties its table) or was never written. A new
+    # one first: a crash during the repair must be seen by the next look.
+    unflushed.marker_write()
     checked = unflushed.remembered()
+    try:
+        restored = _unflushed_reindex(checked, storage)
+    except BaseException:
+        unflushed.marker_forget()  # the next look repairs again
+        raise
+    if restored is None:
+        unflushed.marker_forget()
+        return 0
+    return restored
+
+
+def _unflushed_reindex(checked: "list[unflushed.Unflushed]", storage: Storage) -> int | None:
+    """Index again those of `checked` the index lost; how many, or None if the storage failed
+    for some of them (to be tried again)."""
     uids = [entry.sop_instance_uid for entry in checked]
     indexed: set[str] = set()
     for start in range(0, len(uids), 500):
@@ -669,7 +689,7 @@ def unflushed_repair(storage: Storage) -> int:
             logger.error(
                 "Instance %s not indexed again from its file: %s", entry.sop_instance_uid, exc
             )
-        except StorageFailure as exc:  # perhaps passing: look again next time
+        except StorageFailure as exc:  # perhaps passing: tried again at the next look
             complete = False
             logger.error(
                 "Instance %s not indexed again from its file yet: %s", entry.sop_instance_uid, exc
@@ -688,8 +708,4 @@ def unflushed_repair(storage: Storage) -> int:
             "instances committed here without waiting for its WAL flush are all indexed",
             len(checked),
         )
-    if complete:
-        unflushed.marker_write()
-        # All of them are indexed now, not yet flushed: remembered until they are.
-        unflushed.flushed(before, inserted, flushed_to)
-    return restored
+    return restored if complete else None
