@@ -85,7 +85,7 @@ _BEGIN_NO_FLUSH = ("BEGIN", "SET LOCAL synchronous_commit TO off")
 
 
 @contextmanager
-def bare_transaction(*, flush: bool = True) -> Iterator[None]:
+def bare_transaction(*, flush: bool = True) -> Iterator[bool]:
     """A write transaction without Django's bookkeeping, for statements that need none of it.
 
     On SQLite, `transaction.atomic()` costs as much CPU as the INSERT of an instance it wraps
@@ -103,7 +103,8 @@ def bare_transaction(*, flush: bool = True) -> Iterator[None]:
     (`SET LOCAL synchronous_commit TO off`, sent with BEGIN): for rows that can be rebuilt
     from files already durable, as SQLite's synchronous=NORMAL treats every commit. A crash of
     the database server may then undo the last commits, never leave them half done. SQLite's
-    mode is the connection's (pacsproject.database), whatever `flush` says.
+    mode is the connection's (pacsproject.database), whatever `flush` says. Yields whether the
+    commit will not wait for the flush (True only on PostgreSQL with `flush=False`).
     """
     connection = connections[DEFAULT_DB_ALIAS]
     vendor = connection.vendor
@@ -113,7 +114,7 @@ def bare_transaction(*, flush: bool = True) -> Iterator[None]:
         or connection.settings_dict.get("OPTIONS", {}).get("server_side_binding")
     ):
         with transaction.atomic():
-            yield
+            yield False
         return
     connection.ensure_connection()
     raw = connection.connection
@@ -139,10 +140,10 @@ def bare_transaction(*, flush: bool = True) -> Iterator[None]:
 
     try:
         if vendor == "sqlite":
-            yield
+            yield False
         else:
             with connection.execute_wrapper(begin_with_first):
-                yield
+                yield not flush
         if begun:
             with connection.wrap_database_errors:
                 raw.execute("COMMIT")

@@ -358,11 +358,10 @@ def _index_rows(
     # `verifystorage --repair`). A hook's rows (forwarding's queue) cannot be rebuilt from the
     # file: with hooks, it waits.
     bare = series_id is not None and not hooked
-    flush = flush or bool(hooks)
-    writing = bare_transaction(flush=flush) if bare else transaction.atomic()
+    writing = bare_transaction(flush=flush or bool(hooks)) if bare else transaction.atomic()
     touched = None
     try:
-        with index_writer(), writing:
+        with index_writer(), writing as unflushed_commit:
             series_id = series_id or _series_id_for(arrival.header)
             instance_id = Instance.objects.insert(
                 series=series_id, **_instance_fields(arrival, staged)
@@ -383,7 +382,7 @@ def _index_rows(
         if isinstance(exc, DatabaseError) and not isinstance(exc, IntegrityError):
             raise IndexFailure(f"index not written: {exc}") from exc
         raise
-    if bare and not flush and connection.vendor == "postgresql":
+    if unflushed_commit:
         unflushed.remember(arrival.header.sop_instance_uid, arrival.path)
     # The directory fsync comes after the commit, outside the write lock, so that concurrent
     # associations share the lock for the insert only; success is reported only after it.
@@ -652,16 +651,13 @@ def unflushed_repair(storage: Storage) -> int:
     # The marker row is gone (crash recovery empties its table) or was never written. A new
     # one first: a crash during the repair must be seen by the next look.
     unflushed.marker_write()
-    checked = unflushed.remembered()
+    restored = None
     try:
-        restored = _unflushed_reindex(checked, storage)
-    except BaseException:
-        unflushed.marker_forget()  # the next look repairs again
-        raise
-    if restored is None:
-        unflushed.marker_forget()
-        return 0
-    return restored
+        restored = _unflushed_reindex(unflushed.remembered(), storage)
+    finally:
+        if restored is None:  # failed, or the storage did for some: the next look repairs again
+            unflushed.marker_forget()
+    return restored or 0
 
 
 def _unflushed_reindex(checked: "list[unflushed.Unflushed]", storage: Storage) -> int | None:
