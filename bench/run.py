@@ -51,10 +51,19 @@ log4cplus.appender.console.layout.ConversionPattern = %D{%H:%M:%S.%Q} %m%n
 _STAMP = re.compile(r"^(\d\d):(\d\d):(\d\d)\.(\d{3})\.(\d{3}) (.*)$")
 
 
+_ports_given: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A free loopback port, never one this process gave before: until something listens on
+    it, the kernel may hand the same port out twice (Orthanc's DICOM and HTTP ports once)."""
+    while True:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        if port not in _ports_given:
+            _ports_given.add(port)
+            return port
 
 
 def wait_port(port: int, process: subprocess.Popen, timeout: float = 60) -> None:
