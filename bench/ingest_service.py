@@ -12,12 +12,15 @@ The audit trail is written as the receiver writes it (one record per study when 
 association of `--association-size` instances ends) and its share of the time is printed.
 With `--forwarding-rule`, a rule (modality CT, to a remote AE nothing listens on) is active:
 each instance is also queued in its transaction (routing.forwarding), the cost to compare.
-Statements sent on the DB-API connection itself (BEGIN and COMMIT of archive.dblock's bare
-transaction, forwarding's queue INSERT on SQLite) pass Django's execute wrappers uncounted.
+With `--profile FILE`, cProfile records the store loop alone (not the corpus it builds
+first): `python -m pstats FILE`. Statements sent on the DB-API connection itself (BEGIN and
+COMMIT of archive.dblock's bare transaction, forwarding's queue INSERT on SQLite) pass
+Django's execute wrappers uncounted.
 """
 
 import argparse
 import copy
+import cProfile
 import os
 import shutil
 import statistics
@@ -55,7 +58,14 @@ def main() -> None:
         help="index in this PostgreSQL server (postgres://...; a fresh database per run), "
         "not a temporary SQLite file",
     )
+    parser.add_argument(
+        "--profile",
+        metavar="FILE",
+        help="write cProfile statistics of the store loop alone (not the corpus) to FILE, "
+        "for `python -m pstats FILE`",
+    )
     args = parser.parse_args()
+    profiler = cProfile.Profile() if args.profile else None
 
     work = Path(tempfile.mkdtemp(prefix="ingest-bench-", dir=args.work_dir))
     os.environ["DJANGO_SETTINGS_MODULE"] = "pacsproject.settings"
@@ -127,6 +137,8 @@ def main() -> None:
         studies: Counter[tuple[str, str]] = Counter()
         with connection.execute_wrapper(count):
             start, cpu_start = time.perf_counter(), time.process_time()
+            if profiler is not None:
+                profiler.enable()
             for n, (sop_class, sop_instance, data) in enumerate(items, 1):
                 result = instance_store(
                     dataset=data,
@@ -149,6 +161,8 @@ def main() -> None:
                     )
                     audit_seconds += time.perf_counter() - audit_start
                     studies = Counter()
+            if profiler is not None:
+                profiler.disable()
             elapsed = time.perf_counter() - start
             cpu = time.process_time() - cpu_start
         per_instance.append(elapsed / args.count * 1e6)
@@ -160,6 +174,8 @@ def main() -> None:
         if database is not None:
             postgres_drop(database)
     shutil.rmtree(work, ignore_errors=True)
+    if profiler is not None:
+        profiler.dump_stats(args.profile)
     print(
         f"{args.count} instances in {args.series} series, {args.repeat} repeats: "
         f"median {statistics.median(per_instance):.0f} µs per instance "

@@ -1,6 +1,7 @@
 """The benchmark itself works: a tiny run against our SCP and DCMTK's (not a timed test)."""
 
 import os
+import pstats
 import subprocess
 import sys
 from pathlib import Path
@@ -87,3 +88,19 @@ def test_ingest_service_benchmark_runs_with_a_forwarding_rule():
     )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
     assert "SQL statements per instance" in result.stdout
+
+
+def test_ingest_service_profile_holds_the_store_loop_alone(tmp_path: Path) -> None:
+    profile = tmp_path / "ingest.prof"
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "ingest_service.py"), "--count", "8", "--series",
+         "2", "--repeat", "1", "--profile", str(profile)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    calls = {
+        function: primitive_calls
+        for (_, _, function), (primitive_calls, *_) in pstats.Stats(str(profile)).stats.items()
+    }
+    assert calls["instance_store"] == 8
+    assert "corpus" not in calls  # building the instances is not part of what is measured
