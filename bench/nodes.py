@@ -20,12 +20,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.append(str(ROOT))
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from bench.ports import free_port  # noqa: E402
 
 
 def _wait_port(port: int, process: subprocess.Popen, timeout: float = 60) -> None:
@@ -52,7 +50,7 @@ def main() -> None:
     stopping = []
     signal.signal(signal.SIGTERM, lambda signum, frame: stopping.append(signum))
     nodes: list[subprocess.Popen] = []
-    ports = [_free_port(), _free_port()]
+    ports = [free_port(), free_port()]
     for n, port in enumerate(ports, 1):
         config = args.work / f"node{n}.yaml"
         config.write_text(

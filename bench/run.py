@@ -39,6 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.corpus import corpus_write, large_instance_write  # noqa: E402
+from bench.ports import free_port  # noqa: E402
 
 PYTHON = sys.executable
 NODELAY = {**os.environ, "TCP_NODELAY": "1"}
@@ -49,21 +50,6 @@ log4cplus.appender.console.layout = log4cplus::PatternLayout
 log4cplus.appender.console.layout.ConversionPattern = %D{%H:%M:%S.%Q} %m%n
 """
 _STAMP = re.compile(r"^(\d\d):(\d\d):(\d\d)\.(\d{3})\.(\d{3}) (.*)$")
-
-
-_ports_given: set[int] = set()
-
-
-def free_port() -> int:
-    """A free loopback port, never one this process gave before: until something listens on
-    it, the kernel may hand the same port out twice (Orthanc's DICOM and HTTP ports once)."""
-    while True:
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
-        if port not in _ports_given:
-            _ports_given.add(port)
-            return port
 
 
 def wait_port(port: int, process: subprocess.Popen, timeout: float = 60) -> None:

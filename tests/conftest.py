@@ -1,4 +1,3 @@
-import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -8,6 +7,7 @@ from pydicom.data import get_charset_files, get_testdata_file
 
 from archive import unflushed
 from archive.services import series_cache_clear
+from bench.ports import free_port
 from receiver.config import resolve
 from receiver.server import RunningServer, ingest_settings, start
 
@@ -17,21 +17,6 @@ def sample_file(name: str) -> Path:
     path = get_testdata_file(name) or next(iter(get_charset_files(name)), None)
     assert path is not None, f"pydicom has no sample file {name}"
     return Path(path)
-
-
-_ports_given: set[int] = set()
-
-
-def free_port() -> int:
-    """A free loopback port, never one this process gave before: until something listens on
-    it, the kernel may hand the same port out twice (Orthanc's DICOM and HTTP ports once)."""
-    while True:
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
-        if port not in _ports_given:
-            _ports_given.add(port)
-            return port
 
 
 @pytest.fixture
