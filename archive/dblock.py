@@ -11,15 +11,19 @@ C-STORE, not a hung one. Other databases need no such lock: their writers take r
 import contextlib
 import errno
 import fcntl
+import functools
 import hashlib
 import os
+import re
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from django.db import DEFAULT_DB_ALIAS, connections, transaction
+from django.db import DEFAULT_DB_ALIAS, DatabaseError, connections, transaction
+from psycopg import errors as psycopg_errors
+from psycopg import pq
 
 from archive.exceptions import IndexFailure
 
@@ -82,6 +86,8 @@ def index_writer(using: str = DEFAULT_DB_ALIAS) -> Iterator[None]:
 
 _BEGIN = ("BEGIN",)
 _BEGIN_NO_FLUSH = ("BEGIN", "SET LOCAL synchronous_commit TO off")
+# The bare transaction open on this thread, if any (insert_returning_id's fast path).
+_open = threading.local()
 
 
 @contextmanager
@@ -117,46 +123,133 @@ def bare_transaction(*, flush: bool = True) -> Iterator[bool]:
             yield False
         return
     connection.ensure_connection()
-    raw = connection.connection
-    begun = vendor == "sqlite"
-    if begun:
+    bare = _BareTransaction(connection, _BEGIN if flush else _BEGIN_NO_FLUSH)
+    if vendor == "sqlite":
         with connection.wrap_database_errors:
-            raw.execute("BEGIN")
-    begin = _BEGIN if flush else _BEGIN_NO_FLUSH
-
-    def begin_with_first(execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
-        nonlocal begun
-        if begun or many:
-            if not begun:  # executemany() runs its statement once per row: BEGIN on its own
-                with connection.wrap_database_errors:
-                    raw.execute("; ".join(begin))
-                begun = True
-            return execute(sql, params, many, context)
-        begun = True
-        result = execute("; ".join((*begin, sql)), params, many, context)
-        for _ in begin:  # the first statement's results, not those of what went before it
-            context["cursor"].nextset()
-        return result
-
+            connection.connection.execute("BEGIN")
+        bare.begun = True
+    _open.bare = bare
     try:
         if vendor == "sqlite":
             yield False
         else:
-            with connection.execute_wrapper(begin_with_first):
+            with connection.execute_wrapper(bare.wrapper):
                 yield not flush
-        if begun:
-            with connection.wrap_database_errors:
-                raw.execute("COMMIT")
+        if bare.begun:
+            bare.commit()
     except BaseException:
-        if begun:
-            try:
-                raw.execute("ROLLBACK")  # also after a failed COMMIT, which leaves it open
-            except Exception:
-                # A connection that cannot even roll back is gone (the server restarted): as
-                # atomic() does, it is closed, and the next statement opens a new one.
-                with contextlib.suppress(Exception):
-                    connection.close()
+        if bare.begun:
+            bare.rollback()
         raise
+    finally:
+        _open.bare = None
+
+
+def insert_returning_id(sql: str, params: Sequence[Any], using: str = DEFAULT_DB_ALIAS) -> int:
+    """Run one `INSERT ... RETURNING id` on the default database and return the id.
+
+    Inside bare_transaction, on the DB-API connection itself: through Django's cursor wrapper
+    and psycopg's cursor, an instance's INSERT and COMMIT cost 170 µs of CPU on PostgreSQL
+    against 110 µs through libpq directly (its parameters still quoted by psycopg, as its
+    client-side cursors do), and on SQLite Django rewrites the placeholders at every call.
+    Django's execute wrappers still see the statement (with a cursor of the same connection in
+    their context); with queries logged (DEBUG) it takes Django's cursor, which logs them.
+    """
+    connection = connections[using]
+    bare = getattr(_open, "bare", None)
+    if bare is None or bare.connection is not connection or connection.queries_logged:
+        with connection.cursor() as cursor:
+            cursor.execute(sql, params)
+            return cursor.fetchone()[0]
+    executor = bare.insert
+    for wrapper in reversed(connection.execute_wrappers):
+        if wrapper != bare.wrapper:
+            executor = functools.partial(wrapper, executor)
+    return executor(sql, params, False, {"connection": connection, "cursor": bare.cursor()})
+
+
+class _BareTransaction:
+    """What bare_transaction keeps while it is open: whether BEGIN went out yet (PostgreSQL
+    sends it with the first statement) and how to talk to the DB-API connection."""
+
+    def __init__(self, connection: Any, begin: tuple[str, ...]) -> None:
+        self.connection = connection
+        self.raw = connection.connection
+        self.begin = begin
+        self.begun = False
+        self.wrapper = self._begin_with_first  # one bound method, to tell it from others
+
+    def cursor(self) -> Any:
+        cursor = getattr(_open, "cursor", None)
+        if cursor is None or cursor.connection is not self.raw:
+            cursor = _open.cursor = self.raw.cursor()
+        return cursor
+
+    def insert(self, sql: str, params: Sequence[Any], many: bool, context: Any) -> int:
+        with self.connection.wrap_database_errors:
+            if self.connection.vendor == "sqlite":
+                row = self.raw.execute(_qmark(sql), params).fetchone()
+                return row[0]
+            # Django's PostgreSQL cursors bind on the client: the same quoting, then libpq.
+            query = self.cursor().mogrify(sql, params)
+            if not self.begun:
+                query = "; ".join((*self.begin, query))
+                self.begun = True
+            result = self._pg_exec(query)
+            return int(result.get_value(0, 0))
+
+    def _begin_with_first(
+        self, execute: Any, sql: str, params: Any, many: bool, context: Any
+    ) -> Any:
+        if self.begun or many:
+            if not self.begun:  # executemany() runs its statement once per row: BEGIN alone
+                with self.connection.wrap_database_errors:
+                    self.raw.execute("; ".join(self.begin))
+                self.begun = True
+            return execute(sql, params, many, context)
+        self.begun = True
+        result = execute("; ".join((*self.begin, sql)), params, many, context)
+        for _ in self.begin:  # the first statement's results, not those of what went before it
+            context["cursor"].nextset()
+        return result
+
+    def commit(self) -> None:
+        with self.connection.wrap_database_errors:
+            if self.connection.vendor == "sqlite":
+                self.raw.execute("COMMIT")
+            elif self._pg_exec("COMMIT").command_status != b"COMMIT":
+                # PostgreSQL answers the COMMIT of a transaction in which a statement failed
+                # with a ROLLBACK, not an error: nothing of it was written.
+                raise DatabaseError("transaction rolled back: a statement in it had failed")
+
+    def rollback(self) -> None:
+        try:
+            self.raw.execute("ROLLBACK")  # also after a failed COMMIT, which leaves it open
+        except Exception:
+            # A connection that cannot even roll back is gone (the server restarted): as
+            # atomic() does, it is closed, and the next statement opens a new one.
+            with contextlib.suppress(Exception):
+                self.connection.close()
+
+    def _pg_exec(self, query: str) -> Any:
+        """One query string through libpq (which lets other threads run meanwhile); its last
+        statement's result, or psycopg's exception for the first that failed."""
+        encoding = self.raw.info.encoding
+        result = self.raw.pgconn.exec_(query.encode(encoding))
+        if result.status not in _PG_OK:
+            raise psycopg_errors.error_from_result(result, encoding=encoding)
+        return result
+
+
+@functools.cache
+def _qmark(sql: str) -> str:
+    """A statement of Django's %s placeholders in sqlite3's (what Django's SQLite cursor
+    does at every call)."""
+    return _FORMAT_QMARK.sub("?", sql).replace("%%", "%")
+
+
+_FORMAT_QMARK = re.compile(r"(?<!%)%s")
+_PG_OK = frozenset((pq.ExecStatus.TUPLES_OK, pq.ExecStatus.COMMAND_OK))
 
 
 def writers_serialised(using: str = DEFAULT_DB_ALIAS) -> bool:

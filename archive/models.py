@@ -14,6 +14,7 @@ from typing import Any
 from django.db import connections, models
 from django.utils import timezone
 
+from archive.dblock import insert_returning_id
 from archive.header import UID_KEPT
 from archive.person_names import person_name_display, person_name_fold
 
@@ -227,9 +228,7 @@ class InstanceManager(models.Manager["Instance"]):
             else field.get_db_prep_save(value, connection)
             for field, value in zip(fields, values.values(), strict=True)
         ]
-        with connection.cursor() as cursor:
-            cursor.execute(sql, params)
-            return cursor.fetchone()[0]
+        return insert_returning_id(sql, params, using)
 
     def indexed(self, sop_instance_uid: str, using: str = "default") -> bool:
         """Whether an instance of that UID is indexed: `filter(...).exists()` without compiling

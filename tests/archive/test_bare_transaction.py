@@ -1,12 +1,18 @@
 """archive.dblock.bare_transaction against the real index database (SQLite or PostgreSQL)."""
 
 import pytest
-from django.db import IntegrityError, connection, transaction
+from django.db import DatabaseError, IntegrityError, connection, connections, transaction
 
-from archive.dblock import bare_transaction
+from archive.dblock import bare_transaction, insert_returning_id
 from archive.models import Patient
 
 pytestmark = pytest.mark.django_db(transaction=True)
+
+
+_PATIENT_INSERT = (
+    "INSERT INTO archive_patient (patient_id, issuer_of_patient_id, name, name_fold, "
+    "birth_date, sex) VALUES (%s, '', %s, '', NULL, '') RETURNING id"
+)
 
 
 def _insert_patient(patient_id: str) -> int:
@@ -80,7 +86,7 @@ def _synchronous_commit() -> str:
         return cursor.fetchone()[0]
 
 
-@pytest.mark.parametrize("first", ["execute", "executemany"])
+@pytest.mark.parametrize("first", ["execute", "executemany", "insert_returning_id"])
 def test_without_flush_postgresql_commits_without_waiting_for_the_wal_and_only_this_once(first):
     if connection.vendor != "postgresql":
         pytest.skip("synchronous_commit is PostgreSQL's (SQLite's mode is the connection's)")
@@ -90,6 +96,9 @@ def test_without_flush_postgresql_commits_without_waiting_for_the_wal_and_only_t
         if first == "execute":
             # Its own RETURNING row, not that of a statement sent before it.
             assert Patient.objects.get(pk=_insert_patient("P1")).patient_id == "P1"
+        elif first == "insert_returning_id":
+            pk = insert_returning_id(_PATIENT_INSERT, ["P1", ""])
+            assert Patient.objects.get(pk=pk).patient_id == "P1"
         else:
             with connection.cursor() as cursor:
                 cursor.executemany(
@@ -105,3 +114,77 @@ def test_without_flush_postgresql_commits_without_waiting_for_the_wal_and_only_t
         _insert_patient("P3")
         assert _synchronous_commit() == configured
     assert _synchronous_commit() == configured
+
+
+# insert_returning_id: inside bare_transaction it bypasses Django's cursor (libpq directly on
+# PostgreSQL, sqlite3's own execute on SQLite); what it does must not change.
+
+
+def test_insert_returning_id_as_the_first_statement_is_inside_the_transaction():
+    with pytest.raises(RuntimeError), bare_transaction(flush=False):
+        insert_returning_id(_PATIENT_INSERT, ["P1", ""])
+        _insert_patient("P2")
+        raise RuntimeError
+    assert not Patient.objects.exists()
+    with bare_transaction(flush=False):
+        first = insert_returning_id(_PATIENT_INSERT, ["P1", ""])
+        second = _insert_patient("P2")
+    assert type(first) is int
+    assert Patient.objects.get(pk=first).patient_id == "P1"
+    assert Patient.objects.get(pk=second).patient_id == "P2"
+    assert connection.get_autocommit() and not connection.in_atomic_block
+
+
+def test_insert_returning_id_keeps_hostile_values_verbatim():
+    hostile = "O'Brien\\'); DROP TABLE archive_patient; -- %s %% \u00e9\u6f22 \\x27"
+    with bare_transaction():
+        pk = insert_returning_id(_PATIENT_INSERT, ["P1", hostile])
+    assert Patient.objects.get(pk=pk).name == hostile
+
+
+def test_insert_returning_id_raises_django_errors_and_leaves_no_transaction_open():
+    Patient.objects.create(patient_id="P1")
+    with connection.cursor() as cursor:
+        cursor.execute("CREATE UNIQUE INDEX test_patient_unique ON archive_patient (patient_id)")
+    try:
+        with pytest.raises(IntegrityError), bare_transaction(flush=False):
+            insert_returning_id(_PATIENT_INSERT, ["P1", ""])
+        with transaction.atomic():  # would fail if a transaction were still open
+            Patient.objects.create(patient_id="P2")
+        with pytest.raises(IntegrityError), bare_transaction():
+            insert_returning_id(_PATIENT_INSERT, ["P3", ""])
+            insert_returning_id(_PATIENT_INSERT, ["P3", ""])
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute("DROP INDEX test_patient_unique")
+    assert sorted(Patient.objects.values_list("patient_id", flat=True)) == ["P1", "P2"]
+
+
+def test_insert_returning_id_is_seen_by_execute_wrappers():
+    seen = []
+
+    def wrapper(execute, sql, params, many, context):
+        seen.append((sql, list(params), context["connection"] is connections["default"]))
+        return execute(sql, params, many, context)
+
+    with connection.execute_wrapper(wrapper), bare_transaction():
+        insert_returning_id(_PATIENT_INSERT, ["P1", ""])
+    assert seen[0] == (_PATIENT_INSERT, ["P1", ""], True)
+
+
+def test_insert_returning_id_outside_a_bare_transaction_commits_at_once():
+    pk = insert_returning_id(_PATIENT_INSERT, ["P1", ""])
+    assert Patient.objects.get(pk=pk).patient_id == "P1"
+
+
+def test_a_transaction_that_postgresql_rolled_back_does_not_pass_for_committed():
+    if connection.vendor != "postgresql":
+        pytest.skip("a failed statement aborts the whole transaction on PostgreSQL only")
+    with pytest.raises(DatabaseError, match="rolled back"), bare_transaction():
+        insert_returning_id(_PATIENT_INSERT, ["P1", ""])
+        with pytest.raises(DatabaseError), connection.cursor() as cursor:
+            cursor.execute("SELECT 1 / 0")  # caught here: the transaction stays aborted
+    assert not Patient.objects.exists()
+    with bare_transaction():
+        _insert_patient("P2")
+    assert list(Patient.objects.values_list("patient_id", flat=True)) == ["P2"]
