@@ -14,7 +14,6 @@ import fcntl
 import functools
 import hashlib
 import os
-import re
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -22,6 +21,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from django.db import DEFAULT_DB_ALIAS, DatabaseError, connections, transaction
+from django.db.backends.sqlite3.base import FORMAT_QMARK_REGEX
 from psycopg import errors as psycopg_errors
 from psycopg import pq
 
@@ -243,12 +243,11 @@ class _BareTransaction:
 
 @functools.cache
 def _qmark(sql: str) -> str:
-    """A statement of Django's %s placeholders in sqlite3's (what Django's SQLite cursor
-    does at every call)."""
-    return _FORMAT_QMARK.sub("?", sql).replace("%%", "%")
+    """A statement of Django's %s placeholders in sqlite3's: what Django's SQLite cursor does
+    at every call (SQLiteCursorWrapper.convert_query), once per statement."""
+    return FORMAT_QMARK_REGEX.sub("?", sql).replace("%%", "%")
 
 
-_FORMAT_QMARK = re.compile(r"(?<!%)%s")
 _PG_OK = frozenset((pq.ExecStatus.TUPLES_OK, pq.ExecStatus.COMMAND_OK))
 
 
