@@ -6,7 +6,7 @@ import pytest
 from pydicom.dataelem import DataElement
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_data_element
-from pydicom.valuerep import EXPLICIT_VR_LENGTH_32
+from pydicom.valuerep import EXPLICIT_VR_LENGTH_16, EXPLICIT_VR_LENGTH_32
 from pynetdicom.pdu import A_ABORT_RQ
 
 from archive import dicom_bytes
@@ -20,8 +20,12 @@ def _pydicom_encoded(tag: int, vr: str, value, *, implicit: bool) -> bytes:
     return buffer.getvalue()
 
 
-def test_long_vr_set_is_the_standard_one():
-    assert {vr.decode() for vr in dicom_bytes.LONG_VRS} == {str(vr) for vr in EXPLICIT_VR_LENGTH_32}
+def test_vr_sets_are_the_standard_ones():
+    for ours, pydicoms in (
+        (dicom_bytes.LONG_VRS, EXPLICIT_VR_LENGTH_32),
+        (dicom_bytes.SHORT_VRS, EXPLICIT_VR_LENGTH_16),
+    ):
+        assert {vr.decode() for vr in ours} == {str(vr) for vr in pydicoms}
 
 
 @pytest.mark.parametrize(

@@ -181,3 +181,50 @@ def test_hand_scan_covers_most_samples():
         for param in _little_endian_samples()
     ]
     assert len(scanned) > 100 and sum(scanned) > 0.8 * len(scanned)
+
+
+def _nested_sequences(undefined: bool) -> Dataset:
+    """Undefined-length (or defined-length) sequences, items in items, before later index
+    attributes: the scanner must walk them to their delimiters and read on."""
+    inner = Dataset()
+    inner.ReferencedSOPInstanceUID = "9.9.9"
+    inner.StudyInstanceUID = "0.0.0"  # inside an item: never the instance's own
+    item = Dataset()
+    item.ReferencedSOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
+    item.SourceImageSequence = [inner]
+    ds = _minimal(Modality="CT", ReferencedImageSequence=[item, Dataset()], SeriesNumber=7)
+    for sequence in (ds["ReferencedImageSequence"], item["SourceImageSequence"]):
+        sequence.is_undefined_length = undefined
+        for child in sequence.value:
+            child.is_undefined_length_sequence_item = undefined
+    return ds
+
+
+@pytest.mark.parametrize("undefined", [True, False], ids=["undefined", "defined"])
+@pytest.mark.parametrize("syntax", [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+def test_hand_scan_walks_nested_sequences(undefined, syntax):
+    data = _encode(_nested_sequences(undefined), syntax)
+    implicit = syntax == ImplicitVRLittleEndian
+    scanned = header_scan(data, implicit=implicit)
+    assert scanned is not None
+    assert scanned["StudyInstanceUID"] == "1.2.3.4"
+    assert scanned["SeriesNumber"] == "7"
+    assert scanned == _header_parse(data, deflated=False, implicit=implicit, little=True)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        # A VR the standard does not define: pydicom decides.
+        b"\x08\x00\x60\x00ZZ\x02\x00CT",
+        # An element running past the end of the data (a cut transfer).
+        b"\x08\x00\x60\x00CS\x02\x00CT" + b"\x20\x00\x11\x00IS\x10\x00" + b"12",
+        # A sequence whose item is never closed.
+        b"\x08\x00\x40\x11SQ\x00\x00\xff\xff\xff\xff"
+        + b"\xfe\xff\x00\xe0\xff\xff\xff\xff"
+        + b"\x08\x00\x50\x11UI\x02\x001\x00",
+    ],
+    ids=["unknown-vr", "past-the-end", "item-not-closed"],
+)
+def test_hand_scan_leaves_what_it_cannot_read_to_pydicom(data):
+    assert header_scan(data, implicit=False) is None
