@@ -1,23 +1,44 @@
 """Synthetic CT corpus for the benchmark: unique UIDs, arranged into patients, studies, series.
 
 python bench/corpus.py --count 2000 --rows 64 --out bench/out/corpus --folders 4
+
+`--header minimal` (the default) gives each instance the ~25 attributes the index reads and
+the image; `--header scanner` adds the rest of a real CT scanner's header (pydicom's
+CT_small.dcm, a GE scanner's: ~130 elements before the image's group 0x0028, private groups
+and sequences among them), which every receiver has to walk or parse.
 """
 
 import argparse
+import copy
 import datetime as dt
+import functools
 from pathlib import Path
 
 import numpy as np
+from pydicom import dcmread
+from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+
+HEADERS = ("minimal", "scanner")
 
 INSTANCES_PER_SERIES = 100
 SERIES_PER_STUDY = 2
 STUDIES_PER_PATIENT = 2
 
 
-def instance(index: int, rows: int, uids: dict[str, str]) -> Dataset:
-    ds = Dataset()
+@functools.cache
+def _scanner_header() -> Dataset:
+    """A real CT's attributes before its image (group 0x0028 and on)."""
+    header = Dataset()
+    for element in dcmread(get_testdata_file("CT_small.dcm")):
+        if element.tag.group < 0x0028:
+            header.add(element)
+    return header
+
+
+def instance(index: int, rows: int, uids: dict[str, str], header: str = "minimal") -> Dataset:
+    ds = copy.deepcopy(_scanner_header()) if header == "scanner" else Dataset()
     ds.SpecificCharacterSet = "ISO_IR 100"
     ds.SOPClassUID = CTImageStorage
     ds.SOPInstanceUID = generate_uid()
@@ -50,7 +71,9 @@ def instance(index: int, rows: int, uids: dict[str, str]) -> Dataset:
     return ds
 
 
-def corpus_write(count: int, rows: int, out: Path, folders: int) -> list[Path]:
+def corpus_write(
+    count: int, rows: int, out: Path, folders: int, header: str = "minimal"
+) -> list[Path]:
     """Write `count` instances round-robin into `folders` sub-folders; return the folders."""
     directories = [out / f"part{n}" for n in range(folders)]
     for directory in directories:
@@ -66,7 +89,7 @@ def corpus_write(count: int, rows: int, out: Path, folders: int) -> list[Path]:
                 uids["patient_number"] = study_index // STUDIES_PER_PATIENT
             uids["series"] = generate_uid()
             uids["series_number"] = series_index % SERIES_PER_STUDY + 1
-        ds = instance(index, rows, uids)
+        ds = instance(index, rows, uids, header)
         ds.file_meta = FileMetaDataset()
         ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
         ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
@@ -105,9 +128,10 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=2000)
     parser.add_argument("--rows", type=int, default=64)
     parser.add_argument("--folders", type=int, default=4)
+    parser.add_argument("--header", choices=HEADERS, default="minimal")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
-    corpus_write(args.count, args.rows, args.out, args.folders)
+    corpus_write(args.count, args.rows, args.out, args.folders, args.header)
 
 
 if __name__ == "__main__":

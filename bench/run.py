@@ -38,7 +38,7 @@ import psycopg
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.corpus import corpus_write, large_instance_write  # noqa: E402
+from bench.corpus import HEADERS, corpus_write, large_instance_write  # noqa: E402
 from bench.ports import free_port  # noqa: E402
 
 PYTHON = sys.executable
@@ -575,6 +575,13 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=2000)
     parser.add_argument("--rows", type=int, default=64, help="image size: 64 (~12 KB), 512")
     parser.add_argument("--associations", type=int, nargs="+", default=[1, 4])
+    parser.add_argument(
+        "--header",
+        choices=HEADERS,
+        default="minimal",
+        help="scanner: each instance also carries a real CT scanner's ~130 other header "
+        "elements (bench/corpus.py)",
+    )
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--peers", nargs="+", default=list(PEERS))
     parser.add_argument("--large-instance-mb", type=int, default=0)
@@ -651,7 +658,9 @@ def _process_cpu_seconds(pid: int) -> float:
 def _run(args: argparse.Namespace, base: Path) -> None:
     peers = [p for p in args.peers if available(p)]
     skipped = sorted(set(args.peers) - set(peers))
-    corpus = corpus_write(args.count, args.rows, base / "corpus", max(args.associations))
+    corpus = corpus_write(
+        args.count, args.rows, base / "corpus", max(args.associations), args.header
+    )
     collected: dict[tuple[str, int], list[Result]] = {}
     for _ in range(args.repeat):
         for associations in args.associations:
@@ -671,6 +680,7 @@ def _run(args: argparse.Namespace, base: Path) -> None:
             args.rows,
             base / "latency-corpus",
             max(args.associations),
+            args.header,
         )
         for associations in args.associations:
             for peer in peers:
@@ -682,10 +692,11 @@ def _run(args: argparse.Namespace, base: Path) -> None:
     }
     print()
     print(f"$ {shlex.join([Path(sys.executable).name, *sys.argv])}")
-    print(f"{os.cpu_count()} cores; {args.count} CT instances of {args.rows}×{args.rows}, "
-          f"16 bit; medians of {args.repeat} run(s); storescu with TCP_NODELAY=1, at WARN level "
-          f"for the rates; p50/p99 from a separate run of {min(args.latency_count, args.count)} "
-          "instances with storescu at INFO level")  # fmt: skip
+    sizes = f"{args.count} CT instances of {args.rows}×{args.rows}, 16 bit, {args.header} header"
+    latency_count = min(args.latency_count, args.count)
+    print(f"{os.cpu_count()} cores; {sizes}; medians of {args.repeat} run(s); storescu with "
+          "TCP_NODELAY=1, at WARN level for the rates; p50/p99 from a separate run of "
+          f"{latency_count} instances with storescu at INFO level")  # fmt: skip
     if skipped:
         print(f"skipped (not installed, or no reachable --pg-url): {', '.join(skipped)}")
     print(table(results, peers, args.associations))

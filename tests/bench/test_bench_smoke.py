@@ -18,7 +18,7 @@ def test_benchmark_smoke_run_stores_everything_and_prints_the_table(tmp_path):
     result = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "run.py"), "--count", "24", "--repeat", "1",
          "--associations", "1", "2", "--peers", "ours", "dcmtk", "--workers", "2",
-         "--out", str(tmp_path)],
+         "--header", "scanner", "--out", str(tmp_path)],
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
@@ -32,6 +32,7 @@ def test_benchmark_smoke_run_stores_everything_and_prints_the_table(tmp_path):
     # Rates from quiet clients, and what a reader needs to repeat the figures.
     assert "cores;" in result.stdout and "at WARN level for the rates" in result.stdout
     assert "$ " in result.stdout and "bench/run.py --count 24" in result.stdout
+    assert "scanner header" in result.stdout
 
 
 def test_postgresql_pair_smoke_run_stores_everything(tmp_path):
