@@ -76,6 +76,8 @@ clean:
 bench: $(BIN)/.installed system-deps
 	$(BIN)/python bench/run.py --count 2000 --rows 64 --associations 1 4 --repeat 3 \
 		$(if $(PG_URL),--pg-url $(PG_URL))
+	$(BIN)/python bench/run.py --count 2000 --rows 64 --header scanner --associations 1 4 \
+		--repeat 3 --peers ours orthanc $(if $(PG_URL),ours-pg --pg-url $(PG_URL))
 	$(BIN)/python bench/run.py --count 300 --rows 512 --associations 1 4 --repeat 3 \
 		--peers ours orthanc dcmtk
 	$(BIN)/python bench/qr.py --rows 1000000 --count 500 --pixels 64 512 --repeat 3
