@@ -29,7 +29,7 @@ STUDIES_PER_PATIENT = 2
 
 @functools.cache
 def _scanner_header() -> Dataset:
-    """A real CT's attributes before its image (group 0x0028 and on)."""
+    """A real CT's header up to its image: every element of a group before 0x0028."""
     header = Dataset()
     for element in dcmread(get_testdata_file("CT_small.dcm")):
         if element.tag.group < 0x0028:
