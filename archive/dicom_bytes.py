@@ -18,7 +18,6 @@ import struct
 
 # Tag and 4-byte length: implicit VR little endian, and item / delimitation headers (PS3.5 7.5).
 ELEMENT_IMPLICIT = struct.Struct("<HHL")
-TAG = struct.Struct("<HH")
 UINT16 = struct.Struct("<H")
 UINT32 = struct.Struct("<L")
 # Explicit VR little endian: tag, VR, 2-byte length; or tag, VR, 2 reserved bytes, 4-byte length.

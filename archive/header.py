@@ -302,9 +302,9 @@ def _elements(data: bytes, offset: int, implicit: bool, wanted: dict[str, bytes]
     Returns the offset reached.
 
     A real CT header holds 100-150 elements before group 0x0028, so this loop runs that often
-    per instance: one unpack per element header, set look-ups for the VR, and a bounds check
-    only where a value is kept (the loop's end catches any other element running past the
-    data) about halved its cost against a tag read, a length read and two string tests per element.
+    per instance. One unpack per element header, set look-ups for the VR and one bounds check
+    after the loop (an element running past the data ends it) about halved its cost against a
+    tag read, a length read, two string tests and a bounds check per element.
     """
     end = len(data)
     top = wanted is not None
