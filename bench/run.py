@@ -217,6 +217,12 @@ def start_ours_forwarding(work: Path) -> Server:
     return start_ours(work, name="ours-forwarding", extra_env={"DICOM_CONFIG": str(config)})
 
 
+def start_ours_unpinned(work: Path) -> Server:
+    """Ours with `server.pin_workers: false`: workers' threads left to the kernel's placement
+    (receiver.affinity), to measure what pinning a busy worker to its core brings."""
+    return start_ours(work, name="ours-unpinned", config="server:\n  pin_workers: false\n")
+
+
 def start_ours_pg(work: Path) -> Server:
     """Ours with its index in PostgreSQL (--pg-url), next to Orthanc's PostgreSQL plugin."""
     assert PG_URL is not None
@@ -389,6 +395,7 @@ PEERS = {
     "pynetdicom": start_pynetdicom,
     "orthanc": start_orthanc,
     "ours-forwarding": start_ours_forwarding,
+    "ours-unpinned": start_ours_unpinned,
     "ours-pg": start_ours_pg,
     "ours-pg-full": start_ours_pg_full,
     "ours-2nodes": start_ours_2nodes,
@@ -723,15 +730,13 @@ def _run(args: argparse.Namespace, base: Path) -> None:
                 f"{full.rate / ours_pg.rate:.2f}"
             )
     for associations in args.associations:
-        ours, forwarding = (
-            results.get(("ours", associations)),
-            results.get(("ours-forwarding", associations)),
-        )
-        if ours and forwarding:
-            print(
-                f"ours-forwarding ÷ ours at {associations} association(s): "
-                f"{forwarding.rate / ours.rate:.2f}"
-            )
+        for variant in ("ours-forwarding", "ours-unpinned"):
+            ours, other = results.get(("ours", associations)), results.get((variant, associations))
+            if ours and other:
+                print(
+                    f"{variant} ÷ ours at {associations} association(s): "
+                    f"{other.rate / ours.rate:.2f}"
+                )
     for associations in args.associations:
         ours_pg = results.get(("ours-pg", associations))
         two = results.get(("ours-2nodes", associations))

@@ -10,14 +10,24 @@ the sum (a worker that dies has its cell reset by the parent).
 
 import threading
 import weakref
+from collections.abc import Callable
 from typing import Any
 
 
 class AssociationSlots:
     """At most `limit` associations at a time; safe to call from every association thread."""
 
-    def __init__(self, limit: int, shared: Any = None, cell: int = 0) -> None:
+    def __init__(
+        self,
+        limit: int,
+        shared: Any = None,
+        cell: int = 0,
+        on_count: Callable[[int], None] | None = None,
+    ) -> None:
         self.limit = limit
+        # Told this process's count after each change, under the lock (so in order):
+        # receiver.affinity.CorePinning.count_changed.
+        self._on_count = on_count
         self._lock = threading.Lock()
         self._holders: dict[int, weakref.ref[Any]] = {}
         # A multiprocessing.Array of per-process counts, or None for a single process.
@@ -37,6 +47,7 @@ class AssociationSlots:
                         return False
                     self._shared[self._cell] += 1
             self._holders[id(assoc)] = weakref.ref(assoc)
+            self._counted()
             return True
 
     def release(self, assoc: Any) -> None:
@@ -45,6 +56,7 @@ class AssociationSlots:
             holder = self._holders.get(id(assoc))
             if holder is not None and holder() is assoc:
                 self._forget(id(assoc))
+                self._counted()
 
     def in_use(self) -> int:
         with self._lock:
@@ -57,10 +69,17 @@ class AssociationSlots:
             with self._shared.get_lock():
                 self._shared[self._cell] -= 1
 
+    def _counted(self) -> None:
+        if self._on_count is not None:
+            self._on_count(len(self._holders))
+
     def _drop_finished(self) -> None:
         # A thread that ended without an end event (its connection simply dropped) still frees
         # its place here.
+        before = len(self._holders)
         for key, holder in list(self._holders.items()):
             assoc = holder()
             if assoc is None or not assoc.is_alive():
                 self._forget(key)
+        if len(self._holders) != before:
+            self._counted()

@@ -25,6 +25,7 @@ from django.db import connections
 from archive.retention import RetentionLoop
 from archive.services import IngestSettings, unflushed_repair, unflushed_watch_start
 from receiver import announcements
+from receiver.affinity import CorePinning
 from receiver.config import ReceiverConfig
 from receiver.connections import lobby_build
 from receiver.limits import AssociationSlots
@@ -50,7 +51,13 @@ def _worker(
     the parent (process `parent`) has gone."""
     stopping = signals_own()
     connections.close_all()  # never share the parent's database connections
-    slots = AssociationSlots(config.max_associations, shared=counts, cell=cell)
+    pinning = CorePinning(cell=cell, workers=config.workers) if config.pin_workers else None
+    slots = AssociationSlots(
+        config.max_associations,
+        shared=counts,
+        cell=cell,
+        on_count=pinning.count_changed if pinning is not None else None,
+    )
     live = LiveStatus(
         ae_title=config.ae_title,
         port=config.port,
