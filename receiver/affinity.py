@@ -10,8 +10,9 @@ latency of each C-STORE, and a thread woken on whichever core is idle answers so
 one association, the rate fell by 14 %; at four associations on two workers it rose by about
 10 %: docs/performance.md).
 
-Only where each worker can have a core of its own (no more workers than the cores this process
-may run on), and never in a single process, which serves every association itself.
+Only where the workers are exactly one per core this process may run on (what `workers: auto`
+gives on up to four cores), and never in a single process, which serves every association
+itself.
 """
 
 import contextlib
@@ -26,10 +27,12 @@ PINNED_FROM = 2
 
 
 def pinned_cpus(*, cell: int, workers: int, allowed: Iterable[int]) -> frozenset[int] | None:
-    """The core of worker `cell` (0-based) among `workers`, or None when the `allowed` cores
-    are too few for one each (or there is only one)."""
+    """The core of worker `cell` (0-based), or None unless the `workers` are exactly one per
+    core of `allowed` (and there are two or more): with fewer workers than cores (a large
+    host, or several receivers on one), pinning to the lowest-numbered cores was never
+    measured and could crowd them."""
     cores = sorted(allowed)
-    if len(cores) < 2 or not 0 <= cell < workers <= len(cores):
+    if len(cores) < 2 or workers != len(cores) or not 0 <= cell < workers:
         return None
     return frozenset((cores[cell],))
 
@@ -46,9 +49,9 @@ class CorePinning:
     """Follows a worker's count of associations: from PINNED_FROM on, every thread of the
     process runs on the worker's own core; below, on every core it was allowed at start.
 
-    Threads started later inherit the mask of the thread that starts them; each change applies
-    to every thread alive at that moment. Calls must be serialised (AssociationSlots holds its
-    lock around them)."""
+    A thread inherits the mask of the thread that starts it, which may not have been given the
+    new one yet: each call also applies the current mask to threads it has not seen. Calls must
+    be serialised (AssociationSlots holds its lock around them)."""
 
     def __init__(
         self,
@@ -59,32 +62,47 @@ class CorePinning:
         setaffinity: Callable[[int, frozenset[int]], None] = _set,
         allowed: Iterable[int] | None = None,
     ) -> None:
-        self.free = frozenset(os.sched_getaffinity(0) if allowed is None else allowed)
+        if allowed is None:  # not on Linux: no affinity to set
+            allowed = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else ()
+        self.free = frozenset(allowed)
         self.own = pinned_cpus(cell=cell, workers=workers, allowed=self.free)
         self._threads = threads
         self._setaffinity = setaffinity
         self._current = self.free
+        self._applied: set[int] = set()  # threads known to have the current mask
         self._failed = False
 
     def count_changed(self, associations: int) -> None:
-        """Apply the mask that `associations` served at once call for, if it changed."""
+        """Apply the mask that `associations` served at once call for."""
         if self.own is None or self._failed:
             return
         wanted = self.own if associations >= PINNED_FROM else self.free
-        if wanted == self._current:
-            return
-        for thread in self._threads():
-            try:
-                self._setaffinity(thread, wanted)
-            except ProcessLookupError:
-                continue  # the thread ended meanwhile
-            except OSError as exc:
-                # A container may forbid it (EPERM) or have taken the core away (EINVAL):
-                # performance only, so say so once and leave threads where the kernel puts them.
-                logger.warning("Worker threads stay unpinned: %s", exc)
-                self._failed = True
-                for other in self._threads():
+        if wanted != self._current:
+            self._current, self._applied = wanted, set()
+        elif wanted == self.free and not self._applied:
+            return  # never pinned: every thread is free already
+        try:
+            self._apply()
+        except Exception as exc:  # performance only: never fail an association for it
+            # A container may forbid it (EPERM), have taken the core away (EINVAL), or have no
+            # /proc: say so once and leave threads to the kernel.
+            logger.warning("Worker threads stay unpinned: %s", exc)
+            self._failed = True
+            with contextlib.suppress(OSError):
+                for thread in self._threads():
                     with contextlib.suppress(OSError):
-                        self._setaffinity(other, self.free)
+                        self._setaffinity(thread, self.free)
+
+    def _apply(self) -> None:
+        # Listed again until no new thread appears: one started meanwhile by a thread that
+        # had the old mask inherited it.
+        while True:
+            alive = set(self._threads())
+            self._applied &= alive
+            new = alive - self._applied
+            if not new:
                 return
-        self._current = wanted
+            for thread in new:
+                with contextlib.suppress(ProcessLookupError):  # ended meanwhile
+                    self._setaffinity(thread, self._current)
+            self._applied |= new

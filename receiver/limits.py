@@ -37,18 +37,19 @@ class AssociationSlots:
     def acquire(self, assoc: Any) -> bool:
         """Take a place for `assoc`; False when all are taken."""
         with self._lock:
-            self._drop_finished()
+            dropped = self._drop_finished()
             if self._shared is None:
-                if len(self._holders) >= self.limit:
-                    return False
+                taken = len(self._holders) < self.limit
             else:
                 with self._shared.get_lock():
-                    if sum(self._shared) >= self.limit:
-                        return False
-                    self._shared[self._cell] += 1
-            self._holders[id(assoc)] = weakref.ref(assoc)
-            self._counted()
-            return True
+                    taken = sum(self._shared) < self.limit
+                    if taken:
+                        self._shared[self._cell] += 1
+            if taken:
+                self._holders[id(assoc)] = weakref.ref(assoc)
+            if taken or dropped:
+                self._counted()  # once, with the final count
+            return taken
 
     def release(self, assoc: Any) -> None:
         """Give back the place of `assoc` (no-op if it holds none)."""
@@ -60,7 +61,8 @@ class AssociationSlots:
 
     def in_use(self) -> int:
         with self._lock:
-            self._drop_finished()
+            if self._drop_finished():
+                self._counted()
             return len(self._holders)
 
     def _forget(self, key: int) -> None:
@@ -73,13 +75,12 @@ class AssociationSlots:
         if self._on_count is not None:
             self._on_count(len(self._holders))
 
-    def _drop_finished(self) -> None:
-        # A thread that ended without an end event (its connection simply dropped) still frees
-        # its place here.
+    def _drop_finished(self) -> bool:
+        """Whether places were freed: a thread that ended without an end event (its connection
+        simply dropped) still frees its place here."""
         before = len(self._holders)
         for key, holder in list(self._holders.items()):
             assoc = holder()
             if assoc is None or not assoc.is_alive():
                 self._forget(key)
-        if len(self._holders) != before:
-            self._counted()
+        return len(self._holders) != before

@@ -52,6 +52,13 @@ def test_relative_paths_in_the_file_are_relative_to_the_file(tmp_path):
     assert config.index_db == tmp_path / "data" / "index.db"
 
 
+def test_pinning_workers_is_on_by_default_and_the_file_turns_it_off(tmp_path):
+    assert resolve({}).pin_workers is True
+    config = resolve({}, write(tmp_path, "server: {pin_workers: false}\n"))
+    assert config.pin_workers is False
+    assert config.sources["pin_workers"].startswith("file ")
+
+
 def test_accept_takes_modalities_names_and_uids():
     config = resolve({"accepted_sop_classes": "CT, MR Image Storage,1.2.840.10008.5.1.4.1.1.7"})
     names = {uid.name for uid in config.accepted_sop_classes}
@@ -69,6 +76,7 @@ def test_accept_takes_modalities_names_and_uids():
         ("server: {port: 70000}\n", "server.port: 70000 is not between 1 and 65535"),
         ("server: {ae_title: WAY_TOO_LONG_AE_TITLE}\n", "longer than 16 characters"),
         ("server: {require_called_ae_title: maybe}\n", "expected true or false"),
+        ("server: {pin_workers: sometimes}\n", "server.pin_workers: expected true or false"),
         ("storage: {naming: alphabetical}\n", "unknown naming scheme"),
         ("storage: {duplicates: merge}\n", "unknown policy 'merge'"),
         ("accepted_sop_classes: [CT, Holographic Storage]\n", "unknown SOP class"),
