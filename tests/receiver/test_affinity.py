@@ -30,7 +30,9 @@ from tests.receiver.test_workers import _child_pids
         (2, 2, {0, 1}, None),  # not a worker of this pool
     ],
 )
-def test_each_worker_has_its_own_core_where_there_are_enough(cell, workers, allowed, expected):
+def test_a_worker_has_a_core_of_its_own_only_where_workers_are_one_per_core(
+    cell, workers, allowed, expected
+):
     pinned = pinned_cpus(cell=cell, workers=workers, allowed=allowed)
     assert pinned == (frozenset(expected) if expected is not None else None)
 
