@@ -46,8 +46,8 @@ DEFAULTS: dict[str, Any] = {
     "max_associations": 10,
     # "auto": one receiver process per core, up to WORKERS_AUTO_MAX (workers_auto).
     "workers": "auto",
-    # A worker serving two or more associations keeps its threads on a core of its own
-    # (receiver.affinity), where each worker can have one.
+    # With one worker per core, a worker serving two or more associations keeps its threads
+    # on its own core (receiver.affinity).
     "pin_workers": True,
     # Larger than the customary 16 KB: fewer PDUs per instance cost pynetdicom markedly less
     # CPU (0.5 MB instances: 7.9 → 5.4 ms each, bench/run.py).
