@@ -210,12 +210,16 @@ def main() -> int:
         problems.append(f"threads grew from {before.threads} to {after.threads}")
     new_fds = Counter(after.fd_targets) - Counter(before.fd_targets)
     # SQLite cannot close a connection's descriptor while another connection of the process
-    # holds a lock on the file; it parks it and reuses it for the next connection. How many
-    # are parked depends on timing, bounded by the concurrent connections: not a leak.
-    index_file = f"{work}/index.db"
-    parked = sum(n for target, n in new_fds.items() if target.endswith(index_file))
-    leaked = sorted(t for t in new_fds.elements() if not t.endswith(index_file))
-    if leaked or parked > args.senders:
+    # holds a lock on the file; it parks it and reuses it for the next connection. And the
+    # background loops (Storage Commitment delivery, forwarding) close their connection at
+    # each round and open it again, with its write-ahead log: one may be open at the end and
+    # not at the start (seen in about one run in six, with or without pinned workers). How
+    # many depends on timing, bounded by the concurrent connections: not a leak. One
+    # connection leaked per association would pass that bound within seconds.
+    index_files = (f"{work}/index.db", f"{work}/index.db-wal")
+    parked = sum(n for target, n in new_fds.items() if target.endswith(index_files))
+    leaked = sorted(t for t in new_fds.elements() if not t.endswith(index_files))
+    if leaked or parked > 2 * args.senders:
         problems.append(f"file descriptors grew from {before.fds} to {after.fds}: {leaked}")
     if after.rss_mb - before.rss_mb > RSS_MARGIN_MB:
         problems.append(f"idle memory grew by {after.rss_mb - before.rss_mb:.1f} MB")
